@@ -1,0 +1,636 @@
+"""FamLM: a decoder-only transformer with full, BSWA, TransformerXL-style or FAM attention.
+
+The method is specified in ``../shared/spec/transformerfam.md``. Three implementations of the same
+function live here, and the tests hold them equal:
+
+* ``impl="reference"``: a block-by-block loop over ``[F; X]`` through all layers, with a naive
+  softmax attention and masks written cell by cell from the spec's table. Obviously right, slow.
+* ``impl="fast"`` (default): layer-major. Per layer: QKV of all tokens at once; a sequential scan
+  over blocks that updates only the L_F FAM rows; then every block's attention in one SDPA call
+  (each block against [its FAM keys | its memory segment | itself]).
+* ``step``: streaming. Chunks of any length; per layer the state holds the memory-segment ring
+  of K/V, the current partial block's K/V and the FAM hidden state, so memory does not grow with
+  the number of tokens consumed (except for ``full``, whose KV cache grows by design).
+
+Architecture: pre-LN (LayerNorm or RMSNorm), RoPE (rotate-half, base 10,000) on queries and keys,
+fused QKV projection with optional grouped-query heads, and a standard feed-forward: GELU MLP with
+a 4x hidden width (GPT-2) by default, or SwiGLU (Llama) with ``ff="swiglu"``.
+
+Shapes: b batch, T tokens, d model width, H query heads, G key/value heads, D head size,
+B block size, n blocks, m memory blocks, L_F FAM length, P previous FAM states attended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famlab.config import ModelConfig
+
+IMPLS = ("fast", "reference")
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin tables for float ``positions`` [b|1, T] -> each [b|1, 1, T, D/2].
+
+    Angles are computed in fp32 (fp64 for fp64 models), as common implementations do; this is
+    where a random position offset can make a difference at all (a shared offset cancels in q.k
+    under exact arithmetic).
+    """
+    calc = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=calc) / head_dim)
+    angles = positions.to(calc)[:, None, :, None] * inv_freq  # [b|1, 1, T, D/2]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on x [b, heads, T, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def expand_kv(x: Tensor, n_heads: int) -> Tensor:
+    """Repeat G key/value heads (dim 1) to H query heads for grouped-query attention."""
+    groups = n_heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention; q [b, H, ..., Tq, D], k/v [b, G, ..., Tk, D], mask True=attend."""
+    return F.scaled_dot_product_attention(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), mask)
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The textbook softmax attention, for the reference path."""
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [b, H, Tq, Tk]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.ff == "swiglu"
+        self.up = nn.Linear(cfg.d_model, cfg.ff_dim * (2 if self.swiglu else 1), bias=cfg.bias)
+        self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
+        return self.down(F.gelu(h))
+
+
+class Layer(nn.Module):
+    """One pre-LN transformer layer, split into the two halves the attention variants need:
+    ``qkv`` (norm, projections, RoPE) and ``finish`` (output projection, residual, FF)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm1, self.norm2 = make_norm(cfg), make_norm(cfg)
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.ff = FeedForward(cfg)
+
+    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [b, T, d] -> q [b, H, T, D], k and v [b, G, T, D], RoPE applied to q and k."""
+        b, T, _ = x.shape
+        H, G, D = self.cfg.n_heads, self.cfg.kv_heads, self.cfg.head_dim
+        qkv = self.wqkv(self.norm1(x)).view(b, T, H + 2 * G, D).transpose(1, 2)  # [b, H+2G, T, D]
+        q, k, v = qkv.split((H, G, G), dim=1)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def finish(self, attn: Tensor, residual: Tensor | float) -> Tensor:
+        """attn [b, H, T, D] -> layer output [b, T, d]: A = Wo(attn) + residual; O = FF(LN(A)) + A."""
+        b, _, T, _ = attn.shape
+        a = self.wo(attn.transpose(1, 2).reshape(b, T, -1)) + residual
+        return a + self.ff(self.norm2(a))
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming state
+
+
+@dataclass
+class LayerState:
+    """What one layer remembers between chunks. K/V are stored with RoPE applied."""
+
+    mem_k: Tensor  # [b, G, M, D] keys of the cached previous blocks (M <= m*B; grows for `full`)
+    mem_v: Tensor
+    blk_k: Tensor  # [b, G, o, D] keys of the current, partial block (o < B)
+    blk_v: Tensor
+    fam: Tensor | None = None  # [b, L_F, d] FAM hidden state: this layer's FAM input for the block
+    fam_k: Tensor | None = None  # [b, G, p*L_F, D] keys of the last p FAM states, oldest first
+    fam_v: Tensor | None = None
+
+
+@dataclass
+class FamState:
+    pos: int  # tokens consumed so far
+    pos_offset: Tensor | None  # [b] random position offset (training only), None = 0
+    fam_fresh: bool  # True until the first FAM update: that update uses a zero residual
+    layers: list[LayerState]
+
+    def detach(self) -> FamState:
+        """The same state cut from the autograd graph (for stateful training across steps)."""
+
+        def d(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach()
+
+        layers = [LayerState(*(d(getattr(ls, f.name)) for f in dataclasses.fields(ls))) for ls in self.layers]
+        return FamState(self.pos, d(self.pos_offset), self.fam_fresh, layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+class FamLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = make_norm(cfg)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        L_F = cfg.effective_fam_len
+        if L_F:
+            if cfg.fam_init == "prompt":  # one prompt at the embedding level, shared by all layers
+                self.fam_prompt = nn.Parameter(torch.empty(L_F, cfg.d_model))
+            else:  # the ablation: a learned prefix per layer
+                self.fam_prefix = nn.Parameter(torch.empty(cfg.n_layers, L_F, cfg.d_model))
+            # random state passing: the final FAM of batch item 0 from the last training step
+            self.register_buffer("rsp_state", torch.zeros(cfg.n_layers, L_F, cfg.d_model))
+            self.register_buffer("rsp_valid", torch.zeros((), dtype=torch.bool))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2 n_layers); norms
+        keep their own init (ones, zeros). The FAM prompt/prefix lives at the embedding scale."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                residual_out = name.endswith((".wo", ".down"))
+                nn.init.normal_(module.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers) if residual_out else 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        for name in ("fam_prompt", "fam_prefix"):
+            if hasattr(self, name):
+                nn.init.normal_(getattr(self, name), std=0.02)
+
+    @property
+    def fam_len(self) -> int:
+        return self.cfg.effective_fam_len
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- positions ----------------------------------------------------------------------------
+
+    def _fam_cos_sin(self, blocks: Tensor, offset: Tensor | None, dtype) -> tuple[Tensor, Tensor]:
+        """RoPE tables for the FAM states feeding ``blocks`` [k] (absolute block indices) ->
+        each [b|1, 1, k*L_F, D/2].
+
+        last: the last L_F positions of the previous block (block 0: the L_F positions before the
+        first token); float: L_F fractional positions evenly spaced between the previous block's
+        last token and this block's first; zero: all 0."""
+        B, L_F = self.cfg.block_size, self.fam_len
+        r = torch.arange(L_F, device=blocks.device, dtype=torch.float64)
+        start = blocks.to(torch.float64)[:, None] * B  # [k, 1]: first token of each block
+        pos = {
+            "last": start - L_F + r,
+            "float": start - 1 + (r + 1) / (L_F + 1),
+            "zero": 0 * start + 0 * r,
+        }[self.cfg.fam_pos].reshape(1, -1)  # [1, k*L_F]
+        if offset is not None:
+            pos = pos + offset.to(torch.float64)[:, None]
+        return rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_base, dtype)
+
+    def _tok_cos_sin(self, start: int, n: int, offset: Tensor | None, device, dtype):
+        pos = torch.arange(n, device=device, dtype=torch.float64).unsqueeze(0) + start
+        if offset is not None:
+            pos = pos + offset.to(torch.float64)[:, None]
+        return rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_base, dtype)
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> FamState:
+        """A fresh inference state: no memory, FAM at its learned initial value, no offset."""
+        return self._initial_state(batch_size, train_extras=False, device=device, dtype=dtype)
+
+    def _initial_state(self, b: int, *, train_extras: bool, device=None, dtype=None) -> FamState:
+        cfg = self.cfg
+        ref = self.tok_emb.weight
+        device = device or ref.device
+        dtype = dtype or ref.dtype
+        offset = None
+        if train_extras and cfg.random_pos_offset:
+            # RPO: u * 2*pi*1e4 * round(v), u, v ~ U(0, 1): half the sequences keep offset 0
+            u, v = torch.rand(2, b, device=device, dtype=torch.float64)
+            offset = u * 2 * math.pi * 1e4 * v.round()
+        empty = torch.zeros(b, cfg.kv_heads, 0, cfg.head_dim, device=device, dtype=dtype)
+        layers = [LayerState(empty, empty, empty, empty) for _ in range(cfg.n_layers)]
+        state = FamState(0, offset, True, layers)
+        if not self.fam_len:
+            return state
+        use_saved = (
+            train_extras and cfg.rsp_prob > 0 and bool(self.rsp_valid) and bool(torch.rand(()) < cfg.rsp_prob)
+        )
+        if use_saved:  # random state passing: no zero-residual rule for this start
+            fams = list(self.rsp_state.to(dtype).unsqueeze(1).expand(-1, b, -1, -1).clone())
+            state.fam_fresh = False
+        elif cfg.fam_init == "prefix":
+            fams = list(self.fam_prefix.to(dtype).unsqueeze(1).expand(-1, b, -1, -1))
+        else:
+            fams = self._prompt_pass(b, offset, dtype)
+        cos, sin = self._fam_cos_sin(torch.zeros(1, device=device), offset, dtype)
+        for ls, layer, fam in zip(layers, self.layers, fams):
+            ls.fam = fam
+            _, ls.fam_k, ls.fam_v = layer.qkv(fam, cos, sin)
+        return state
+
+    def _prompt_pass(self, b: int, offset: Tensor | None, dtype) -> list[Tensor]:
+        """Per-layer initial FAM: the layer-l input when the prompt alone runs through the stack,
+        its L_F rows attending each other bidirectionally (positions of the first FAM state)."""
+        cos, sin = self._fam_cos_sin(torch.zeros(1, device=self.fam_prompt.device), offset, dtype)
+        rows = 1 if offset is None else b
+        h = self.fam_prompt.to(dtype).unsqueeze(0).expand(rows, -1, -1)
+        fams = []
+        for layer in self.layers:
+            fams.append(h.expand(b, -1, -1))
+            q, k, v = layer.qkv(h, cos, sin)
+            h = layer.finish(sdpa(q, k, v), h)
+        return fams
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        impl: str = "fast",
+        state: FamState | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, FamState]:
+        """tokens [b, T] -> logits [b, T, vocab] (and the state after them if ``return_state``).
+
+        In training mode and with ``state=None``, each call draws the random position offset and
+        (with probability ``rsp_prob``) starts from the FAM saved by the previous training call.
+        A given ``state`` (e.g. from a previous window of the same documents) is used as is.
+        """
+        if impl not in IMPLS:
+            raise ValueError(f"impl={impl!r} is not allowed: expected one of {', '.join(IMPLS)}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, T], got shape {tuple(tokens.shape)}")
+        x = self.tok_emb(tokens)  # [b, T, d]
+        h, new_state = self.forward_embeds(x, impl=impl, state=state)
+        logits = self.logits(h)
+        return (logits, new_state) if return_state else logits
+
+    def forward_embeds(
+        self, x: Tensor, *, impl: str = "fast", state: FamState | None = None
+    ) -> tuple[Tensor, FamState | None]:
+        """Layer stack on embeddings x [b, T, d] -> final hidden states [b, T, d] (before the last
+        norm) and the state after them (None for the reference path)."""
+        fresh = state is None
+        if fresh:
+            state = self._initial_state(x.shape[0], train_extras=self.training, dtype=x.dtype)
+        if impl == "reference":
+            if state.pos:
+                raise ValueError("impl='reference' runs from a fresh state only (state.pos must be 0)")
+            h, final_fams = self._reference(x, state)
+            new_state = None
+        else:
+            h, new_state = self._fast(x, state)
+            final_fams = [ls.fam for ls in new_state.layers] if self.fam_len else []
+        if fresh and self.training and self.fam_len and self.cfg.rsp_prob > 0:
+            with torch.no_grad():  # random state passing: keep the final FAM of batch item 0
+                self.rsp_state.copy_(torch.stack([f[0] for f in final_fams]))
+                self.rsp_valid.fill_(True)
+        return h, new_state
+
+    def logits(self, h: Tensor) -> Tensor:
+        h = self.norm_f(h)
+        return h @ self.tok_emb.weight.T if self.head is None else self.head(h)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, state: FamState) -> tuple[Tensor, FamState]:
+        """Streaming inference: consume a chunk tokens [b, t] of any length, return its logits
+        [b, t, vocab] and the new state. Equal to ``forward`` on the concatenated chunks."""
+        return self.step_with_grad(tokens, state)
+
+    def step_with_grad(self, tokens: Tensor, state: FamState) -> tuple[Tensor, FamState]:
+        """``step`` without ``no_grad`` (for tests and stateful fine-tuning)."""
+        B = self.cfg.block_size
+        x_all = self.tok_emb(tokens)
+        outs, start, T = [], 0, tokens.shape[1]
+        while start < T:  # segments never cross a block boundary
+            n = min(B - state.pos % B, T - start)
+            x = x_all[:, start : start + n]
+            new_layers = []
+            for layer, ls in zip(self.layers, state.layers):
+                x, ls = self._stream_layer(layer, ls, x, state)
+                new_layers.append(ls)
+            completed = (state.pos + n) % B == 0
+            state = FamState(state.pos + n, state.pos_offset, state.fam_fresh and not completed, new_layers)
+            outs.append(x)
+            start += n
+        h = torch.cat(outs, dim=1) if outs else x_all
+        return self.logits(h), state
+
+    # --- the fast, layer-major path -------------------------------------------------------------
+
+    def _fast(self, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
+        if self.cfg.attention == "full":
+            return self._fast_full(x, state)
+        cfg = self.cfg
+        b, T, d = x.shape
+        B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
+        if state.pos % B or state.layers[0].blk_k.shape[2]:
+            raise ValueError(
+                f"the parallel forward starts at a block boundary; state.pos={state.pos} is inside "
+                f"a block of {B}: use step() to continue from it"
+            )
+        g0 = state.pos // B  # absolute index of the first block
+        n_blk = -(-T // B)  # blocks, the last one possibly partial
+        n_full = T // B  # complete blocks: only these update the FAM
+        Tp = n_blk * B
+        x = F.pad(x, (0, 0, 0, Tp - T))  # zero rows after the end; causal masking hides them
+        cos, sin = self._tok_cos_sin(state.pos, Tp, state.pos_offset, x.device, x.dtype)
+        mem_len = state.layers[0].mem_k.shape[2]
+        n_hist = state.layers[0].fam_k.shape[2] // L_F if L_F else 0  # FAM states in the state
+        mask = self._block_mask(n_blk, mem_len, n_hist, x.device)  # [n, B, Lk], shared by layers
+        if L_F:
+            fam_cos, fam_sin = self._fam_cos_sin(
+                torch.arange(g0, g0 + n_full + 1, device=x.device), state.pos_offset, x.dtype
+            )  # [b|1, 1, (n_full+1)*L_F, D/2]
+        new_layers = []
+        for layer, ls in zip(self.layers, state.layers):
+            q, k, v = layer.qkv(x, cos, sin)  # [b, H, Tp, D], [b, G, Tp, D]
+            G, D = k.shape[1], k.shape[3]
+            # keys/values of [memory | own] per block: windows of (m+1)B over [state memory; k]
+            mem_pad = m * B - mem_len
+            k_ext = torch.cat([ls.mem_k.new_zeros(b, G, mem_pad, D), ls.mem_k, k], dim=2)  # [b,G,mB+Tp,D]
+            v_ext = torch.cat([ls.mem_v.new_zeros(b, G, mem_pad, D), ls.mem_v, v], dim=2)
+            k_own, v_own = k.view(b, G, n_blk, B, D), v.view(b, G, n_blk, B, D)
+            parts_k, parts_v = [], []
+            if L_F:
+                fam, fk, fv = self._fam_scan(layer, ls, state.fam_fresh, k_own, v_own, n_full, fam_cos, fam_sin)
+                # FAM keys per block: states S_{i-P+1} .. S_i, from [history (padded) ; this scan]
+                hist_pad = (P - n_hist) * L_F
+                fk_all = torch.cat([fk.new_zeros(b, G, hist_pad, D), ls.fam_k[:, :, : (n_hist - 1) * L_F], fk], 2)
+                fv_all = torch.cat([fv.new_zeros(b, G, hist_pad, D), ls.fam_v[:, :, : (n_hist - 1) * L_F], fv], 2)
+                parts_k.append(fk_all[:, :, : (n_blk + P - 1) * L_F].unfold(2, P * L_F, L_F).transpose(-1, -2))
+                parts_v.append(fv_all[:, :, : (n_blk + P - 1) * L_F].unfold(2, P * L_F, L_F).transpose(-1, -2))
+            if m:
+                mem_k = k_ext[:, :, : (n_blk - 1) * B + m * B].unfold(2, m * B, B).transpose(-1, -2)  # [b,G,n,mB,D]
+                mem_v = v_ext[:, :, : (n_blk - 1) * B + m * B].unfold(2, m * B, B).transpose(-1, -2)
+                if cfg.detach_memory:
+                    mem_k, mem_v = mem_k.detach(), mem_v.detach()
+                parts_k.append(mem_k)
+                parts_v.append(mem_v)
+            keys = torch.cat([*parts_k, k_own], dim=3)  # [b, G, n, Lk, D]
+            vals = torch.cat([*parts_v, v_own], dim=3)
+            attn = sdpa(q.reshape(b, -1, n_blk, B, D), keys, vals, mask)  # [b, H, n, B, D]
+            x = layer.finish(attn.reshape(b, -1, Tp, D), x)
+            # the state after the last token: memory = last m complete blocks, partial block, FAM
+            keep = mem_len + n_full * B
+            new = LayerState(
+                mem_k=k_ext[:, :, mem_pad : mem_pad + keep][:, :, max(0, keep - m * B) :],
+                mem_v=v_ext[:, :, mem_pad : mem_pad + keep][:, :, max(0, keep - m * B) :],
+                blk_k=k[:, :, n_full * B : T],
+                blk_v=v[:, :, n_full * B : T],
+            )
+            if L_F:
+                new.fam = fam
+                new.fam_k = fk_all[:, :, -min(P, n_hist + n_full) * L_F :]
+                new.fam_v = fv_all[:, :, -min(P, n_hist + n_full) * L_F :]
+            new_layers.append(new)
+        fresh = state.fam_fresh and n_full == 0
+        return x[:, :T], FamState(state.pos + T, state.pos_offset, fresh, new_layers)
+
+    def _fam_scan(self, layer, ls, fresh, k_own, v_own, n_full, fam_cos, fam_sin):
+        """The sequential part: FAM rows of block i (queries of S_i) attend [S_i; whole block i].
+
+        Returns the final FAM state and the keys/values of S_0..S_{n_full}, each [b, G, (n_full+1)*L_F, D].
+        """
+        L_F = self.fam_len
+        fam = ls.fam
+        fks, fvs = [], []
+        for i in range(n_full + 1):
+            cos_i = fam_cos[:, :, i * L_F : (i + 1) * L_F]
+            sin_i = fam_sin[:, :, i * L_F : (i + 1) * L_F]
+            qf, kf, vf = layer.qkv(fam, cos_i, sin_i)  # [b, H, L_F, D], [b, G, L_F, D]
+            fks.append(kf)
+            fvs.append(vf)
+            if i == n_full:
+                break
+            a = sdpa(qf, torch.cat([kf, k_own[:, :, i]], 2), torch.cat([vf, v_own[:, :, i]], 2))
+            residual = 0.0 if (i == 0 and fresh and self.cfg.fam_zero_residual) else fam
+            fam = layer.finish(a, residual)  # S_{i+1} = FF(LN(A_F)) + A_F
+        return fam, torch.cat(fks, 2), torch.cat(fvs, 2)
+
+    def _block_mask(self, n_blk: int, mem_len: int, n_hist: int, device) -> Tensor:
+        """Boolean mask [n, B, Lk] for keys [FAM states (P*L_F) | memory (m*B) | own block (B)].
+
+        Block i's FAM slot s holds S_{i-P+1+s}; it exists if that index is >= -(n_hist-1) (states
+        before the chunk come from ``state``). Memory key j of block i sits at index i*B + j of
+        [zero pad; state memory; tokens]; it exists if past the pad. txl adds a per-token window."""
+        cfg = self.cfg
+        B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
+        blk = torch.arange(n_blk, device=device)[:, None, None]  # [n, 1, 1]
+        qi = torch.arange(B, device=device)[None, :, None]  # [1, B, 1]
+        parts = []
+        if L_F:
+            slot = torch.arange(P * L_F, device=device)[None, None, :] // L_F
+            parts.append((blk - P + 1 + slot >= -(n_hist - 1)).expand(n_blk, B, P * L_F))
+        if m:
+            j = torch.arange(m * B, device=device)[None, None, :]
+            ok = blk * B + j >= m * B - mem_len
+            if cfg.window is not None:
+                ok = ok & (qi + m * B - j <= cfg.window)  # distance t - s from query to memory key
+            parts.append(ok.expand(n_blk, B, m * B))
+        j = torch.arange(B, device=device)[None, None, :]
+        parts.append((j <= qi).expand(n_blk, B, B))
+        return torch.cat(parts, dim=-1)
+
+    def _fast_full(self, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
+        b, T, _ = x.shape
+        # the KV cache: memory plus any partial block left by step()
+        past = state.layers[0].mem_k.shape[2] + state.layers[0].blk_k.shape[2]
+        cos, sin = self._tok_cos_sin(state.pos, T, state.pos_offset, x.device, x.dtype)
+        mask = None
+        if past:  # causal with a KV-cache prefix: query i sees keys 0 .. past+i
+            mask = torch.arange(past + T, device=x.device)[None, :] <= past + torch.arange(T, device=x.device)[:, None]
+        new_layers = []
+        for layer, ls in zip(self.layers, state.layers):
+            q, k, v = layer.qkv(x, cos, sin)
+            k_all, v_all = torch.cat([ls.mem_k, ls.blk_k, k], 2), torch.cat([ls.mem_v, ls.blk_v, v], 2)
+            if mask is None:
+                k_g, v_g = expand_kv(k_all, q.shape[1]), expand_kv(v_all, q.shape[1])
+                attn = F.scaled_dot_product_attention(q, k_g, v_g, is_causal=True)
+            else:
+                attn = sdpa(q, k_all, v_all, mask)
+            x = layer.finish(attn, x)
+            new_layers.append(LayerState(k_all, v_all, k[:, :, :0], v[:, :, :0]))
+        return x, FamState(state.pos + T, state.pos_offset, state.fam_fresh, new_layers)
+
+    # --- streaming ----------------------------------------------------------------------------
+
+    def _stream_layer(self, layer: Layer, ls: LayerState, x: Tensor, state: FamState):
+        """One layer on a segment x [b, n, d] that lies inside one block. Returns (out, new ls)."""
+        cfg = self.cfg
+        B, m, L_F = cfg.block_size, cfg.mem_segment, self.fam_len
+        n, o = x.shape[1], state.pos % B  # o tokens of this block came before
+        o_k = ls.blk_k.shape[2]  # their keys held here (== o, except for `full` after a parallel forward)
+        cos, sin = self._tok_cos_sin(state.pos, n, state.pos_offset, x.device, x.dtype)
+        q, k, v = layer.qkv(x, cos, sin)
+        blk_k, blk_v = torch.cat([ls.blk_k, k], 2), torch.cat([ls.blk_v, v], 2)  # [b, G, o+n, D]
+        mem_k, mem_v = ls.mem_k, ls.mem_v
+        if cfg.detach_memory:
+            mem_k, mem_v = mem_k.detach(), mem_v.detach()
+        keys, vals = [mem_k, blk_k], [mem_v, blk_v]
+        M = mem_k.shape[2]
+        qi = torch.arange(n, device=x.device)[:, None]
+        j_mem = torch.arange(M, device=x.device)[None, :]
+        mem_ok = torch.ones(n, M, dtype=torch.bool, device=x.device)
+        if cfg.window is not None:  # query at o+i, memory key j at -M+j (block-relative)
+            mem_ok = (o + qi) - (j_mem - M) <= cfg.window
+        own_ok = torch.arange(o_k + n, device=x.device)[None, :] <= o_k + qi
+        masks = [mem_ok, own_ok]
+        if L_F:
+            keys.insert(0, ls.fam_k)
+            vals.insert(0, ls.fam_v)
+            masks.insert(0, torch.ones(n, ls.fam_k.shape[2], dtype=torch.bool, device=x.device))
+        attn = sdpa(q, torch.cat(keys, 2), torch.cat(vals, 2), torch.cat(masks, 1))
+        out = layer.finish(attn, x)
+        new = dataclasses.replace(ls, blk_k=blk_k, blk_v=blk_v)
+        if o + n < B:
+            return out, new
+        # the block is complete: update the FAM from it, then it becomes memory
+        g = state.pos // B
+        if L_F:
+            fam_cos, fam_sin = self._fam_cos_sin(torch.tensor([g, g + 1], device=x.device), state.pos_offset, x.dtype)
+            qf, kf, vf = layer.qkv(ls.fam, fam_cos[:, :, :L_F], fam_sin[:, :, :L_F])
+            a = sdpa(qf, torch.cat([kf, blk_k], 2), torch.cat([vf, blk_v], 2))
+            residual = 0.0 if (state.fam_fresh and cfg.fam_zero_residual) else ls.fam
+            new.fam = layer.finish(a, residual)
+            _, kn, vn = layer.qkv(new.fam, fam_cos[:, :, L_F:], fam_sin[:, :, L_F:])
+            keep = cfg.fam_prev_blocks * L_F
+            new.fam_k = torch.cat([ls.fam_k, kn], 2)[:, :, -keep:]
+            new.fam_v = torch.cat([ls.fam_v, vn], 2)[:, :, -keep:]
+        if cfg.attention == "full":
+            new.mem_k, new.mem_v = torch.cat([ls.mem_k, blk_k], 2), torch.cat([ls.mem_v, blk_v], 2)
+        elif m:
+            new.mem_k = torch.cat([ls.mem_k, blk_k], 2)[:, :, -m * B :]
+            new.mem_v = torch.cat([ls.mem_v, blk_v], 2)[:, :, -m * B :]
+        new.blk_k, new.blk_v = blk_k[:, :, :0], blk_v[:, :, :0]
+        return out, new
+
+    # --- the reference: block by block over [F; X] ----------------------------------------------
+
+    def _reference(self, x: Tensor, state: FamState) -> tuple[Tensor, list[Tensor]]:
+        """For each block, for each layer: run the layer on [F; X] with the spec's mask table.
+
+        Keys are [older FAM states | memory blocks | F | X]:
+          FAM row:      older FAM no,  memory no,  F all,  X all
+          block token:  older FAM yes, memory yes (txl: within the window), F all, X causal
+        """
+        cfg = self.cfg
+        B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
+        b, T, _ = x.shape
+        fams = [ls.fam for ls in state.layers]
+        mem: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.layers]  # per layer, per block
+        old_fam: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.layers]
+        outs = []
+        for blk, start in enumerate(range(0, T, B)):
+            h = x[:, start : start + B]
+            nb = h.shape[1]
+            tok_pos = torch.arange(start, start + nb, dtype=torch.float64, device=x.device)
+            for li, layer in enumerate(self.layers):
+                if cfg.attention == "full":
+                    mem_blocks = mem[li]
+                else:
+                    mem_blocks = mem[li][len(mem[li]) - m :] if m else []
+                older = old_fam[li][len(old_fam[li]) - (P - 1) :] if P > 1 else []
+                z = torch.cat([fams[li], h], 1) if L_F else h  # [b, L_F + nb, d]
+                if L_F:
+                    fam_pos = self._fam_positions_ref(blk)
+                    pos = torch.cat([fam_pos, tok_pos])[None, :]
+                else:
+                    pos = tok_pos[None, :]
+                if state.pos_offset is not None:
+                    pos = pos + state.pos_offset[:, None]
+                cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_base, x.dtype)
+                q, k, v = layer.qkv(z, cos, sin)
+                ks = [kv[0] for kv in older + mem_blocks]
+                vs = [kv[1] for kv in older + mem_blocks]
+                if cfg.detach_memory:  # detach memory blocks only, never FAM
+                    n_old = len(older)
+                    ks = ks[:n_old] + [t.detach() for t in ks[n_old:]]
+                    vs = vs[:n_old] + [t.detach() for t in vs[n_old:]]
+                keys = torch.cat([*ks, k], 2)
+                vals = torch.cat([*vs, v], 2)
+                n_older, n_mem = len(older) * L_F, sum(kv[0].shape[2] for kv in mem_blocks)
+                # the spec's mask table, one region of keys at a time
+                i = torch.arange(L_F + nb, device=x.device)[:, None]  # query rows: FAM rows, then tokens
+                j = torch.arange(n_older + n_mem + L_F + nb, device=x.device)[None, :]
+                is_tok = i >= L_F
+                t = start + (i - L_F)  # a token row's position (meaningless for FAM rows)
+                s = start - n_mem + (j - n_older)  # a memory key's position
+                in_window = (t - s <= cfg.window) if cfg.window is not None else True
+                jj = j - (n_older + n_mem + L_F)  # index inside the current block
+                mask = torch.where(
+                    j < n_older,
+                    is_tok,  # older FAM states: block tokens only
+                    torch.where(
+                        j < n_older + n_mem,
+                        is_tok & in_window,  # memory blocks: block tokens only (txl: within the window)
+                        torch.where(
+                            j < n_older + n_mem + L_F,
+                            True,  # current FAM: everyone
+                            ~is_tok | (jj <= i - L_F),  # current block: FAM rows all, tokens causal
+                        ),
+                    ),
+                )
+                attn = naive_attention(q, keys, vals, mask)
+                fresh = blk == 0 and state.fam_fresh and cfg.fam_zero_residual
+                residual = torch.cat([torch.zeros_like(fams[li]) if fresh else fams[li], h], 1) if L_F else h
+                out = layer.finish(attn, residual)
+                if L_F and nb == B:  # only a complete block produces the next FAM
+                    old_fam[li].append((k[:, :, :L_F], v[:, :, :L_F]))
+                    fams[li] = out[:, :L_F]
+                mem[li].append((k[:, :, L_F:], v[:, :, L_F:]))
+                h = out[:, L_F:]
+            outs.append(h)
+        return torch.cat(outs, 1), fams
+
+    def _fam_positions_ref(self, blk: int) -> Tensor:
+        """Positions of the FAM state feeding block ``blk``, written out per mode."""
+        B, L_F = self.cfg.block_size, self.fam_len
+        r = torch.arange(L_F, dtype=torch.float64, device=self.tok_emb.weight.device)
+        if self.cfg.fam_pos == "last":  # the last L_F positions of the previous block
+            return blk * B - L_F + r
+        if self.cfg.fam_pos == "float":  # evenly spaced between the previous block's end and ours
+            return blk * B - 1 + (r + 1) / (L_F + 1)
+        return 0 * r
