@@ -181,6 +181,8 @@ class FamLM(nn.Module):
             # random state passing: the final FAM of batch item 0 from the last training step
             self.register_buffer("rsp_state", torch.zeros(cfg.n_layers, L_F, cfg.d_model))
             self.register_buffer("rsp_valid", torch.zeros((), dtype=torch.bool))
+        # P(RSP) in use now: a training schedule (start step, ramp) may change it between steps
+        self.rsp_prob = cfg.rsp_prob
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -253,9 +255,7 @@ class FamLM(nn.Module):
         state = FamState(0, offset, True, layers)
         if not self.fam_len:
             return state
-        use_saved = (
-            train_extras and cfg.rsp_prob > 0 and bool(self.rsp_valid) and bool(torch.rand(()) < cfg.rsp_prob)
-        )
+        use_saved = train_extras and self.rsp_prob > 0 and bool(self.rsp_valid) and bool(torch.rand(()) < self.rsp_prob)
         if use_saved:  # random state passing: no zero-residual rule for this start
             fams = list(self.rsp_state.to(dtype).unsqueeze(1).expand(-1, b, -1, -1).clone())
             state.fam_fresh = False
@@ -323,7 +323,9 @@ class FamLM(nn.Module):
         else:
             h, new_state = self._fast(x, state)
             final_fams = [ls.fam for ls in new_state.layers] if self.fam_len else []
-        if fresh and self.training and self.fam_len and self.cfg.rsp_prob > 0:
+        if (
+            fresh and self.training and self.fam_len and self.cfg.rsp_prob > 0
+        ):  # saved also before a schedule turns RSP on
             with torch.no_grad():  # random state passing: keep the final FAM of batch item 0
                 self.rsp_state.copy_(torch.stack([f[0] for f in final_fams]))
                 self.rsp_valid.fill_(True)
