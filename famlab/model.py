@@ -573,8 +573,8 @@ class FamLM(nn.Module):
                 if cfg.attention == "full":
                     mem_blocks = mem[li]
                 else:
-                    mem_blocks = mem[li][len(mem[li]) - m :] if m else []
-                older = old_fam[li][len(old_fam[li]) - (P - 1) :] if P > 1 else []
+                    mem_blocks = mem[li][max(0, len(mem[li]) - m) :] if m else []
+                older = old_fam[li][max(0, len(old_fam[li]) - (P - 1)) :] if P > 1 else []
                 z = torch.cat([fams[li], h], 1) if L_F else h  # [b, L_F + nb, d]
                 if L_F:
                     fam_pos = self._fam_positions_ref(blk)

@@ -1,0 +1,74 @@
+"""Shared helpers for the model tests: tiny configs and models with weights large enough that every
+attention path measurably changes the output (GPT-2 init at this size makes logits nearly flat)."""
+
+from __future__ import annotations
+
+import torch
+
+from famlab.config import ModelConfig
+from famlab.model import FamLM
+
+VARIANTS = ("full", "bswa", "txl", "fam")
+
+
+def tiny_cfg(**changes) -> ModelConfig:
+    base = dict(
+        vocab_size=41,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        block_size=8,
+        mem_segment=1,
+        fam_len=3,
+        random_pos_offset=False,
+        rsp_prob=0.0,
+    )
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+def make_model(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> FamLM:
+    torch.manual_seed(seed)
+    model = FamLM(cfg).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                std = 0.5 if ("emb" in name or "fam_" in name) else p.shape[-1] ** -0.5
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+def tokens(cfg: ModelConfig, batch: int, T: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (batch, T), generator=g)
+
+
+def stream(model: FamLM, toks: torch.Tensor, chunks: list[int], grad: bool = False) -> torch.Tensor:
+    """Logits of ``toks`` fed through ``model.step`` in chunks of the given sizes (cycled)."""
+    state = model.init_state(toks.shape[0])
+    outs, start, i = [], 0, 0
+    while start < toks.shape[1]:
+        n = chunks[i % len(chunks)]
+        fn = model.step_with_grad if grad else model.step
+        logits, state = fn(toks[:, start : start + n], state)
+        outs.append(logits)
+        start += n
+        i += 1
+    return torch.cat(outs, 1)
+
+
+def param_grads(model: FamLM, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradients of a fixed random projection of the logits with respect to every parameter."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(logits.shape, generator=g, dtype=logits.dtype)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad((logits * w).sum(), list(params.values()), allow_unused=True)
+    return {n: (torch.zeros_like(p) if gr is None else gr) for (n, p), gr in zip(params.items(), grads)}
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5, what: str = "") -> None:
+    """max |a - b| <= tol * max(1, max |b|): a tight fp32 tolerance relative to the values' scale."""
+    assert a.shape == b.shape, f"{what}: shapes {tuple(a.shape)} != {tuple(b.shape)}"
+    scale = b.abs().max().clamp_min(1.0)
+    err = (a - b).abs().max()
+    assert err <= tol * scale, f"{what}: max abs diff {err:.3g} (scale {scale:.3g})"
