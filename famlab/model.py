@@ -69,6 +69,12 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     return F.scaled_dot_product_attention(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), mask)
 
 
+def merge_heads(x: Tensor) -> Tensor:
+    """[b, H, T, D] -> [b, T, H*D]."""
+    b, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(b, T, H * D)
+
+
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """The textbook softmax attention, for the reference path."""
     k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
@@ -120,9 +126,9 @@ class Layer(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def finish(self, attn: Tensor, residual: Tensor | float) -> Tensor:
-        """attn [b, H, T, D] -> layer output [b, T, d]: A = Wo(attn) + residual; O = FF(LN(A)) + A."""
-        b, _, T, _ = attn.shape
-        a = self.wo(attn.transpose(1, 2).reshape(b, T, -1)) + residual
+        """attn [b, T, H*D] (heads merged) -> layer output [b, T, d]: A = Wo(attn) + residual;
+        O = FF(LN(A)) + A."""
+        a = self.wo(attn) + residual
         return a + self.ff(self.norm2(a))
 
 
@@ -279,7 +285,7 @@ class FamLM(nn.Module):
         for layer in self.layers:
             fams.append(h.expand(b, -1, -1))
             q, k, v = layer.qkv(h, cos, sin)
-            h = layer.finish(sdpa(q, k, v), h)
+            h = layer.finish(merge_heads(sdpa(q, k, v)), h)
         return fams
 
     # --- public API -----------------------------------------------------------------------------
@@ -382,6 +388,7 @@ class FamLM(nn.Module):
         mem_len = state.layers[0].mem_k.shape[2]
         n_hist = state.layers[0].fam_k.shape[2] // L_F if L_F else 0  # FAM states in the state
         mask = self._block_mask(n_blk, mem_len, n_hist, x.device)  # [n, B, Lk], shared by layers
+        mask = mask.repeat(b, 1, 1).unsqueeze(1)  # [b*n, 1, B, Lk]
         if L_F:
             fam_cos, fam_sin = self._fam_cos_sin(
                 torch.arange(g0, g0 + n_full + 1, device=x.device), state.pos_offset, x.dtype
@@ -411,10 +418,14 @@ class FamLM(nn.Module):
                     mem_k, mem_v = mem_k.detach(), mem_v.detach()
                 parts_k.append(mem_k)
                 parts_v.append(mem_v)
-            keys = torch.cat([*parts_k, k_own], dim=3)  # [b, G, n, Lk, D]
-            vals = torch.cat([*parts_v, v_own], dim=3)
-            attn = sdpa(q.reshape(b, -1, n_blk, B, D), keys, vals, mask)  # [b, H, n, B, D]
-            x = layer.finish(attn.reshape(b, -1, Tp, D), x)
+            # one SDPA call, blocks as batch: [b*n, heads, B, D] against [b*n, G, Lk, D]
+            # (4-D inputs with a boolean mask reach the fused CPU kernel; 5-D ones do not)
+            keys = torch.cat([t.transpose(1, 2) for t in (*parts_k, k_own)], dim=3).flatten(0, 1)
+            vals = torch.cat([t.transpose(1, 2) for t in (*parts_v, v_own)], dim=3).flatten(0, 1)
+            q_blk = q.reshape(b, -1, n_blk, B, D).transpose(1, 2).flatten(0, 1)  # [b*n, H, B, D]
+            attn = sdpa(q_blk, keys, vals, mask)  # [b*n, H, B, D]
+            attn = attn.view(b, n_blk, -1, B, D).permute(0, 1, 3, 2, 4).reshape(b, Tp, -1)  # [b, Tp, H*D]
+            x = layer.finish(attn, x)
             # the state after the last token: memory = last m complete blocks, partial block, FAM
             keep = mem_len + n_full * B
             new = LayerState(
@@ -449,7 +460,7 @@ class FamLM(nn.Module):
                 break
             a = sdpa(qf, torch.cat([kf, k_own[:, :, i]], 2), torch.cat([vf, v_own[:, :, i]], 2))
             residual = 0.0 if (i == 0 and fresh and self.cfg.fam_zero_residual) else fam
-            fam = layer.finish(a, residual)  # S_{i+1} = FF(LN(A_F)) + A_F
+            fam = layer.finish(merge_heads(a), residual)  # S_{i+1} = FF(LN(A_F)) + A_F
         return fam, torch.cat(fks, 2), torch.cat(fvs, 2)
 
     def _block_mask(self, n_blk: int, mem_len: int, n_hist: int, device) -> Tensor:
@@ -493,7 +504,7 @@ class FamLM(nn.Module):
                 attn = F.scaled_dot_product_attention(q, k_g, v_g, is_causal=True)
             else:
                 attn = sdpa(q, k_all, v_all, mask)
-            x = layer.finish(attn, x)
+            x = layer.finish(merge_heads(attn), x)
             new_layers.append(LayerState(k_all, v_all, k[:, :, :0], v[:, :, :0]))
         return x, FamState(state.pos + T, state.pos_offset, state.fam_fresh, new_layers)
 
@@ -525,7 +536,7 @@ class FamLM(nn.Module):
             vals.insert(0, ls.fam_v)
             masks.insert(0, torch.ones(n, ls.fam_k.shape[2], dtype=torch.bool, device=x.device))
         attn = sdpa(q, torch.cat(keys, 2), torch.cat(vals, 2), torch.cat(masks, 1))
-        out = layer.finish(attn, x)
+        out = layer.finish(merge_heads(attn), x)
         new = dataclasses.replace(ls, blk_k=blk_k, blk_v=blk_v)
         if o + n < B:
             return out, new
@@ -536,7 +547,7 @@ class FamLM(nn.Module):
             qf, kf, vf = layer.qkv(ls.fam, fam_cos[:, :, :L_F], fam_sin[:, :, :L_F])
             a = sdpa(qf, torch.cat([kf, blk_k], 2), torch.cat([vf, blk_v], 2))
             residual = 0.0 if (state.fam_fresh and cfg.fam_zero_residual) else ls.fam
-            new.fam = layer.finish(a, residual)
+            new.fam = layer.finish(merge_heads(a), residual)
             _, kn, vn = layer.qkv(new.fam, fam_cos[:, :, L_F:], fam_sin[:, :, L_F:])
             keep = cfg.fam_prev_blocks * L_F
             new.fam_k = torch.cat([ls.fam_k, kn], 2)[:, :, -keep:]
@@ -618,7 +629,7 @@ class FamLM(nn.Module):
                 attn = naive_attention(q, keys, vals, mask)
                 fresh = blk == 0 and state.fam_fresh and cfg.fam_zero_residual
                 residual = torch.cat([torch.zeros_like(fams[li]) if fresh else fams[li], h], 1) if L_F else h
-                out = layer.finish(attn, residual)
+                out = layer.finish(merge_heads(attn), residual)
                 if L_F and nb == B:  # only a complete block produces the next FAM
                     old_fam[li].append((k[:, :, :L_F], v[:, :, :L_F]))
                     fams[li] = out[:, :L_F]
