@@ -11,7 +11,12 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast test-slow lint format bench clean
+# The spec `make sweep` runs (a name from sweeps/ or a path), its profile and worker count
+SWEEP ?= passkey
+PROFILE ?= tiny
+WORKERS ?= 1
+
+.PHONY: help install postgres test test-fast test-slow lint format bench sweep sweep-status clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +29,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv, install torch ($(TORCH_SPEC)) and famlab with dev extras
+
+postgres: ## install the PostgreSQL server binaries (Debian package) for the multi-worker sweep tests
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@ls /usr/lib/postgresql/*/bin/initdb
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -44,6 +54,12 @@ test-slow: $(STAMP) ## run only the slow tests
 
 bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writes bench/results/)
 	$(BIN)/python -m famlab.bench $(BENCH_ARGS)
+
+sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite under runs/) and print its table
+	$(BIN)/famlab sweep run $(SWEEP) --profile $(PROFILE) --workers $(WORKERS)
+
+sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running, failed, pruned
+	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE)
 
 clean: ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

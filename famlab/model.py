@@ -122,8 +122,9 @@ class Layer(nn.Module):
         b, T, _ = x.shape
         H, G, D = self.cfg.n_heads, self.cfg.kv_heads, self.cfg.head_dim
         qkv = self.wqkv(self.norm1(x)).view(b, T, H + 2 * G, D).transpose(1, 2)  # [b, H+2G, T, D]
-        q, k, v = qkv.split((H, G, G), dim=1)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        qk, v = qkv.split((H + G, G), dim=1)
+        q, k = apply_rope(qk, cos, sin).split((H, G), dim=1)  # one RoPE call for q and k together
+        return q, k, v
 
     def finish(self, attn: Tensor, residual: Tensor | float) -> Tensor:
         """attn [b, T, H*D] (heads merged) -> layer output [b, T, d]: A = Wo(attn) + residual;
@@ -388,7 +389,9 @@ class FamLM(nn.Module):
         mem_len = state.layers[0].mem_k.shape[2]
         n_hist = state.layers[0].fam_k.shape[2] // L_F if L_F else 0  # FAM states in the state
         mask = self._block_mask(n_blk, mem_len, n_hist, x.device)  # [n, B, Lk], shared by layers
-        mask = mask.repeat(b, 1, 1).unsqueeze(1)  # [b*n, 1, B, Lk]
+        # [b*n, 1, B, Lk], additive (0 / -inf) once here rather than converted in every layer's SDPA
+        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
+        mask = mask.repeat(b, 1, 1).unsqueeze(1)
         if L_F:
             fam_cos, fam_sin = self._fam_cos_sin(
                 torch.arange(g0, g0 + n_full + 1, device=x.device), state.pos_offset, x.dtype
@@ -450,6 +453,9 @@ class FamLM(nn.Module):
         L_F = self.fam_len
         fam = ls.fam
         fks, fvs = [], []
+        # slice the blocks once: indexing inside the loop would make backward zero-fill and sum a
+        # full-size gradient per block
+        k_blocks, v_blocks = k_own.unbind(2), v_own.unbind(2)
         for i in range(n_full + 1):
             cos_i = fam_cos[:, :, i * L_F : (i + 1) * L_F]
             sin_i = fam_sin[:, :, i * L_F : (i + 1) * L_F]
@@ -458,7 +464,7 @@ class FamLM(nn.Module):
             fvs.append(vf)
             if i == n_full:
                 break
-            a = sdpa(qf, torch.cat([kf, k_own[:, :, i]], 2), torch.cat([vf, v_own[:, :, i]], 2))
+            a = sdpa(qf, torch.cat([kf, k_blocks[i]], 2), torch.cat([vf, v_blocks[i]], 2))
             residual = 0.0 if (i == 0 and fresh and self.cfg.fam_zero_residual) else fam
             fam = layer.finish(merge_heads(a), residual)  # S_{i+1} = FF(LN(A_F)) + A_F
         return fam, torch.cat(fks, 2), torch.cat(fvs, 2)

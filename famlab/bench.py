@@ -1,0 +1,644 @@
+"""Training-step benchmark: throughput, peak memory and FLOP/s of full, BSWA, TransformerXL and FAM.
+
+Run with ``make bench`` (``python -m famlab.bench``; ``--help`` lists the options). Defaults: a
+4-layer, d_model=256, 4-head, vocab-256 model at T=4096, batch 2, B=256, m=1, L_F=16, fp32.
+
+What is measured, and how:
+
+* **Throughput** (main process only, so the ratios compare like with like): one training step is
+  ``zero_grad(set_to_none=True)``, forward, cross-entropy against random targets, ``backward``
+  (no optimizer). Models are in ``train()`` mode with ``random_pos_offset=False`` and
+  ``rsp_prob=0`` so nothing random changes the work. Variants run round-robin: warm-up rounds,
+  then timed rounds, each round one step of every variant, so machine noise hits all of them
+  alike. The reference path (``fam-ref``) takes part in fewer rounds. We report the median and
+  the minimum step time, and tokens/s = batch * T / median (``--stat min``: / minimum).
+* **Peak memory**: each variant runs in a fresh ``spawn`` subprocess (no allocator or autograd
+  state left over from other variants). The child sets glibc ``mallopt`` so large blocks are
+  ``mmap``-ed and returned to the OS on free (no hidden free-list reuse), runs one warm-up step,
+  then per repetition: ``gc``, ``malloc_trim(0)``, reset the kernel's RSS high-water mark
+  (``echo 5 > /proc/self/clear_refs``), read ``VmRSS``, run one training step, read ``VmHWM``.
+  Peak memory = median of (``VmHWM`` - ``VmRSS`` before), i.e. the extra resident memory a
+  training step needs on top of the model, parameters and data (activations, autograd buffers,
+  gradients). Where ``clear_refs`` is not writable the child falls back to one step without
+  warm-up and ``ru_maxrss`` after minus ``VmRSS`` before (``method`` says which was used).
+* **Matmul FLOP/s**: fp32 ``[N,N] @ [N,N]`` (N=2048 by default), median over repeats, measured
+  before and after the variants (both reported; the peak used for fractions is the median of all
+  repeats), plus the matmuls at the shapes the model uses (projections, FF, LM head, block
+  attention, the FAM scan's small attention).
+* **Model FLOPs** (:func:`forward_flops`), analytic, per training step = 3 x forward. Per row and
+  layer: ``2*d*(H+2G)*D`` (QKV) + ``2*d*d`` (out) + ``2*d*ff_in + 2*ff*d`` (FF); per attended
+  (query, key) pair ``4*H*D`` (scores and values); LM head ``2*d*V`` per token. ``computed``
+  counts the work the kernels do (every key in the fast path's ``[P*L_F FAM | m*B memory | B
+  own]`` window, masked or not, padding rows included; the reference path's full masked score
+  matrices; causal half for ``full``, whose flash kernel skips masked tiles); ``useful`` counts
+  only unmasked pairs and real tokens. Softmax, norms, RoPE and elementwise work are not counted.
+  Achieved FLOP/s = computed training FLOPs / step time (the median; ``--stat min`` uses the
+  fastest round instead, which a shared, busy machine disturbs least; both are recorded).
+
+Results: a Markdown table on stdout and in ``bench/results/latest.md``, and JSON in
+``bench/results/bench_<timestamp>.json``. Targets (PASS/FAIL): FAM fast-path tokens/s >= 0.90x
+BSWA's; FAM training step >= 50% of the measured matmul FLOP/s.
+
+``--profile VARIANT`` instead profiles that variant's training step with ``torch.profiler`` and
+prints the ops sorted by self CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import ctypes
+import ctypes.util
+import datetime as dt
+import gc
+import importlib
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from famlab.config import ModelConfig
+from famlab.model import FamLM
+
+# variant name -> (attention kind, impl)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "full": ("full", "fast"),
+    "bswa": ("bswa", "fast"),
+    "txl": ("txl", "fast"),
+    "fam": ("fam", "fast"),
+    "fam-ref": ("fam", "reference"),
+}
+DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-ref"
+THROUGHPUT_TARGET = 0.90  # FAM tokens/s >= this x BSWA's
+FLOPS_TARGET = 0.50  # FAM achieved FLOP/s >= this x measured matmul FLOP/s
+
+
+# ----------------------------------------------------------------------------------------------
+# analytic FLOP counting
+
+
+def _linear_row_flops(cfg: ModelConfig) -> tuple[int, int]:
+    """(QKV, out-projection + FF) matmul FLOPs of one row through one layer."""
+    d, D = cfg.d_model, cfg.head_dim
+    qkv = 2 * d * (cfg.n_heads + 2 * cfg.kv_heads) * D
+    ff_in = cfg.ff_dim * (2 if cfg.ff == "swiglu" else 1)
+    finish = 2 * d * d + 2 * d * ff_in + 2 * cfg.ff_dim * d
+    return qkv, finish
+
+
+def _memory_keys(cfg: ModelConfig, blk: int, row: int) -> int:
+    """Memory keys (tokens of earlier blocks) that token ``row`` of block ``blk`` attends."""
+    B, m = cfg.block_size, cfg.mem_segment
+    if cfg.attention == "full":
+        return blk * B
+    n = min(blk, m) * B
+    if cfg.window is not None:  # txl: key at distance row + (m*B - j) for memory index j
+        n = max(0, min(n, cfg.window - row))
+    return n
+
+
+def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast") -> dict[str, Any]:
+    """Analytic matmul FLOPs of one forward pass from a fresh state (see the module docstring).
+
+    Returns ``{"computed": {...}, "useful": {...}}``, each with components ``token_linear`` (QKV,
+    out, FF of the block tokens), ``fam_linear`` (the same for FAM rows: the fast path's scan or
+    the reference path's [F; X] rows), ``init_linear`` / ``init_attn`` (prompt pass and initial
+    FAM keys), ``attn`` (block attention; in the reference path also the FAM rows' attention),
+    ``scan_attn`` (fast path: FAM queries over [F; block]), ``head`` and ``total``.
+    """
+    b, T = batch, seq_len
+    B, m, P, L_F = cfg.block_size, cfg.mem_segment, cfg.fam_prev_blocks, cfg.effective_fam_len
+    H, D, nl = cfg.n_heads, cfg.head_dim, cfg.n_layers
+    pair = 4 * H * D  # scores + values per (query, key) pair
+    qkv_row, finish_row = _linear_row_flops(cfg)
+    row = qkv_row + finish_row
+    n_blk, n_full = -(-T // B), T // B
+    zero = dict.fromkeys(("token_linear", "fam_linear", "init_linear", "init_attn", "attn", "scan_attn", "head"), 0)
+    comp, use = dict(zero), dict(zero)
+    comp["head"] = use["head"] = b * T * 2 * cfg.d_model * cfg.vocab_size
+    if L_F:  # initial state: prompt pass (one row set, no offset) and QKV of F_0 for the batch
+        init = nl * (L_F * row + b * L_F * qkv_row)
+        comp["init_linear"] = use["init_linear"] = init
+        comp["init_attn"] = use["init_attn"] = nl * L_F * L_F * pair
+    tok_useful = 0  # (query, key) pairs of real tokens, per batch item and layer
+    for blk in range(n_blk):
+        nb = min(B, T - blk * B)
+        for r in range(nb):
+            # FAM states S_{blk-P+1} .. S_blk that exist (the reference: older ones + the current F)
+            tok_useful += min(blk + 1, P) * L_F + _memory_keys(cfg, blk, r) + r + 1
+    use["token_linear"] = nl * b * T * row
+    use["attn"] = nl * b * tok_useful * pair
+    if impl == "fast":
+        if cfg.attention == "full":
+            comp["token_linear"] = use["token_linear"]
+            comp["attn"] = use["attn"]  # causal flash kernel: masked tiles are skipped
+        else:
+            Tp, Lk = n_blk * B, P * L_F + m * B + B
+            comp["token_linear"] = nl * b * Tp * row
+            comp["attn"] = nl * b * Tp * Lk * pair
+        if L_F:
+            comp["fam_linear"] = use["fam_linear"] = nl * b * L_F * ((n_full + 1) * qkv_row + n_full * finish_row)
+            comp["scan_attn"] = use["scan_attn"] = nl * b * n_full * L_F * (L_F + B) * pair
+    else:  # reference: per block and layer, [F; X] through the layer, naive (dense) attention
+        comp["token_linear"] = use["token_linear"]
+        comp["fam_linear"] = use["fam_linear"] = nl * b * n_blk * L_F * row
+        comp_pairs, fam_pairs = 0, 0
+        for blk in range(n_blk):
+            nb = min(B, T - blk * B)
+            n_older = min(blk, P - 1) * L_F if L_F else 0
+            if cfg.attention == "full":
+                n_mem = blk * B
+            else:
+                n_mem = min(blk, m) * B
+            comp_pairs += (L_F + nb) * (n_older + n_mem + L_F + nb)
+            fam_pairs += L_F * (L_F + nb)
+        comp["attn"] = nl * b * comp_pairs * pair
+        use["attn"] += nl * b * fam_pairs * pair
+    comp["total"] = sum(comp.values())
+    use["total"] = sum(use.values())
+    return {"computed": comp, "useful": use}
+
+
+# ----------------------------------------------------------------------------------------------
+# the training step
+
+
+def build(cfg: ModelConfig, batch: int, seq_len: int, seed: int) -> tuple[FamLM, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = FamLM(cfg).train()
+    data = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
+    return model, data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
+def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: str) -> float:
+    model.zero_grad(set_to_none=True)
+    logits = model(inputs, impl=impl)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    loss.backward()
+    return float(loss.detach())
+
+
+def variant_config(base: ModelConfig, name: str) -> tuple[ModelConfig, str]:
+    attention, impl = VARIANTS[name]
+    return base.replace(attention=attention), impl
+
+
+# ----------------------------------------------------------------------------------------------
+# memory, in a fresh subprocess per variant
+
+
+def _status_kb(key: str) -> int:
+    match = re.search(rf"^{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if not match:
+        raise OSError(f"no {key} in /proc/self/status")
+    return int(match.group(1))
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kb("VmHWM") <= _status_kb("VmRSS") + 1024
+    except OSError:
+        return False
+
+
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
+        return libc
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh process: peak extra RSS of one training step (see the module docstring)."""
+    torch.set_num_threads(job["threads"])
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the OS
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    cfg = ModelConfig.from_dict(job["config"])
+    model, inputs, targets = build(cfg, job["batch"], job["seq_len"], job["seed"])
+    kb = 1024.0
+    gc.collect()
+    if _reset_hwm():
+        method = "clear_refs: VmHWM - VmRSS around one step, after one warm-up step"
+        train_step(model, inputs, targets, job["impl"])
+        reps = []
+        for _ in range(job["reps"]):
+            gc.collect()
+            if libc is not None:
+                libc.malloc_trim(0)
+            _reset_hwm()
+            before = _status_kb("VmRSS")
+            train_step(model, inputs, targets, job["impl"])
+            reps.append((_status_kb("VmHWM") - before) / kb)
+        peak_abs = _status_kb("VmHWM") / kb
+        base_rss = before / kb
+    else:
+        method = "fresh process: ru_maxrss after one step - VmRSS before (no warm-up)"
+        before = _status_kb("VmRSS")
+        max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        train_step(model, inputs, targets, job["impl"])
+        max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if max_after <= max_before:
+            method += " [lower bound: peak did not exceed the import-time high-water mark]"
+        reps = [(max_after - before) / kb]
+        peak_abs, base_rss = max_after / kb, before / kb
+    return {
+        "peak_increase_mb": statistics.median(reps),
+        "reps_mb": reps,
+        "rss_before_step_mb": base_rss,
+        "peak_rss_mb": peak_abs,
+        "method": method,
+    }
+
+
+def measure_memory(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    child = importlib.import_module("famlab.bench")._memory_child  # picklable under `python -m`
+    ctx = multiprocessing.get_context("spawn")
+    results = []
+    for job in jobs:  # one at a time, each in a new process
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+            results.append(pool.submit(child, job).result())
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# matmul FLOP/s
+
+
+def time_matmul(m: int, k: int, n: int, reps: int, batch: int = 1) -> list[float]:
+    """FLOP/s of ``[batch, m, k] @ [batch, k, n]`` in fp32, one value per repeat (after a warm-up)."""
+    g = torch.Generator().manual_seed(0)
+    shape_a, shape_b = ((batch, m, k), (batch, k, n)) if batch > 1 else ((m, k), (k, n))
+    a, b = torch.randn(*shape_a, generator=g), torch.randn(*shape_b, generator=g)
+    out = torch.empty(*shape_a[:-1], n)
+    torch.matmul(a, b, out=out)
+    flops = 2.0 * batch * m * k * n
+    inner = max(1, int(2e8 // flops))  # at least ~0.2 GFLOP per timing for tiny shapes
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            torch.matmul(a, b, out=out)
+        rates.append(flops * inner / (time.perf_counter() - t0))
+    return rates
+
+
+def model_matmul_shapes(cfg: ModelConfig, batch: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
+    """(name, batch, m, k, n) of the matmuls the model spends its FLOPs in."""
+    d, D, H, B = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.block_size
+    rows = batch * seq_len
+    n_blk = -(-seq_len // B)
+    Lk = cfg.fam_prev_blocks * cfg.fam_len + cfg.mem_segment * B + B
+    shapes = [
+        ("qkv", 1, rows, d, (cfg.n_heads + 2 * cfg.kv_heads) * D),
+        ("out_proj", 1, rows, d, d),
+        ("ff_in", 1, rows, d, cfg.ff_dim * (2 if cfg.ff == "swiglu" else 1)),
+        ("ff_out", 1, rows, cfg.ff_dim, d),
+        ("lm_head", 1, rows, d, cfg.vocab_size),
+        ("block_attn_scores", batch * H * n_blk, B, D, Lk),
+        ("fam_scan_scores", batch * H, cfg.fam_len, D, cfg.fam_len + B),
+        ("fam_scan_qkv", 1, batch * cfg.fam_len, d, (cfg.n_heads + 2 * cfg.kv_heads) * D),
+    ]
+    return [s for s in shapes if s[2] > 0 and s[4] > 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# machine info, reporting
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        capability = "unknown"
+    return {
+        "cpu_model": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "cpu_capability": capability,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    c, mach, mm = res["config"], res["machine"], res["matmul"]
+    lines = [
+        f"# famlab bench {res['timestamp']}",
+        "",
+        f"Model: {c['n_layers']} layers, d_model={c['d_model']}, {c['n_heads']} heads, vocab {c['vocab_size']}; "
+        f"T={c['seq_len']}, batch={c['batch_size']}, B={c['block_size']}, m={c['mem_segment']}, L_F={c['fam_len']}, fp32. "
+        f"Training step = forward + cross-entropy + backward; {c['stat']} of {c['iters']} timed rounds "
+        f"({c['ref_iters']} for the reference path) after {c['warmup']} warm-up rounds, variants round-robin.",
+        f"Machine: {mach['cpu_model']}, {mach['usable_cores']} usable cores, torch {mach['torch']}, "
+        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}.",
+        f"Matmul fp32 {mm['size']}^3: {mm['peak_gflops']:.1f} GFLOP/s "
+        f"(before {mm['before_gflops']:.1f}, after {mm['after_gflops']:.1f}).",
+        "",
+        "| variant | impl | median ms | min ms | tokens/s | vs bswa | peak mem MB | vs full | train GFLOP | GFLOP/s | frac of matmul peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in res["variants"]:
+        lines.append(
+            f"| {v['name']} | {v['impl']} | {v['step_time_median_s'] * 1e3:.0f} | {v['step_time_min_s'] * 1e3:.0f} | "
+            f"{v['tokens_per_s']:.0f} | "
+            f"{_fmt(v['tokens_per_s_vs_bswa'], '.3f')} | {_fmt(v['peak_mem_mb'], '.1f')} | "
+            f"{_fmt(v['peak_mem_vs_full'], '.2f')} | {v['train_flops_computed'] / 1e9:.1f} | "
+            f"{v['achieved_gflops']:.1f} | {v['frac_matmul_peak']:.3f} |"
+        )
+    lines += ["", "Matmul FLOP/s at the model's shapes ([batch x] m x k @ k x n):", ""]
+    lines += ["| matmul | batch | m | k | n | GFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
+    for s in mm["shapes"]:
+        lines.append(f"| {s['name']} | {s['batch']} | {s['m']} | {s['k']} | {s['n']} | {s['gflops']:.1f} |")
+    lines += ["", "Targets:", ""]
+    for t in res["targets"].values():
+        lines.append(f"* {t['name']}: {t['value_text']} -> **{t['status']}**")
+    if res["variants"] and res["variants"][0].get("mem_method"):
+        lines += ["", f"Memory method: {res['variants'][0]['mem_method']}."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="famlab.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke test: T=1024, fewer iterations, smaller matmul")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--seq-len", type=int, default=None, help="T (default 4096; --quick 1024)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--mem-segment", type=int, default=1)
+    p.add_argument("--fam-len", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; --quick 1)")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds (default 7; --quick 2)")
+    p.add_argument(
+        "--ref-iters", type=int, default=None, help="timed rounds of the reference path (default 3; --quick 1)"
+    )
+    p.add_argument("--matmul-size", type=int, default=None, help="N of the N^3 matmul (default 2048; --quick 512)")
+    p.add_argument("--matmul-reps", type=int, default=None, help="repeats per matmul timing (default 7; --quick 2)")
+    p.add_argument("--mem-reps", type=int, default=None, help="memory repetitions per variant (default 2; --quick 1)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="step-time statistic behind tokens/s and FLOP/s (min resists a busy machine)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="bench/results", help="where the JSON and latest.md go ('' = nowhere)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
+    p.add_argument("--profile", metavar="VARIANT", default=None, help="only profile VARIANT's training step")
+    p.add_argument("--profile-rows", type=int, default=25)
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "seq_len": (4096, 1024),
+        "warmup": (2, 1),
+        "iters": (7, 2),
+        "ref_iters": (3, 1),
+        "matmul_size": (2048, 512),
+        "matmul_reps": (7, 2),
+        "mem_reps": (2, 1),
+    }
+    for key, (full, small) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, small if quick else full)
+    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in args.variant_list + ([args.profile] if args.profile else []):
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}: expected one of {', '.join(VARIANTS)}")
+    return args
+
+
+def base_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=args.vocab_size,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        block_size=args.block_size,
+        mem_segment=args.mem_segment,
+        fam_len=args.fam_len,
+        random_pos_offset=False,
+        rsp_prob=0.0,
+    )
+
+
+def profile_variant(args: argparse.Namespace) -> str:
+    cfg, impl = variant_config(base_config(args), args.profile)
+    model, inputs, targets = build(cfg, args.batch_size, args.seq_len, args.seed)
+    for _ in range(max(1, args.warmup)):
+        train_step(model, inputs, targets, impl)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        train_step(model, inputs, targets, impl)
+        elapsed = time.perf_counter() - t0
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows)
+    shapes = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=args.profile_rows
+    )
+    head = f"profile of {args.profile} ({impl}), T={args.seq_len}, batch={args.batch_size}: step {elapsed:.3f} s (profiled)"
+    return f"{head}\n{table}\nby input shape:\n{shapes}"
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    base = base_config(args)
+    names = args.variant_list
+    b, T = args.batch_size, args.seq_len
+    mach = machine_info()
+    setups = {}
+    for name in names:
+        cfg, impl = variant_config(base, name)
+        setups[name] = (cfg, impl, *build(cfg, b, T, args.seed))
+
+    mm_size, mm_reps = args.matmul_size, args.matmul_reps
+    mm_before = time_matmul(mm_size, mm_size, mm_size, mm_reps)
+
+    # throughput: round-robin rounds, the reference path in fewer of them
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for rnd in range(args.warmup + args.iters):
+        timed = rnd >= args.warmup
+        for name in names:
+            cfg, impl, model, inputs, targets = setups[name]
+            limit = args.ref_iters if impl == "reference" else args.iters
+            if timed and len(times[name]) >= limit:
+                continue
+            if not timed and impl == "reference" and rnd >= 1:
+                continue  # one warm-up round is enough for the slow path
+            t0 = time.perf_counter()
+            train_step(model, inputs, targets, impl)
+            if timed:
+                times[name].append(time.perf_counter() - t0)
+
+    mm_after = time_matmul(mm_size, mm_size, mm_size, mm_reps)
+    peak = statistics.median(mm_before + mm_after)
+    shapes = []
+    for sname, sb, sm, sk, sn in model_matmul_shapes(base, b, T):
+        rates = time_matmul(sm, sk, sn, max(2, mm_reps // 2), batch=sb)
+        shapes.append({"name": sname, "batch": sb, "m": sm, "k": sk, "n": sn, "gflops": statistics.median(rates) / 1e9})
+    del setups
+    gc.collect()
+
+    mem: dict[str, dict[str, Any]] = {}
+    if not args.no_memory:
+        jobs = []
+        for name in names:
+            cfg, impl = variant_config(base, name)
+            jobs.append(
+                {
+                    "config": cfg.to_dict(),
+                    "impl": impl,
+                    "batch": b,
+                    "seq_len": T,
+                    "seed": args.seed,
+                    "threads": torch.get_num_threads(),
+                    "reps": args.mem_reps,
+                }
+            )
+        mem = dict(zip(names, measure_memory(jobs)))
+
+    variants = []
+    for name in names:
+        cfg, impl = variant_config(base, name)
+        step_median, step_min = statistics.median(times[name]), min(times[name])
+        step = step_min if args.stat == "min" else step_median
+        fl = forward_flops(cfg, b, T, impl)
+        train_comp, train_use = 3 * fl["computed"]["total"], 3 * fl["useful"]["total"]
+        m = mem.get(name, {})
+        variants.append(
+            {
+                "name": name,
+                "attention": cfg.attention,
+                "impl": impl,
+                "step_times_s": times[name],
+                "step_time_s": step,
+                "step_time_median_s": step_median,
+                "step_time_min_s": step_min,
+                "tokens_per_s": b * T / step,
+                "peak_mem_mb": m.get("peak_increase_mb"),
+                "peak_rss_mb": m.get("peak_rss_mb"),
+                "mem_reps_mb": m.get("reps_mb"),
+                "mem_method": m.get("method"),
+                "forward_flops": fl,
+                "train_flops_computed": train_comp,
+                "train_flops_useful": train_use,
+                "achieved_gflops": train_comp / step / 1e9,
+                "achieved_useful_gflops": train_use / step / 1e9,
+                "frac_matmul_peak": train_comp / step / peak,
+            }
+        )
+    by_name = {v["name"]: v for v in variants}
+    for v in variants:
+        v["tokens_per_s_vs_bswa"] = v["tokens_per_s"] / by_name["bswa"]["tokens_per_s"] if "bswa" in by_name else None
+        full_mem = by_name.get("full", {}).get("peak_mem_mb")
+        v["peak_mem_vs_full"] = v["peak_mem_mb"] / full_mem if full_mem and v["peak_mem_mb"] is not None else None
+
+    targets = {}
+    fam, bswa = by_name.get("fam"), by_name.get("bswa")
+    ratio = fam["tokens_per_s"] / bswa["tokens_per_s"] if fam and bswa else None
+    targets["throughput"] = {
+        "name": f"FAM tokens/s >= {THROUGHPUT_TARGET:.2f}x BSWA",
+        "threshold": THROUGHPUT_TARGET,
+        "value": ratio,
+        "value_text": _fmt(ratio, ".3f") + "x",
+        "status": "n/a" if ratio is None else ("PASS" if ratio >= THROUGHPUT_TARGET else "FAIL"),
+    }
+    frac = fam["frac_matmul_peak"] if fam else None
+    targets["flops"] = {
+        "name": f"FAM training step >= {FLOPS_TARGET:.0%} of matmul FLOP/s",
+        "threshold": FLOPS_TARGET,
+        "value": frac,
+        "value_text": "n/a"
+        if frac is None
+        else f"{frac:.1%} ({fam['achieved_gflops']:.1f} of {peak / 1e9:.1f} GFLOP/s)",
+        "status": "n/a" if frac is None else ("PASS" if frac >= FLOPS_TARGET else "FAIL"),
+    }
+    mach["loadavg_end"] = list(os.getloadavg())
+    config = {
+        k: getattr(args, k) for k in ("seq_len", "batch_size", "warmup", "iters", "ref_iters", "quick", "seed", "stat")
+    }
+    config.update({k: getattr(base, k) for k in ("d_model", "n_layers", "n_heads", "vocab_size")})
+    config.update(block_size=base.block_size, mem_segment=base.mem_segment, fam_len=base.fam_len, dtype="float32")
+    return {
+        "timestamp": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "machine": mach,
+        "config": config,
+        "matmul": {
+            "size": mm_size,
+            "peak_gflops": peak / 1e9,
+            "before_gflops": statistics.median(mm_before) / 1e9,
+            "after_gflops": statistics.median(mm_after) / 1e9,
+            "reps_gflops": [r / 1e9 for r in mm_before + mm_after],
+            "shapes": shapes,
+        },
+        "variants": variants,
+        "targets": targets,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.profile:
+        text = profile_variant(args)
+        print(text)
+        return {"profile": text}
+    res = run_bench(args)
+    md = render_markdown(res)
+    print(md)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"bench_{res['timestamp']}.json"
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        (out / "latest.md").write_text(md)
+        res["json_path"] = str(path)
+        print(f"wrote {path} and {out / 'latest.md'}")
+    if args.strict and any(t["status"] == "FAIL" for t in res["targets"].values()):
+        sys.exit(1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

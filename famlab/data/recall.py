@@ -1,0 +1,146 @@
+"""Multi-query associative recall (MQAR, Zoology) with a controllable gap.
+
+An example is::
+
+    k1 v1 k2 v2 ... kN vN | g1 ... gG | kq1 vq1 kq2 vq2 ... kqQ vqQ | pad ...
+
+* N = ``recall_num_pairs`` distinct keys (drawn without replacement from ``recall_key_vocab``
+  key tokens) with values drawn with replacement from ``recall_value_vocab`` value tokens.
+* G gap tokens drawn uniformly from ``recall_noise_vocab`` noise tokens.
+* Q = ``recall_num_queries`` (0: all N) keys in random order, each followed by its value. The loss
+  weight is 1 on those values (the target after a queried key) and 0 elsewhere, so the model must
+  retrieve a value bound G + 2(N - i) + ... tokens earlier. BSWA loses pairs that fall outside its
+  reach (about n_layers * (m+1) * B tokens); FAM has to carry them in its state.
+
+Token ids (not bytes): 0 = pad, then the noise, key and value ranges, in that order; they must fit
+in ``vocab_size`` (checked when the task is built).
+
+**Training.** The gap is uniform in ``[recall_gap_min, recall_gap_max]`` tokens, capped so the
+example fits the row (``recall_gap_max = -1``: the longest gap that fits, the default); the rest
+of the row is padding (weight 0). With ``stateful``, one example spans the whole episode (all its
+windows): the pairs come in the first window, the queries in the last, so the state carried
+between windows is what must hold the pairs.
+
+**Evaluation** (:func:`evaluate`). For each gap (``recall_eval_gaps`` multiples of seq_len, or
+``gaps=`` in tokens), ``recall_eval_samples`` examples are streamed as one batch through
+``model.step`` in block-aligned chunks, teacher-forced (queries and their true values are part of
+the stream, as in training); a query counts as right when the argmax after its key is its value.
+Rows: task, gap, gap_x (gap / seq_len), length, num_pairs, n (queries), accuracy (per query),
+example_accuracy (all queries of an example right).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from famlab.data.base import SPLIT_CODES, Task, eval_mode, resolve_multiples, stream
+from famlab.data.config import DataConfig
+
+PAD = 0
+
+
+class RecallTask(Task):
+    name = "recall"
+    code = 3
+
+    def __init__(self, cfg: DataConfig, *, vocab_size: int, block_size: int):
+        super().__init__(cfg, vocab_size=vocab_size, block_size=block_size)
+        used = 1 + cfg.recall_noise_vocab + cfg.recall_key_vocab + cfg.recall_value_vocab
+        if used > vocab_size:
+            raise ValueError(
+                f"DataConfig.recall_noise_vocab+recall_key_vocab+recall_value_vocab="
+                f"{used - 1} is not allowed: expected at most vocab_size - 1 = {vocab_size - 1} (token 0 is padding)"
+            )
+        self.noise_base = 1
+        self.key_base = 1 + cfg.recall_noise_vocab
+        self.value_base = self.key_base + cfg.recall_key_vocab
+        self.body = 2 * cfg.recall_num_pairs + 2 * cfg.num_queries
+        if cfg.min_seq_len + 1 < self.body:
+            key = "seq_len_schedule" if cfg.seq_len_schedule else "seq_len"
+            raise ValueError(
+                f"DataConfig.{key}={getattr(cfg, key)!r} is not allowed: expected every seq_len >= "
+                f"{self.body - 1} for {cfg.recall_num_pairs} pairs and {cfg.num_queries} queries"
+            )
+
+    def example(self, rng: np.random.Generator, gap: int) -> tuple[np.ndarray, np.ndarray]:
+        """One example with a gap of ``gap`` tokens: tokens [2N + gap + 2Q], weights (same shape)."""
+        cfg = self.cfg
+        N, Q = cfg.recall_num_pairs, cfg.num_queries
+        keys = rng.choice(cfg.recall_key_vocab, size=N, replace=False) + self.key_base
+        values = rng.integers(0, cfg.recall_value_vocab, size=N) + self.value_base
+        noise = rng.integers(0, cfg.recall_noise_vocab, size=gap) + self.noise_base
+        order = rng.permutation(N)[:Q]
+        pairs = np.stack([keys, values], 1).reshape(-1)
+        queries = np.stack([keys[order], values[order]], 1).reshape(-1)
+        tokens = np.concatenate([pairs, noise, queries]).astype(np.int64)
+        weights = np.zeros(len(tokens), dtype=np.float32)
+        weights[2 * N + gap + 1 :: 2] = 1.0  # the value after each queried key
+        return tokens, weights
+
+    def gap_range(self, length: int) -> tuple[int, int]:
+        cfg = self.cfg
+        fit = length - self.body
+        hi = fit if cfg.recall_gap_max == -1 else min(cfg.recall_gap_max, fit)
+        return min(cfg.recall_gap_min, hi), hi
+
+    def episode(self, split: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+        b = self.cfg.batch_size
+        tokens = np.full((b, length), PAD, dtype=np.int64)
+        weights = np.zeros((b, length), dtype=np.float32)
+        lo, hi = self.gap_range(length)
+        for r in range(b):
+            t, w = self.example(rng, int(rng.integers(lo, hi + 1)))
+            tokens[r, : len(t)] = t
+            weights[r, : len(w)] = w
+        return tokens, weights
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    cfg: DataConfig,
+    *,
+    block_size: int,
+    seed: int,
+    device="cpu",
+    gaps: list[int] | None = None,
+    samples: int | None = None,
+) -> pd.DataFrame:
+    """MQAR accuracy per gap length, streamed; see the module docstring."""
+    task = RecallTask(cfg, vocab_size=model.cfg.vocab_size, block_size=block_size)
+    gaps = [int(g) for g in gaps] if gaps is not None else resolve_multiples(cfg.recall_eval_gaps, cfg.seq_len)
+    if any(g < 0 for g in gaps):
+        raise ValueError(f"gaps={gaps} is not allowed: expected token counts >= 0")
+    n = samples or cfg.recall_eval_samples
+    rows = []
+    with eval_mode(model):
+        for gi, gap in enumerate(gaps):
+            rng = np.random.default_rng([int(seed), RecallTask.code, SPLIT_CODES["eval"], gap, gi])
+            examples = [task.example(rng, gap) for _ in range(n)]
+            tokens = torch.from_numpy(np.stack([t for t, _ in examples])).to(device)
+            scored = np.flatnonzero(examples[0][1]) - 1  # input positions whose next token is a value
+            pos = torch.from_numpy(scored).to(device)
+            preds = torch.empty(n, len(scored), dtype=torch.long, device=device)
+
+            def collect(start: int, logits: torch.Tensor, pos=pos, preds=preds) -> None:
+                sel = (pos >= start) & (pos < start + logits.shape[1])
+                if sel.any():
+                    preds[:, sel] = logits[:, pos[sel] - start].argmax(-1)
+
+            stream(model, tokens[:, :-1], block_size, collect)
+            right = (preds == tokens[:, pos + 1]).float()
+            rows.append(
+                {
+                    "task": "recall",
+                    "gap": gap,
+                    "gap_x": gap / cfg.seq_len,
+                    "length": tokens.shape[1],
+                    "num_pairs": cfg.recall_num_pairs,
+                    "n": int(right.numel()),
+                    "accuracy": right.mean().item(),
+                    "example_accuracy": right.all(dim=1).float().mean().item(),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,116 @@
+"""famlab.bench: a --quick smoke run at tiny sizes, and the analytic FLOP counter against
+torch.utils.flop_counter.FlopCounterMode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from famlab import bench
+from famlab.config import ModelConfig
+from famlab.model import FamLM
+
+aten = torch.ops.aten
+
+
+def _dense_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def test_quick_bench_writes_expected_json(tmp_path, capsys):
+    args = ["--quick", "--seq-len", "256", "--block-size", "64", "--fam-len", "4", "--d-model", "64"]
+    args += ["--n-heads", "2", "--n-layers", "1", "--batch-size", "2", "--threads", "1", "--iters", "2"]
+    args += ["--matmul-size", "128", "--variants", "full,bswa,fam,fam-ref", "--out-dir", str(tmp_path)]
+    res = bench.main(args)
+    out = capsys.readouterr().out
+    assert "| variant | impl |" in out and ("PASS" in out or "FAIL" in out)
+    data = json.loads(next(tmp_path.glob("bench_*.json")).read_text())
+    assert (tmp_path / "latest.md").read_text().startswith("# famlab bench")
+    assert data["timestamp"] == res["timestamp"]
+    assert {"machine", "config", "matmul", "variants", "targets"} <= data.keys()
+    assert {"cpu_model", "torch", "torch_threads", "usable_cores"} <= data["machine"].keys()
+    assert data["config"]["seq_len"] == 256 and data["config"]["batch_size"] == 2
+    assert data["matmul"]["peak_gflops"] > 0
+    assert all(s["gflops"] > 0 for s in data["matmul"]["shapes"])
+    names = [v["name"] for v in data["variants"]]
+    assert names == ["full", "bswa", "fam", "fam-ref"]
+    for v in data["variants"]:
+        for key in ("step_time_s", "tokens_per_s", "train_flops_computed", "train_flops_useful", "achieved_gflops"):
+            assert v[key] > 0, (v["name"], key)
+        assert v["peak_mem_mb"] > 0 and v["peak_mem_vs_full"] > 0
+        assert v["train_flops_useful"] <= v["train_flops_computed"]
+        assert v["tokens_per_s_vs_bswa"] > 0
+    assert next(v for v in data["variants"] if v["name"] == "fam-ref")["impl"] == "reference"
+    assert {"throughput", "flops"} == data["targets"].keys()
+    assert all(t["status"] in ("PASS", "FAIL") for t in data["targets"].values())
+
+
+def _counted(cfg: ModelConfig, T: int, impl: str) -> tuple[int, int]:
+    """(matmul FLOPs of linear layers and LM head, attention FLOPs) FlopCounterMode sees in one
+    forward. The fused CPU attention kernel has no formula there: count it as dense SDPA."""
+    torch.manual_seed(0)
+    model = FamLM(cfg).train()
+    tokens = torch.randint(0, cfg.vocab_size, (2, T))
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _dense_sdpa_flops}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        model(tokens, impl=impl)
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    linear = counts.pop("aten.mm", 0) + counts.pop("aten.addmm", 0)
+    return linear, sum(counts.values())
+
+
+def _cfg(attention: str, **changes) -> ModelConfig:
+    base = dict(vocab_size=64, d_model=32, n_heads=2, n_layers=2, block_size=16, mem_segment=1, fam_len=4)
+    base.update(changes)
+    return ModelConfig(attention=attention, random_pos_offset=False, rsp_prob=0.0, **base)
+
+
+def test_flops_by_hand_full_attention_one_block():
+    # T = B = 16, d = 32, 2 layers, vocab 64, batch 2, GELU FF of 4d: per token and layer
+    # QKV 2*32*96 + out 2*32*32 + FF 2*32*128*2 = 24576; head 2*32*64 = 4096;
+    # causal attention: 16*17/2 pairs * 4*H*D (=128) per batch item and layer
+    cfg = _cfg("full")
+    f = bench.forward_flops(cfg, 2, 16)["computed"]
+    assert f["token_linear"] == 2 * 2 * 16 * 24576
+    assert f["head"] == 2 * 16 * 4096
+    assert f["attn"] == 2 * 2 * (16 * 17 // 2) * 128
+    assert f["total"] == f["token_linear"] + f["head"] + f["attn"]
+    linear, attn = _counted(cfg, 16, "fast")
+    assert linear == f["token_linear"] + f["head"]
+    # the counter takes the causal kernel as dense: T*T pairs instead of T*(T+1)/2
+    assert attn in (0, 2 * 2 * 16 * 16 * 128)
+
+
+@pytest.mark.parametrize(
+    "attention, impl, T, changes",
+    [
+        ("bswa", "fast", 40, {}),
+        ("txl", "fast", 48, {}),
+        ("fam", "fast", 40, {}),
+        ("fam", "fast", 48, {"fam_prev_blocks": 2, "ff": "swiglu", "n_kv_heads": 1}),
+        ("fam", "reference", 40, {}),
+        ("fam", "reference", 48, {"fam_prev_blocks": 2}),
+        ("bswa", "reference", 40, {"mem_segment": 2}),
+    ],
+)
+def test_flops_match_flop_counter(attention, impl, T, changes):
+    cfg = _cfg(attention, **changes)
+    f = bench.forward_flops(cfg, 2, T, impl)["computed"]
+    linear, attn = _counted(cfg, T, impl)
+    assert linear == f["token_linear"] + f["fam_linear"] + f["init_linear"] + f["head"]
+    assert attn == f["attn"] + f["scan_attn"] + f["init_attn"]
+
+
+def test_useful_flops_count_only_unmasked_pairs():
+    cfg = _cfg("bswa", n_layers=1)  # B=16, m=1, T=40: blocks of 16, 16, 8 tokens (last padded)
+    f = bench.forward_flops(cfg, 1, 40)
+    pairs = sum(r + 1 for r in range(16)) + sum(16 + r + 1 for r in range(16)) + sum(16 + r + 1 for r in range(8))
+    assert f["useful"]["attn"] == pairs * 128
+    assert f["computed"]["attn"] == 48 * 32 * 128
+    txl = bench.forward_flops(_cfg("txl", n_layers=1, txl_window=4), 1, 16 + 8)["useful"]["attn"]
+    # block 1 tokens see max(0, 4 - r) memory keys besides their causal own block
+    assert txl == (sum(r + 1 for r in range(16)) + sum(max(0, 4 - r) + r + 1 for r in range(8))) * 128
