@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from famlab.data.config import DataConfig
 
 ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
 FAM_POSITIONS = ("last", "float", "zero")
@@ -160,3 +165,436 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         check_keys(type(self), changes)
         return dataclasses.replace(self, **changes)
+
+
+# ==============================================================================================
+# run configuration: model + data + training + logging, merged with OmegaConf
+#
+# Choices:
+# * One typed dataclass per section (ModelConfig, DataConfig, TrainConfig, LoggerConfig) under
+#   RunConfig. Merge order: the structured schema (dataclass defaults) <- the preset YAML
+#   (famlab/presets/<name>.yaml, or a path) <- dotlist overrides (``train.lr=1e-3``).
+# * Every key the user gives is checked against the schema *before* merging, so an unknown key
+#   gives one line naming the full dotted key and the closest valid one. Type errors from
+#   OmegaConf and range errors from the dataclasses' ``__post_init__`` are re-raised as one-line
+#   ``ValueError``s naming the dotted key (``ConfigError``; the CLI prints it and exits 2).
+# * ``DataConfig`` lives in ``famlab.data.config`` and is imported lazily (``famlab.data`` may import
+#   this module); ``data_config_cls()`` puts it in this module's namespace for the type hints.
+
+TRAIN_OPTIMIZERS = ("adamw", "adafactor")
+TRAIN_SCHEDULES = ("constant", "cosine")
+TRAIN_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+RUN_SECTIONS = ("model", "data", "train", "logger")
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+class ConfigError(ValueError):
+    """A bad run configuration: the message is one line naming the dotted key."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and Trainer settings.
+
+    * ``optimizer``: ``adamw`` (decoupled weight decay on matrices except embeddings/FAM prompt;
+      ``betas``, ``eps``) or ``adafactor`` (``torch.optim.Adafactor``: factored second moment, no
+      first moment, step-dependent beta2 = 1 - t^-0.8, and ``lr`` is a *relative* step size scaled
+      by each parameter's RMS, so ``betas``/``eps`` are ignored; the paper's Adafactor is T5X's).
+    * ``schedule``: ``constant`` (the paper's) or ``cosine`` to ``min_lr_ratio * lr`` at ``max_steps``;
+      both start with ``warmup_steps`` of linear warm-up from 0. Stepped per optimizer step.
+    * ``grad_clip``: global-norm clipping by the Trainer; 0 disables.
+    * ``val_every``/``log_every``/``checkpoint_every``: in optimizer steps; 0 disables validation /
+      periodic checkpoints (``last.ckpt`` is always written at the end and at every periodic save).
+    * ``rsp_start_step``/``rsp_ramp_steps``: random state passing schedule. ``model.rsp_prob`` is 0
+      before ``rsp_start_step``, then rises linearly to ``model.rsp_prob`` of the config over
+      ``rsp_ramp_steps`` steps (0 = at once).
+    * ``devices``/``strategy``/``accelerator``/``precision``/``num_nodes``: passed to the Trainer
+      (``devices=-1``: all). DDP with FAM uses ``find_unused_parameters`` (a step that starts from
+      the carried/RSP state does not touch the FAM prompt).
+    """
+
+    max_steps: int = 1000
+    lr: float = 3e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.1
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    accumulate_grad_batches: int = 1
+    precision: str = "32-true"
+    matmul_precision: str = "highest"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accelerator: str = "auto"
+    deterministic: bool = False
+    val_every: int = 200
+    log_every: int = 10
+    checkpoint_every: int = 500
+    rsp_start_step: int = 0
+    rsp_ramp_steps: int = 0
+
+    def __post_init__(self) -> None:
+        o = "train"
+
+        def integer(key: str, minimum: int) -> None:
+            if not (_is_int(getattr(self, key)) and getattr(self, key) >= minimum):
+                raise config_error(o, key, getattr(self, key), f"an integer >= {minimum}")
+
+        def number(key: str, lo: float, hi: float | None = None, open_lo: bool = False) -> None:
+            v = getattr(self, key)
+            ok = _is_num(v) and (v > lo if open_lo else v >= lo) and (hi is None or v <= hi)
+            if not ok:
+                rng = f"{'>' if open_lo else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+                raise config_error(o, key, v, f"a number {rng}")
+
+        def choice(key: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, key) not in allowed:
+                raise config_error(o, key, getattr(self, key), "one of " + ", ".join(allowed))
+
+        for key in ("max_steps", "accumulate_grad_batches", "num_nodes", "log_every"):
+            integer(key, 1)
+        for key in ("warmup_steps", "val_every", "checkpoint_every", "rsp_start_step", "rsp_ramp_steps"):
+            integer(key, 0)
+        if not (_is_int(self.devices) and (self.devices >= 1 or self.devices == -1)):
+            raise config_error(o, "devices", self.devices, "an integer >= 1, or -1 for all")
+        number("lr", 0.0, open_lo=True)
+        number("eps", 0.0, open_lo=True)
+        number("weight_decay", 0.0)
+        number("grad_clip", 0.0)
+        number("min_lr_ratio", 0.0, 1.0)
+        betas = list(self.betas) if isinstance(self.betas, list | tuple) else None
+        if not (betas and len(betas) == 2 and all(_is_num(b) and 0.0 <= b < 1.0 for b in betas)):
+            raise config_error(o, "betas", self.betas, "two numbers in [0, 1), e.g. [0.9, 0.95]")
+        self.betas = [float(b) for b in betas]
+        choice("optimizer", TRAIN_OPTIMIZERS)
+        choice("schedule", TRAIN_SCHEDULES)
+        choice("precision", TRAIN_PRECISIONS)
+        choice("matmul_precision", MATMUL_PRECISIONS)
+        for key in ("strategy", "accelerator"):
+            if not (isinstance(getattr(self, key), str) and getattr(self, key)):
+                raise config_error(o, key, getattr(self, key), "a non-empty string (a Lightning name)")
+        if not isinstance(self.deterministic, bool):
+            raise config_error(o, "deterministic", self.deterministic, "true or false")
+
+    def rsp_prob_at(self, step: int, target: float) -> float:
+        """P(RSP) at optimizer step ``step``: 0 before rsp_start_step, then a linear ramp to ``target``
+        reached at step ``rsp_start_step + rsp_ramp_steps - 1`` (at once if rsp_ramp_steps is 0)."""
+        if step < self.rsp_start_step:
+            return 0.0
+        if self.rsp_ramp_steps == 0:
+            return float(target)
+        return float(target) * min(1.0, (step - self.rsp_start_step + 1) / self.rsp_ramp_steps)
+
+    def lr_factor_at(self, step: int) -> float:
+        """LR multiplier at optimizer step ``step`` (0-based): linear warm-up from 1/(warmup+1),
+        then 1 (constant) or a cosine from 1 to ``min_lr_ratio`` at ``max_steps``."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
+        cos = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cos
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking. ``metrics.jsonl`` in the run directory is always written; wandb is extra.
+
+    ``wandb``: ``auto`` (online if an API key is configured: ``WANDB_API_KEY`` or a netrc entry
+    for the wandb host; otherwise offline), ``online``, ``offline`` (files under
+    ``<run_dir>/wandb``, sync later with ``wandb sync``) or ``disabled`` (no wandb at all).
+    Empty ``name`` = the run name plus its timestamp; empty ``group``/``entity`` = none.
+    """
+
+    wandb: str = "auto"
+    project: str = "famlab"
+    entity: str = ""
+    group: str = ""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.wandb not in WANDB_MODES:
+            raise config_error("logger", "wandb", self.wandb, "one of " + ", ".join(WANDB_MODES))
+        for key in ("project", "entity", "group", "name"):
+            if not isinstance(getattr(self, key), str):
+                raise config_error("logger", key, getattr(self, key), "a string")
+        if not self.project:
+            raise config_error("logger", "project", self.project, "a non-empty string")
+        if not (isinstance(self.tags, list | tuple) and all(isinstance(t, str) for t in self.tags)):
+            raise config_error("logger", "tags", self.tags, "a list of strings")
+        self.tags = list(self.tags)
+
+
+def data_config_cls() -> type:
+    """``famlab.data.config.DataConfig``, imported on first use (see the module notes above)."""
+    from famlab.data.config import DataConfig
+
+    globals()["DataConfig"] = DataConfig
+    return DataConfig
+
+
+def _default_data_config() -> Any:
+    return data_config_cls()()
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs. ``out_dir``/``name`` place the run directory at
+    ``<out_dir>/<name>/<YYYYmmdd-HHMMSS>/`` (empty ``name`` = ``<preset>-<attention>``).
+    ``resume``: a checkpoint file or a run directory (its ``checkpoints/last.ckpt``) to continue from:
+    weights, optimizer, LR schedule, step counters, data stream position and carried state."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=_default_data_config)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
+    seed: int = 0
+    out_dir: str = "runs"
+    name: str = ""
+    preset: str = ""
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise config_error("run", "seed", self.seed, "an integer >= 0")
+        if not (isinstance(self.out_dir, str) and self.out_dir):
+            raise config_error("run", "out_dir", self.out_dir, "a non-empty path")
+        if not isinstance(self.name, str) or "/" in self.name or self.name in (".", ".."):
+            raise config_error("run", "name", self.name, "a string without '/'")
+        if self.resume is not None and not (isinstance(self.resume, str) and self.resume):
+            raise config_error("run", "resume", self.resume, "a checkpoint path or run directory")
+        data = self.data
+        if getattr(data, "stateful", False):
+            B = self.model.block_size
+            lengths = [data.seq_len] + [p[1] for p in getattr(data, "seq_len_schedule", [])]
+            bad = [n for n in lengths if n % B]
+            if bad:
+                raise ConfigError(
+                    f"data.seq_len={bad[0]} is not allowed: expected a multiple of model.block_size={B} when "
+                    "data.stateful=true (the carried state must sit at a block boundary)"
+                )
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.preset or 'run'}-{self.model.attention}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON/``torch.load(weights_only=True)``-safe dict of the whole config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """From :meth:`to_dict` output (e.g. a run's ``config.yaml``), checked like user input."""
+        return _build_run_config(_merge([data]))
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and merging
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split("\n")[0].split())
+
+
+def _schema():
+    from omegaconf import OmegaConf
+
+    data_config_cls()
+    return OmegaConf.structured(RunConfig)
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    out = []
+    for key in node:
+        full = f"{prefix}{key}"
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and child._metadata.object_type is not None and key in RUN_SECTIONS:
+            out += _leaf_keys(child, full + ".")
+        else:
+            out.append(full)
+    return out
+
+
+def _check_user_keys(schema: Any, data: Any, source: str) -> None:
+    """Reject keys of ``data`` (a nested mapping) that the schema lacks, suggesting the closest."""
+    all_keys = _leaf_keys(schema)
+    sections = [k for k in RUN_SECTIONS if k in schema]
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if prefix == "" and key in sections:
+                if value is None:
+                    continue
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{full}: expected a mapping of {key} settings, got {value!r}{source}")
+                walk(value, full + ".")
+            elif full not in all_keys:
+                pool = [k for k in all_keys if k.startswith(prefix)] if prefix else all_keys + sections
+                close = difflib.get_close_matches(full, pool, n=1, cutoff=0.6)
+                if not close and prefix:
+                    close = difflib.get_close_matches(full, all_keys, n=1, cutoff=0.6)
+                if close and close[0] in sections and isinstance(value, dict) and value:
+                    sub = next(iter(value))  # "modl.fam_len" -> "did you mean model.fam_len?"
+                    if f"{close[0]}.{sub}" in all_keys:
+                        full, close = f"{full}.{sub}", [f"{close[0]}.{sub}"]
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"{full}: unknown key{hint}{source}")
+
+    walk(data, "")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(preset: str) -> Any:
+    """A preset name (``famlab/presets/<name>.yaml``) or a path to a YAML file."""
+    path = Path(preset).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    named = PRESET_DIR / f"{preset}.yaml"
+    if named.is_file():
+        return named
+    close = difflib.get_close_matches(str(preset), preset_names(), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(f"preset={preset!r}: no such preset (available: {', '.join(preset_names())}){hint}")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "model.attention=fam"]`` -> nested dict (values parsed as YAML)."""
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.max_steps=300)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:  # a malformed value (e.g. an unclosed bracket)
+        raise ConfigError(f"overrides {overrides!r}: {_one_line(e)}") from None
+
+
+def _merge(layers: list[tuple[dict[str, Any], str]] | list[dict[str, Any]]) -> Any:
+    """schema <- each layer (checked for unknown keys first) -> merged DictConfig."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = _schema()
+    merged = schema
+    for layer in layers:
+        data, source = layer if isinstance(layer, tuple) else (layer, "")
+        if not data:
+            continue
+        _check_user_keys(schema, data, source)
+        try:
+            merged = OmegaConf.merge(merged, data)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "config"
+            value = getattr(e, "value", None)
+            raise ConfigError(f"{key}={value!r}: {_one_line(getattr(e, 'msg', e))}{source}") from None
+    return merged
+
+
+def _build_run_config(merged: Any) -> RunConfig:
+    """Merged DictConfig -> RunConfig, every section validated; errors name the dotted key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        plain = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {_one_line(getattr(e, 'msg', e))}") from None
+    classes = {"model": ModelConfig, "data": data_config_cls(), "train": TrainConfig, "logger": LoggerConfig}
+    sections = {}
+    for name, cls in classes.items():
+        try:
+            sections[name] = cls(**plain.pop(name))
+        except (ValueError, TypeError) as e:
+            msg = _one_line(e)
+            for prefix in (f"{cls.__name__}.", f"{name}."):
+                if msg.startswith(prefix):
+                    msg = f"{name}." + msg[len(prefix) :]
+                    break
+            else:
+                msg = f"{name}: {msg}"
+            raise ConfigError(msg) from None
+    try:
+        return RunConfig(**sections, **plain)
+    except (ValueError, TypeError) as e:
+        msg = _one_line(e)
+        raise ConfigError(msg[4:] if msg.startswith("run.") else msg) from None
+
+
+def load_run_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """schema <- preset YAML <- dotlist overrides -> a validated :class:`RunConfig`.
+
+    ``preset``: a name in ``famlab/presets`` (``tiny``, ``small``, ``paper``), a YAML path, or None
+    (dataclass defaults). Raises :class:`ConfigError` (a ``ValueError``) with a one-line message.
+    """
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides)
+    picked = [o for o in overrides if o.startswith("preset=")]
+    if picked:  # "preset=NAME" among the overrides selects the preset (the last one wins)
+        overrides = [o for o in overrides if not o.startswith("preset=")]
+        preset = picked[-1].split("=", 1)[1] or None
+    layers: list[tuple[dict[str, Any], str]] = []
+    name = ""
+    if preset:
+        path = preset_path(preset)
+        name = path.stem
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        except Exception as e:
+            raise ConfigError(f"preset {str(path)!r}: {_one_line(e)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"preset {str(path)!r}: expected a mapping at the top level")
+        layers.append((data, f" (in preset {name})"))
+    user = parse_overrides(list(overrides))
+    if name and "preset" not in user:
+        layers.append(({"preset": name}, ""))
+    layers.append((user, ""))
+    return _build_run_config(_merge(layers))
+
+
+def run_config_to_yaml(cfg: RunConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict()))
+
+
+def load_run_config_dict(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = ""
+) -> RunConfig:
+    """A config mapping (e.g. a checkpoint's ``["famlab"]["config"]``) + overrides -> RunConfig."""
+    layers = [(data, f" (in {source})" if source else ""), (parse_overrides(list(overrides)), "")]
+    return _build_run_config(_merge(layers))
+
+
+def load_run_config_file(path: Any, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A run's resolved ``config.yaml`` (+ overrides) -> RunConfig."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    return load_run_config_dict(data, overrides, str(path))

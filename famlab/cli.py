@@ -1,0 +1,230 @@
+"""The ``famlab`` command line (argparse).
+
+::
+
+    famlab train preset=tiny model.attention=fam model.fam_len=16 train.max_steps=300
+    famlab train resume=runs/tiny-fam/20260101-120000 train.max_steps=600
+    famlab eval runs/tiny-fam/20260101-120000 [data.passkey_eval_lengths=[1,2,4]] [--device cuda]
+    famlab data fetch [--cache-dir DIR]
+
+Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
+(``preset=NAME`` or a YAML path; ``famlab/presets``: tiny, small, paper). ``famlab train resume=X``
+without ``preset=`` starts from the resumed run's own config (its ``config.yaml``). A bad setting
+(unknown key, wrong type, out of range) prints one ``famlab: error: ...`` line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
+
+EXAMPLES_TRAIN = """examples:
+  famlab train preset=tiny
+  famlab train preset=tiny model.attention=bswa model.mem_segment=3 train.max_steps=300
+  famlab train preset=small data.task=text data.stateful=true logger.wandb=online logger.group=ablation
+  famlab train resume=runs/tiny-fam/20260101-120000 train.max_steps=600
+
+sections and some keys (see famlab/config.py and famlab/data/config.py for all):
+  model.*   attention=full|bswa|txl|fam, block_size, mem_segment, fam_len, d_model, n_layers, ...
+  data.*    task=passkey|text|recall, batch_size, seq_len, seq_len_schedule, stateful, ...
+  train.*   max_steps, lr, optimizer=adamw|adafactor, schedule=constant|cosine, warmup_steps,
+            grad_clip, precision, devices, strategy, accelerator, val_every, log_every,
+            checkpoint_every, rsp_start_step, rsp_ramp_steps, ...
+  logger.*  wandb=auto|online|offline|disabled, project, entity, group, tags, name
+  seed, out_dir, name, resume
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="famlab",
+        description="Train, evaluate and ablate BSWA and TransformerFAM models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `famlab COMMAND --help` for the options of a command",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_train = sub.add_parser(
+        "train",
+        help="train a model (a run directory with config, provenance, metrics, checkpoints)",
+        description="Train a model. Each run writes <out_dir>/<name>/<YYYYmmdd-HHMMSS>/ with config.yaml, "
+        "provenance.json, metrics.jsonl, checkpoints/, final_metrics.json (and wandb/).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES_TRAIN,
+    )
+    p_train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help=f"preset=NAME (one of {', '.join(preset_names())}, or a YAML path) and dotlist settings",
+    )
+    p_train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p_eval = sub.add_parser(
+        "eval",
+        help="evaluate a run's checkpoint with its task's evaluation",
+        description="Load a run's checkpoint (default: checkpoints/last.ckpt) and config, run the task's "
+        "evaluation (famlab.data.evaluate), print the table, write it as CSV into the run directory "
+        "and add a summary to final_metrics.json.",
+    )
+    p_eval.add_argument("run_dir", help="a run directory (or a run-name directory: its newest run)")
+    p_eval.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. data.passkey_eval_samples=16")
+    p_eval.add_argument("--checkpoint", help="a checkpoint file (default: <run_dir>/checkpoints/last.ckpt)")
+    p_eval.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p_eval.add_argument("--out", help="CSV path (default: <run_dir>/eval.csv)")
+
+    p_data = sub.add_parser("data", help="data utilities", description="Data utilities.")
+    data_sub = p_data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    p_fetch = data_sub.add_parser(
+        "fetch",
+        help="download the text corpus into the cache",
+        description="Download (or verify) the text corpus used by data.task=text.",
+    )
+    p_fetch.add_argument("--cache-dir", default=None, help="default: data.cache_dir (~/.cache/famlab)")
+    return parser
+
+
+def _error(msg: str) -> int:
+    print(f"famlab: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    preset, rest = None, []
+    for item in items:
+        if item.startswith("preset="):
+            preset = item.split("=", 1)[1] or None
+        else:
+            rest.append(item)
+    return preset, rest
+
+
+def _train_config(items: list[str]) -> Any:
+    preset, overrides = _split_overrides(items)
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if preset is None and resume and resume[-1]:
+        from famlab.train import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(resume[-1])
+        cfg_file = ckpt.parent.parent / "config.yaml"
+        if cfg_file.is_file():
+            return load_run_config_file(cfg_file, overrides)
+        from famlab.train import load_checkpoint
+
+        base = load_checkpoint(ckpt)["famlab"]["config"]
+        return load_run_config_dict(base, overrides, str(ckpt))
+    return load_run_config(preset, overrides)
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        cfg = _train_config(args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        return _error(str(e))
+    if args.print_config:
+        from famlab.config import run_config_to_yaml
+
+        print(run_config_to_yaml(cfg), end="")
+        return 0
+    from famlab.train import _global_rank, train
+
+    try:
+        run_dir = train(cfg, argv=argv)
+    except (ConfigError, FileNotFoundError) as e:
+        return _error(str(e))
+    if _global_rank() == 0:
+        final = run_dir / "final_metrics.json"
+        summary = json.loads(final.read_text()) if final.exists() else {}
+        shown = {k: v for k, v in summary.items() if k in ("step", "train/loss_recent_mean", "val/loss")}
+        print(f"run: {run_dir}")
+        if shown:
+            print(
+                "final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            )
+    return 0
+
+
+def summarize_eval(df: Any) -> dict[str, float]:
+    """One number per metric: the ``overall`` row where the table has one (text), else the mean."""
+    metrics = [c for c in ("accuracy", "digit_accuracy", "example_accuracy", "bpb") if c in df.columns]
+    if "scope" in df.columns and (df["scope"] == "overall").any():
+        row = df[df["scope"] == "overall"].iloc[0]
+        return {m: float(row[m]) for m in metrics}
+    return {m: float(df[m].mean()) for m in metrics}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from famlab.train import load_model, resolve_run_dir
+
+    try:
+        run_dir = resolve_run_dir(args.run_dir)
+        cfg = load_run_config_file(run_dir / "config.yaml", args.overrides)
+        model, _ = load_model(args.checkpoint or run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        return _error(str(e))
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from famlab.data import evaluate
+
+    model = model.to(device)
+    try:
+        df = evaluate(model, cfg.data, block_size=cfg.model.block_size, seed=cfg.seed, device=device)
+    except ValueError as e:
+        return _error(str(e))
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.width", 160):
+        print(df.to_string(index=False))
+    out = Path(args.out) if args.out else run_dir / "eval.csv"
+    df.to_csv(out, index=False)
+    final_path = run_dir / "final_metrics.json"
+    final = json.loads(final_path.read_text()) if final_path.exists() else {}
+    final["eval"] = {
+        "task": cfg.data.task,
+        "checkpoint": str(args.checkpoint or run_dir / "checkpoints" / "last.ckpt"),
+        "csv": str(out),
+        **summarize_eval(df),
+    }
+    final_path.write_text(json.dumps(final, indent=2) + "\n")
+    print(f"wrote {out} and {final_path}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.data_command != "fetch":
+        parser.parse_args(["data", "--help"])
+        return 2
+    from famlab.data.config import DataConfig
+    from famlab.data.text import fetch
+
+    path = fetch(args.cache_dir or DataConfig().cache_dir, quiet=False)
+    print(f"text corpus ready in {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``famlab`` script; returns the exit status (2 for bad settings)."""
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "train":
+        return cmd_train(args, list(sys.argv) if from_sys else ["famlab", *argv])
+    if args.command == "eval":
+        return cmd_eval(args)
+    return cmd_data(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

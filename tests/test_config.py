@@ -1,0 +1,161 @@
+"""Run configuration: presets, overrides, one-line errors for unknown keys, bad types and ranges."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from famlab.config import (
+    ConfigError,
+    LoggerConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+    load_run_config_file,
+    preset_names,
+    run_config_to_yaml,
+)
+
+
+def test_presets_load():
+    assert {"tiny", "small", "paper"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_run_config(name)
+        assert isinstance(cfg, RunConfig) and isinstance(cfg.model, ModelConfig)
+        assert cfg.preset == name and cfg.run_name == f"{name}-{cfg.model.attention}"
+    paper = load_run_config("paper")
+    m, t = paper.model, paper.train
+    assert (m.block_size, m.mem_segment, m.fam_len, m.rsp_prob) == (1024, 3, 64, 0.8)
+    assert (m.n_layers, m.d_model, m.rope_base) == (18, 1536, 10000.0)
+    assert (t.optimizer, t.schedule, t.lr, t.betas) == ("adafactor", "constant", 1e-4, [0.9, 0.99])
+    assert paper.data.seq_len == 8704 and paper.data.batch_size * t.accumulate_grad_batches == 128
+    tiny = load_run_config("tiny")
+    assert tiny.model.d_model <= 128 and tiny.train.max_steps <= 1000
+
+
+def test_overrides_apply():
+    cfg = load_run_config(
+        "tiny",
+        [
+            "model.attention=bswa",
+            "model.fam_len=16",
+            "model.n_kv_heads=2",
+            "train.lr=1e-3",
+            "train.betas=[0.8,0.9]",
+            "data.seq_len_schedule=[[0,256],[10,512]]",
+            "logger.tags=[a,b]",
+            "seed=7",
+            "name=mine",
+        ],
+    )
+    assert cfg.model.attention == "bswa" and cfg.model.fam_len == 16 and cfg.model.n_kv_heads == 2
+    assert cfg.train.lr == 1e-3 and cfg.train.betas == [0.8, 0.9]
+    assert cfg.data.seq_len_schedule == [[0, 256], [10, 512]]
+    assert cfg.logger.tags == ["a", "b"] and cfg.seed == 7 and cfg.run_name == "mine"
+    # the preset's other values stay; later overrides win; preset= may come with the overrides
+    assert cfg.model.d_model == load_run_config("tiny").model.d_model
+    assert load_run_config(None, ["preset=tiny", "train.lr=1", "train.lr=2"]).train.lr == 2.0
+    assert load_run_config(None, ["preset=tiny"]).preset == "tiny"
+    assert load_run_config().preset == "" and load_run_config().model == ModelConfig()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.fam_lenn=3", "model.fam_lenn: unknown key; did you mean model.fam_len?"),
+        ("data.tsk=text", "data.tsk: unknown key; did you mean data.task?"),
+        ("train.max_step=3", "train.max_step: unknown key; did you mean train.max_steps?"),
+        ("logger.projet=x", "logger.projet: unknown key; did you mean logger.project?"),
+        ("sed=3", "sed: unknown key; did you mean seed?"),
+        ("modl.fam_len=3", "modl.fam_len: unknown key; did you mean model.fam_len?"),
+    ],
+)
+def test_unknown_key_suggests_closest(override, message):
+    with pytest.raises(ValueError) as err:
+        load_run_config("tiny", [override])
+    assert str(err.value) == message
+
+
+def test_unknown_key_in_preset_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  d_modle: 64\n")
+    with pytest.raises(
+        ValueError, match=r"^model.d_modle: unknown key; did you mean model.d_model\? \(in preset mine\)$"
+    ):
+        load_run_config(str(path))
+    with pytest.raises(ValueError, match="no such preset.*did you mean tiny"):
+        load_run_config("tiyn")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=abc", "train.lr"),
+        ("train.lr=-1", "train.lr"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.max_steps=1.5", "train.max_steps"),
+        ("train.optimizer=sgd", "train.optimizer"),
+        ("train.schedule=linear", "train.schedule"),
+        ("train.betas=[0.9]", "train.betas"),
+        ("train.precision=8", "train.precision"),
+        ("train.devices=0", "train.devices"),
+        ("model.n_heads=3", "model.n_heads"),
+        ("model.d_model=abc", "model.d_model"),
+        ("model.attention=linear", "model.attention"),
+        ("model.rsp_prob=1.5", "model.rsp_prob"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.task=vision", "data.task"),
+        ("logger.wandb=maybe", "logger.wandb"),
+        ("seed=-1", "seed"),
+        ("model=3", "model"),
+        ("train.lr", "train.lr"),  # not key=value
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(override, key):
+    with pytest.raises(ValueError) as err:
+        load_run_config("tiny", [override])
+    msg = str(err.value)
+    assert isinstance(err.value, ConfigError)
+    assert "\n" not in msg and key in msg, msg
+    assert "ModelConfig." not in msg and "DataConfig." not in msg  # dotted run keys, not class names
+
+
+def test_stateful_needs_block_multiples():
+    ok = load_run_config("tiny", ["data.task=recall", "data.stateful=true", "data.seq_len=128", "model.block_size=64"])
+    assert ok.data.stateful
+    with pytest.raises(ValueError, match=r"data.seq_len=100 .*multiple of model.block_size=64"):
+        load_run_config("tiny", ["data.task=recall", "data.stateful=true", "data.seq_len=100", "model.block_size=64"])
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = load_run_config("tiny", ["model.fam_len=8", "logger.tags=[x]", "resume=somewhere"])
+    path = tmp_path / "config.yaml"
+    path.write_text(run_config_to_yaml(cfg))
+    assert load_run_config_file(path) == cfg
+    assert load_run_config_file(path, ["train.lr=0.5"]).train.lr == 0.5
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_lr_schedule():
+    t = TrainConfig(max_steps=110, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert t.lr_factor_at(0) == pytest.approx(1 / 11) and t.lr_factor_at(9) == pytest.approx(10 / 11)
+    assert t.lr_factor_at(10) == pytest.approx(1.0)
+    assert t.lr_factor_at(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert t.lr_factor_at(110) == pytest.approx(0.1) and t.lr_factor_at(500) == pytest.approx(0.1)
+    c = TrainConfig(schedule="constant", warmup_steps=0)
+    assert all(c.lr_factor_at(s) == 1.0 for s in (0, 5, 10_000))
+
+
+def test_rsp_schedule_function():
+    t = TrainConfig(rsp_start_step=100, rsp_ramp_steps=50)
+    assert t.rsp_prob_at(0, 0.8) == 0.0 and t.rsp_prob_at(99, 0.8) == 0.0
+    assert 0.0 < t.rsp_prob_at(100, 0.8) < t.rsp_prob_at(120, 0.8) < 0.8
+    assert t.rsp_prob_at(149, 0.8) == pytest.approx(0.8) and t.rsp_prob_at(10_000, 0.8) == pytest.approx(0.8)
+    assert TrainConfig(rsp_start_step=5).rsp_prob_at(5, 0.8) == 0.8  # no ramp: at once
+
+
+def test_logger_config_defaults():
+    lc = LoggerConfig()
+    assert lc.wandb == "auto" and lc.project == "famlab" and lc.tags == []
