@@ -16,7 +16,7 @@ SWEEP ?= passkey
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres test test-fast test-slow lint format bench sweep sweep-status clean
+.PHONY: help install postgres test test-fast test-slow lint format bench passkey-demo sweep sweep-status clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test-slow: $(STAMP) ## run only the slow tests
 
 bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writes bench/results/)
 	$(BIN)/python -m famlab.bench $(BENCH_ARGS)
+
+passkey-demo: $(STAMP) ## train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey, evaluate at 1x/4x/16x length (CPU, < 20 min)
+	$(BIN)/python -m famlab.experiments.passkey_demo $(DEMO_ARGS)
 
 sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite under runs/) and print its table
 	$(BIN)/famlab sweep run $(SWEEP) --profile $(PROFILE) --workers $(WORKERS)

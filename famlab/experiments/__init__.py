@@ -1,0 +1,1 @@
+"""Scripted experiments (each a `make` target)."""
