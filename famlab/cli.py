@@ -6,6 +6,7 @@
     famlab train resume=runs/tiny-fam/20260101-120000 train.max_steps=600
     famlab eval runs/tiny-fam/20260101-120000 [data.passkey_eval_lengths=[1,2,4]] [--device cuda]
     famlab data fetch [--cache-dir DIR]
+    famlab sweep [run|status] SPEC [--profile tiny|paper] [--storage URL] [--workers N]
 
 Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
 (``preset=NAME`` or a YAML path; ``famlab/presets``: tiny, small, paper). ``famlab train resume=X``
@@ -86,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Download (or verify) the text corpus used by data.task=text.",
     )
     p_fetch.add_argument("--cache-dir", default=None, help="default: data.cache_dir (~/.cache/famlab)")
+    sub.add_parser(
+        "sweep",
+        help="run or inspect an Optuna sweep (sweeps/*.yaml); `famlab sweep --help` for its options",
+        add_help=False,
+    )
     return parser
 
 
@@ -214,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``famlab`` script; returns the exit status (2 for bad settings)."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # its own parser: famlab.sweep
+        from famlab.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -35,9 +35,11 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +55,7 @@ from famlab.config import config_error, unknown_key_error
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 STORAGE_ENV = "FAMLAB_STORAGE"
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "threshold")
 DIRECTIONS = ("minimize", "maximize")
 SPEC_KEYS = (
     "study",
@@ -70,6 +72,8 @@ SPEC_KEYS = (
     "max_retries",
     "profiles",
     "table",
+    "evaluate",
+    "eval_overrides",
 )
 PROFILE_KEYS = (
     "preset",
@@ -83,7 +87,7 @@ PROFILE_KEYS = (
     "max_retries",
     "table",
 )
-SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space")
+SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 GRID_SAMPLER_SEED = 0  # shared by every worker of every grid study: see the module docstring
 
@@ -119,12 +123,15 @@ class SweepSpec:
     sampler: str
     pruner: str
     n_trials: int
+    prune_above: float | None
     seeds: list[int]
     metric: str
     direction: str
     metrics: list[str]
     max_retries: int
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluate: bool = False  # run `famlab eval` on each trained run (its table goes on the trial)
+    eval_overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     paper: str = ""
     table: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +145,9 @@ class SweepSpec:
     def varied(self) -> list[str]:
         """Parameters the sweep varies (seed excluded)."""
         return list(self.grid or self.space or {})
+
+    def eval_overrides_list(self) -> list[str]:
+        return [f"{k}={_dot_value(v)}" for k, v in self.eval_overrides.items()]
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid, once per seed (seed is the last key)."""
@@ -215,7 +225,7 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
     search = pick("search")
     if (grid is None) == (search is None):
         raise ValueError(f"{owner}: give exactly one of `grid` or `search`")
-    space, sampler, pruner, n_trials = None, "grid", "none", 0
+    space, sampler, pruner, n_trials, prune_above = None, "grid", "none", 0, None
     if grid is not None:
         if not grid:
             raise config_error(owner, "grid", grid, "at least one parameter with values")
@@ -233,6 +243,9 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         sampler = search.get("sampler", "tpe")
         pruner = search.get("pruner", "median")
         n_trials = search.get("n_trials", 20)
+        prune_above = search.get("prune_above")
+        if pruner == "threshold" and not isinstance(prune_above, int | float):
+            raise config_error(owner, "search.prune_above", prune_above, "a number (the threshold pruner's bound)")
         if sampler not in SAMPLERS:
             raise config_error(owner, "search.sampler", sampler, "one of " + ", ".join(SAMPLERS))
         if pruner not in PRUNERS:
@@ -276,12 +289,15 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         sampler=sampler,
         pruner=pruner,
         n_trials=n_trials,
+        prune_above=prune_above,
         seeds=seeds,
         metric=metric,
         direction=direction,
         metrics=list(pick("metrics", []) or []),
         max_retries=max_retries,
         variants={**(raw.get("variants") or {}), **(prof.get("variants") or {})},
+        evaluate=bool(pick("evaluate", False)),
+        eval_overrides={**(raw.get("eval_overrides") or {}), **(prof.get("eval_overrides") or {})},
         description=raw.get("description", ""),
         paper=raw.get("paper", ""),
         table=pick("table", {}) or {},
@@ -336,6 +352,7 @@ def redact(url: str) -> str:
 
 def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None, max_stale_retries: int = 3) -> RDBStorage:
     """An RDB storage with heartbeats: stale RUNNING trials are failed and queued again."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -365,6 +382,9 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner()
+    if spec.pruner == "threshold":  # prune a run whose metric passes the bound (in the bad direction)
+        bound = {"upper": spec.prune_above} if spec.direction == "minimize" else {"lower": spec.prune_above}
+        return optuna.pruners.ThresholdPruner(**bound)
     return optuna.pruners.NopPruner()
 
 
@@ -441,7 +461,42 @@ def find_run_dir(root: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
-def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, poll: float = 1.0) -> float:
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"eval": {"accuracy": 1}} -> {"eval/accuracy": 1}; only scalars are kept."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float | str | bool) or value is None:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _run(cmd: list[str], log_path: Path, env: dict[str, str], on_poll=None, poll: float = 1.0) -> int:
+    """Run a child process that dies with us, logging to ``log_path``; ``on_poll()`` runs every
+    ``poll`` seconds while it lives and may raise to stop it (the child is killed)."""
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=env)
+        try:
+            while proc.poll() is None:
+                time.sleep(poll)
+                if on_poll is not None:
+                    on_poll()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode
+
+
+def _log_tail(log_path: Path, lines: int = 3) -> str:
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+    return " | ".join(tail)[-500:]
+
+
+def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, *, threads: int = 1, poll: float = 1.0) -> float:
+    """Train one run (and evaluate it if the spec says so) in child processes; store its results
+    on the trial; return the objective."""
     params = _suggest(trial, spec)
     dup = _duplicate_of(trial, params)
     if dup is not None:
@@ -449,11 +504,11 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, poll: float 
         raise optuna.TrialPruned(f"grid point already taken by trial {dup}")
     trial_dir = out_root / spec.study_name / f"trial-{trial.number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
-    tags = [f"{k}={v}" for k, v in params.items() if k != "seed"]
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    tags = [f"{k}={v}" for k, v in params.items()]
+    famlab = [sys.executable, "-m", "famlab.cli"]
     cmd = [
-        sys.executable,
-        "-m",
-        "famlab.cli",
+        *famlab,
         "train",
         f"preset={spec.preset}",
         *spec.trial_overrides(params),
@@ -463,47 +518,48 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, poll: float 
         f"logger.name={spec.study_name}-trial{trial.number}",
         f"logger.tags={_dot_value(tags)}",
     ]
-    trial.set_user_attr("command", " ".join(cmd[2:]))
+    trial.set_user_attr("command", " ".join(["famlab", *cmd[3:]]))
     log_path = trial_dir / "train.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=env)
-        run_dir, offset, last_step = None, 0, -1
-        try:
-            while proc.poll() is None:
-                time.sleep(poll)
-                run_dir = run_dir or find_run_dir(trial_dir)
-                if run_dir is None:
-                    continue
-                if "run_dir" not in trial.user_attrs:
-                    trial.set_user_attr("run_dir", str(run_dir))
-                rows, offset = _read_jsonl(run_dir / "metrics.jsonl", offset)
-                for row in rows:
-                    value, step = row.get(spec.metric), row.get("step")
-                    if isinstance(value, int | float) and isinstance(step, int) and step > last_step:
-                        trial.report(float(value), step)
-                        last_step = step
-                        if trial.should_prune():
-                            proc.kill()
-                            proc.wait()
-                            raise optuna.TrialPruned(f"pruned at step {step} ({spec.metric}={value:.4g})")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    run_dir = run_dir or find_run_dir(trial_dir)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    env.pop(STORAGE_ENV, None)  # the run never needs the study's credentials
+    seen = {"run_dir": None, "offset": 0, "step": -1}
+
+    def report_progress() -> None:  # intermediate values from the run's metrics.jsonl, for pruners
+        seen["run_dir"] = seen["run_dir"] or find_run_dir(trial_dir)
+        if seen["run_dir"] is None:
+            return
+        if "run_dir" not in trial.user_attrs:
+            trial.set_user_attr("run_dir", str(seen["run_dir"]))
+        rows, seen["offset"] = _read_jsonl(seen["run_dir"] / "metrics.jsonl", seen["offset"])
+        for row in rows:
+            value, step = row.get(spec.metric), row.get("step")
+            if isinstance(value, int | float) and isinstance(step, int) and step > seen["step"]:
+                trial.report(float(value), step)
+                seen["step"] = step
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step} ({spec.metric}={value:.4g})")
+
+    code = _run(cmd, log_path, env, on_poll=report_progress, poll=poll)
+    run_dir = seen["run_dir"] or find_run_dir(trial_dir)
     if run_dir is not None:
         trial.set_user_attr("run_dir", str(run_dir))
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        raise TrialFailed(f"famlab train exited with {proc.returncode}: {' | '.join(tail)[-500:]}")
-    metrics_file = run_dir / "final_metrics.json" if run_dir else None
-    if metrics_file is None or not metrics_file.exists():
+    if code != 0:
+        raise TrialFailed(f"famlab train exited with {code}: {_log_tail(log_path)}")
+    if run_dir is None or not (run_dir / "final_metrics.json").exists():
         raise TrialFailed(f"no final_metrics.json under {trial_dir}")
-    metrics = json.loads(metrics_file.read_text())
+    if spec.evaluate:
+        eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu"]
+        code = _run(eval_cmd, trial_dir / "eval.log", env, poll=poll)
+        if code != 0:
+            raise TrialFailed(f"famlab eval exited with {code}: {_log_tail(trial_dir / 'eval.log')}")
+        eval_csv = run_dir / "eval.csv"
+        if eval_csv.exists():
+            import pandas as pd
+
+            trial.set_user_attr("eval_table", pd.read_csv(eval_csv).to_dict(orient="records"))
+    metrics = _flatten(json.loads((run_dir / "final_metrics.json").read_text()))
     for key, value in metrics.items():
-        if isinstance(value, int | float | str | bool) or value is None:
-            trial.set_user_attr(f"m.{key}", value)
+        trial.set_user_attr(f"m.{key}", value)
     value = metrics.get(spec.metric)
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise TrialFailed(f"objective {spec.metric}={value!r} is not a finite number")
@@ -524,7 +580,17 @@ def _retry_failed(spec: SweepSpec):
         tries = int(trial.user_attrs.get("retry", 0))
         if tries < spec.max_retries:
             origin = trial.user_attrs.get("retry_of", trial.number)
-            study.enqueue_trial(trial.params, user_attrs={"retry": tries + 1, "retry_of": origin})
+            # like RetryHeartbeatStaleTrialCallback: keep the sampler's system attrs (GridSampler's
+            # grid_id: enqueue_trial would drop it and GridSampler.after_trial needs it) and fix the params
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=TrialState.WAITING,
+                    params=trial.params,
+                    distributions=trial.distributions,
+                    user_attrs={"retry": tries + 1, "retry_of": origin},
+                    system_attrs={**trial.system_attrs, "fixed_params": trial.params},
+                )
+            )
 
     return callback
 
@@ -541,7 +607,15 @@ def _work_left(study: optuna.Study, spec: SweepSpec) -> tuple[bool, bool]:
     return waiting or done < spec.n_trials, running
 
 
-def work(spec: SweepSpec, storage_url: str, out_root: Path, *, heartbeat: int = 10, grace: int | None = None) -> None:
+def work(
+    spec: SweepSpec,
+    storage_url: str,
+    out_root: Path,
+    *,
+    heartbeat: int = 10,
+    grace: int | None = None,
+    threads: int = 1,
+) -> None:
     """One worker: run trials until the study has nothing left to start or to wait for."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, heartbeat=heartbeat, grace=grace)
@@ -549,7 +623,7 @@ def work(spec: SweepSpec, storage_url: str, out_root: Path, *, heartbeat: int = 
 
     def objective(trial: optuna.Trial) -> float:
         try:
-            return run_trial(trial, spec, out_root)
+            return run_trial(trial, spec, out_root, threads=threads)
         except TrialFailed as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
@@ -573,33 +647,31 @@ def run_sweep(
     out_root: str | Path = "runs",
     heartbeat: int = 10,
     grace: int | None = None,
+    threads: int | None = None,
 ) -> str:
     """Start ``workers`` worker processes on one study and wait for them. Returns the storage URL."""
     storage_url = storage_url or os.environ.get(STORAGE_ENV) or default_storage(spec, out_root)
     out_root = Path(out_root).resolve()
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     print(f"sweep {spec.study_name}: storage {redact(storage_url)}, {workers} worker(s)", flush=True)
-    open_study(spec, make_storage(storage_url, heartbeat=heartbeat, grace=grace))  # create once, no race
+    open_study(spec, make_storage(storage_url, heartbeat=heartbeat, grace=grace))  # create it once, here
     if workers == 1:
-        work(spec, storage_url, out_root, heartbeat=heartbeat, grace=grace)
+        work(spec, storage_url, out_root, heartbeat=heartbeat, grace=grace, threads=threads)
         return storage_url
-    procs = [
-        subprocess.Popen(worker_command(spec, storage_url, out_root, heartbeat, grace), preexec_fn=_die_with_parent)
-        for _ in range(workers)
-    ]
+    cmd = worker_command(spec, out_root, heartbeat=heartbeat, grace=grace, threads=threads)
+    env = {**os.environ, STORAGE_ENV: storage_url}  # in the environment: never in a process list
+    procs = [subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent) for _ in range(workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RuntimeError(f"sweep workers exited with {codes}")
     return storage_url
 
 
-def worker_command(spec: SweepSpec, storage_url: str, out_root: Path, heartbeat: int, grace: int | None) -> list[str]:
+def worker_command(spec: SweepSpec, out_root: Path, *, heartbeat: int, grace: int | None, threads: int) -> list[str]:
+    """The command of one worker; the storage URL comes from $FAMLAB_STORAGE."""
     cmd = [sys.executable, "-m", "famlab.sweep", "worker", spec.path, "--profile", spec.profile]
-    cmd += ["--out-root", str(out_root), "--heartbeat", str(heartbeat)]
-    if grace:
-        cmd += ["--grace", str(grace)]
-    # the URL travels in the environment, so it never shows in a process list
-    os.environ[STORAGE_ENV] = storage_url
-    return cmd
+    cmd += ["--out-root", str(out_root), "--heartbeat", str(heartbeat), "--threads", str(threads)]
+    return cmd + (["--grace", str(grace)] if grace else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -655,16 +727,28 @@ def ablation_table(spec: SweepSpec, storage_url: str):
     return agg
 
 
+ACTIONS = ("run", "status", "worker")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="famlab sweep", description="Run or inspect an Optuna sweep.")
-    parser.add_argument("action", nargs="?", default="run", choices=["run", "status", "worker"])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ACTIONS and not argv[0].startswith("-"):
+        argv = ["run", *argv]  # `famlab sweep SPEC` means run
+    parser = argparse.ArgumentParser(
+        prog="famlab sweep",
+        description="Run or inspect an Optuna sweep. `run` starts workers on the spec's study (creating it "
+        "if needed, resuming it otherwise) and prints the ablation table; `status` lists the trials; "
+        "`worker` is one worker (what `run --workers N` and SLURM jobs start).",
+    )
+    parser.add_argument("action", choices=ACTIONS)
     parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec")
-    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--profile", default="tiny", help="the spec profile: tiny (CPU) or paper (cluster)")
     parser.add_argument("--storage", default=None, help=f"Optuna storage URL (default: ${STORAGE_ENV} or SQLite)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out-root", default="runs")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--out-root", default="runs", help="trial run directories and the default SQLite store")
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
     parser.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is stale")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per trial (default: cores/workers)")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, args.profile, validate_runs=args.action != "status")
