@@ -75,18 +75,7 @@ SPEC_KEYS = (
     "evaluate",
     "eval_overrides",
 )
-PROFILE_KEYS = (
-    "preset",
-    "overrides",
-    "grid",
-    "variants",
-    "search",
-    "seeds",
-    "objective",
-    "metrics",
-    "max_retries",
-    "table",
-)
+PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles"))
 SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 GRID_SAMPLER_SEED = 0  # shared by every worker of every grid study: see the module docstring
