@@ -641,7 +641,7 @@ def run_sweep(
     """Start ``workers`` worker processes on one study and wait for them. Returns the storage URL."""
     storage_url = storage_url or os.environ.get(STORAGE_ENV) or default_storage(spec, out_root)
     out_root = Path(out_root).resolve()
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or 1  # tiny CPU runs slow down badly when threads oversubscribe the cores
     print(f"sweep {spec.study_name}: storage {redact(storage_url)}, {workers} worker(s)", flush=True)
     open_study(spec, make_storage(storage_url, heartbeat=heartbeat, grace=grace))  # create it once, here
     if workers == 1:
@@ -702,18 +702,28 @@ def status_table(spec: SweepSpec, storage_url: str) -> str:
 
 
 def ablation_table(spec: SweepSpec, storage_url: str):
-    """Completed trials aggregated over seeds: one row per varied setting, mean and std of the
-    objective and of every recorded metric named in the spec."""
+    """Completed trials aggregated over seeds: one row per varied setting; per metric (the objective
+    first, then the spec's ``metrics``) "mean ± std" over seeds, and n, the number of seeds."""
+    import pandas as pd
+
     df = trials_frame(spec, storage_url)
-    if df.empty or "objective" not in df:
+    if df.empty:
         return df
     done = df[df["state"] == "COMPLETE"]
-    metrics = ["objective", *[m for m in spec.metrics if m in done.columns and m != "objective"]]
     keys = [k for k in spec.varied if k in done.columns]
     if done.empty or not keys:
-        return done
-    agg = done.groupby(keys, dropna=False)[metrics].agg(["mean", "std", "count"])
-    return agg
+        return pd.DataFrame()
+    metrics = [spec.metric, *[m for m in spec.metrics if m != spec.metric]]
+    metrics = [m for m in metrics if m in done.columns]
+    groups = done.groupby(keys, dropna=False, sort=False)
+    table = groups.size().rename("n").to_frame()
+    for m in metrics:
+        mean, std = groups[m].mean(), groups[m].std()
+        table[m] = [f"{mu:.4g}" if pd.isna(sd) else f"{mu:.4g} ± {sd:.2g}" for mu, sd in zip(mean, std)]
+    order = [p for p in (spec.grid or {}).get(keys[0], [])] if len(keys) == 1 else None
+    if order:  # the spec's own order of settings (e.g. M0, M1, ..., FAM)
+        table = table.reindex([o for o in order if o in table.index])
+    return table[[*metrics, "n"]]
 
 
 ACTIONS = ("run", "status", "worker")
@@ -737,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-root", default="runs", help="trial run directories and the default SQLite store")
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
     parser.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is stale")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per trial (default: cores/workers)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per trial (default 1)")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, args.profile, validate_runs=args.action != "status")
@@ -755,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     print(status_table(spec, storage))
     table = ablation_table(spec, storage)
     if args.action == "run" and len(table):
-        print("\n" + table.to_string())
+        print(f"\n{spec.study} ({spec.profile}): {spec.direction} {spec.metric}; mean ± std over seeds")
+        print(table.to_string())
     return 0
 
 

@@ -39,9 +39,8 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
   ``find_unused_parameters`` when the model has FAM (a step starting from a carried or RSP state
   does not use the FAM prompt). ``use_distributed_sampler=False``: every rank validates on all
   validation batches (the sums are reduced, so the value equals the single-device one, and
-  stateful validation keeps its consecutive windows). Training data per rank is whatever the
-  datamodule serves (famlab.data does not shard by rank at the time of writing: ranks see the same
-  batches). The carried stateful-training state is restored on resume only for single-process runs.
+  stateful validation keeps its consecutive windows). Training data per rank comes from the
+  datamodule: rank r > 0 draws its own batches (rank 0's stream is the single-process one). The carried stateful-training state is restored on resume only for single-process runs.
 """
 
 from __future__ import annotations
