@@ -76,6 +76,8 @@ class ModelConfig:
     # --- training-only extras ---
     random_pos_offset: bool = True  # RPO: random offset added to every position, per sequence
     rsp_prob: float = 0.8  # random state passing: P(start from the saved FAM of the last step)
+    # --- pretrained weights ---
+    init_from: str | None = None  # a converted folder (famlab.hf): weights and shape keys come from it
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -118,6 +120,8 @@ class ModelConfig:
             raise config_error(name, "rsp_prob", self.rsp_prob, "a probability in [0, 1]")
         if not self.rope_base > 0:
             raise config_error(name, "rope_base", self.rope_base, "a number > 0")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise config_error(name, "init_from", self.init_from, "a converted folder (famlab.hf) or null")
 
     # --- derived values ---
     @property
@@ -186,7 +190,7 @@ TRAIN_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-RUN_SECTIONS = ("model", "data", "train", "logger")
+RUN_SECTIONS = ("model", "data", "train", "logger", "lora")
 PRESET_DIR = Path(__file__).with_name("presets")
 
 
@@ -341,6 +345,38 @@ class LoggerConfig:
         self.tags = list(self.tags)
 
 
+@dataclass
+class LoraConfig:
+    """LoRA fine-tuning through ``peft`` (``famlab.hf.add_lora``), for a pretrained base (``model.init_from``).
+
+    ``rank`` 0 = off (every weight trains). Otherwise adapters of that rank on the linear layers named by
+    ``targets`` (module-name suffixes), scale ``alpha / rank`` (``alpha`` null = rank); only the adapters and
+    the FAM prompt/prefix train. Checkpoints keep the adapters; at the end of training the merged model is
+    written to ``<run_dir>/merged`` (a converted folder) when ``merge`` is true, and ``load_model`` merges.
+    """
+
+    rank: int = 0
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["wqkv", "wo", "ff.up", "ff.down"])
+    merge: bool = True
+
+    def __post_init__(self) -> None:
+        if not (_is_int(self.rank) and self.rank >= 0):
+            raise config_error("lora", "rank", self.rank, "an integer >= 0 (0 = no LoRA)")
+        if self.alpha is not None and not (_is_num(self.alpha) and self.alpha > 0):
+            raise config_error("lora", "alpha", self.alpha, "a number > 0, or null for alpha = rank")
+        if not (_is_num(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise config_error("lora", "dropout", self.dropout, "a number in [0, 1)")
+        allowed = ("wqkv", "wo", "ff.up", "ff.down", "head")
+        targets = list(self.targets) if isinstance(self.targets, list | tuple) else None
+        if not targets or any(t not in allowed for t in targets):
+            raise config_error("lora", "targets", self.targets, "a non-empty list of " + ", ".join(allowed))
+        self.targets = targets
+        if not isinstance(self.merge, bool):
+            raise config_error("lora", "merge", self.merge, "true or false")
+
+
 def data_config_cls() -> type:
     """``famlab.data.config.DataConfig``, imported on first use (see the module notes above)."""
     from famlab.data.config import DataConfig
@@ -364,6 +400,7 @@ class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=_default_data_config)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     seed: int = 0
     out_dir: str = "runs"
     name: str = ""
@@ -525,7 +562,13 @@ def _build_run_config(merged: Any) -> RunConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_one_line(getattr(e, 'msg', e))}") from None
-    classes = {"model": ModelConfig, "data": data_config_cls(), "train": TrainConfig, "logger": LoggerConfig}
+    classes = {
+        "model": ModelConfig,
+        "data": data_config_cls(),
+        "train": TrainConfig,
+        "logger": LoggerConfig,
+        "lora": LoraConfig,
+    }
     sections = {}
     for name, cls in classes.items():
         try:

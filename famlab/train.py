@@ -46,6 +46,7 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -164,7 +165,7 @@ class FamLightningModule(pl.LightningModule):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         self.cfg = cfg
-        self.model = FamLM(cfg.model)
+        self.model = build_model(cfg)
         self.carried: FamState | None = None  # stateful training: the state after the last window
         self.val_state: FamState | None = None
         self.micro_step = 0  # training batches seen (keys the per-step RNG; saved in checkpoints)
@@ -495,6 +496,23 @@ class _FinalMetrics(Callback):
             (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
 
 
+class _MergeLora(Callback):
+    """Writes ``<run_dir>/merged`` (a famlab.hf converted folder) when training ends: a copy of the model
+    with its LoRA adapters merged (the trained module and its checkpoints keep the adapters)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            import copy
+
+            from famlab import hf
+
+            merged = hf.merge_lora(copy.deepcopy(pl_module.model)).eval()
+            hf.save_converted(merged, self.run_dir / "merged", extra_files_from=pl_module.cfg.model.init_from)
+
+
 class _Checkpoints(ModelCheckpoint):
     """ModelCheckpoint whose ``last.ckpt`` is always the final state (Lightning's own end-of-training
     save skips it when an earlier periodic save already wrote a ``last.ckpt``)."""
@@ -626,6 +644,7 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
     from famlab.data import build_datamodule
 
     t0 = time.time()
+    cfg = resolve_pretrained(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     module = FamLightningModule(cfg)
@@ -656,7 +675,10 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
     wb = make_wandb_logger(cfg, run_dir) if is_zero or not inherited else None
     if wb is not None:
         loggers.append(wb)
-    trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=[_FinalMetrics(run_dir, t0)])
+    extra: list[Callback] = [_FinalMetrics(run_dir, t0)]
+    if cfg.lora.rank and cfg.lora.merge:
+        extra.append(_MergeLora(run_dir))
+    trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=extra)
 
     set_env = not inherited
     if set_env:
@@ -673,6 +695,35 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
                 wb.experiment.finish()
 
     return run_dir
+
+
+def resolve_pretrained(cfg: RunConfig) -> RunConfig:
+    """With ``model.init_from`` (a famlab.hf converted folder): the shape keys of ``cfg.model`` taken from it."""
+    if not cfg.model.init_from:
+        return cfg
+    from famlab import hf
+
+    try:
+        model_cfg = hf.resolve_model_config(cfg.model)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"model.init_from={cfg.model.init_from!r}: {' '.join(str(e).split())}") from None
+    return dataclasses.replace(cfg, model=model_cfg)
+
+
+def build_model(cfg: RunConfig, *, load_init: bool = True) -> FamLM:
+    """The FamLM of a run: pretrained weights from ``model.init_from`` (if ``load_init``), then LoRA adapters
+    (``lora.rank`` > 0; only adapters and the FAM prompt/prefix train)."""
+    model = FamLM(cfg.model)
+    if cfg.model.init_from and load_init:
+        from famlab import hf
+
+        hf.init_weights_from(model, cfg.model.init_from)
+    if cfg.lora.rank:
+        from famlab import hf
+
+        lc = cfg.lora
+        hf.add_lora(model, lc.rank, lc.alpha, lc.dropout, lc.targets)
+    return model
 
 
 def final_metrics(cfg: RunConfig, module: FamLightningModule, trainer: pl.Trainer, dm: Any, run_dir: Path, wall: float):
@@ -714,9 +765,13 @@ def load_model(run_dir_or_ckpt: str | Path, map_location: Any = "cpu") -> tuple[
     ckpt_path = resolve_checkpoint(run_dir_or_ckpt)
     ckpt = load_checkpoint(ckpt_path, map_location)
     cfg = RunConfig.from_dict(ckpt[CKPT_KEY]["config"])
-    model = FamLM(cfg.model)
+    model = build_model(cfg, load_init=False)  # the checkpoint holds every weight
     prefix = "model."
     model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    if cfg.lora.rank:  # adapters folded into the weights: a plain FamLM
+        from famlab import hf
+
+        hf.merge_lora(model)
     return model.eval(), cfg
 
 

