@@ -77,6 +77,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "txl": ("txl", "fast"),
     "fam": ("fam", "fast"),
     "fam-ref": ("fam", "reference"),
+    "fam-compiled": ("fam", "compiled"),  # the fast path with FamLM.compile_fam_updates()
 }
 DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-ref"
 THROUGHPUT_TARGET = 0.90  # FAM tokens/s >= this x BSWA's
@@ -138,7 +139,7 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
             tok_useful += min(blk + 1, P) * L_F + _memory_keys(cfg, blk, r) + r + 1
     use["token_linear"] = nl * b * T * row
     use["attn"] = nl * b * tok_useful * pair
-    if impl == "fast":
+    if impl in ("fast", "compiled"):
         if cfg.attention == "full":
             comp["token_linear"] = use["token_linear"]
             comp["attn"] = use["attn"]  # causal flash kernel: masked tiles are skipped
@@ -173,16 +174,20 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
 # the training step
 
 
-def build(cfg: ModelConfig, batch: int, seq_len: int, seed: int) -> tuple[FamLM, torch.Tensor, torch.Tensor]:
+def build(
+    cfg: ModelConfig, batch: int, seq_len: int, seed: int, impl: str = "fast"
+) -> tuple[FamLM, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     model = FamLM(cfg).train()
+    if impl == "compiled":
+        model.compile_fam_updates()
     data = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
     return model, data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
 
 def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: str) -> float:
     model.zero_grad(set_to_none=True)
-    logits = model(inputs, impl=impl)
+    logits = model(inputs, impl="fast" if impl == "compiled" else impl)
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
     loss.backward()
     return float(loss.detach())
@@ -230,7 +235,7 @@ def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
         libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the OS
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
     cfg = ModelConfig.from_dict(job["config"])
-    model, inputs, targets = build(cfg, job["batch"], job["seq_len"], job["seed"])
+    model, inputs, targets = build(cfg, job["batch"], job["seq_len"], job["seed"], job["impl"])
     kb = 1024.0
     gc.collect()
     if _reset_hwm():
@@ -466,7 +471,7 @@ def base_config(args: argparse.Namespace) -> ModelConfig:
 
 def profile_variant(args: argparse.Namespace) -> str:
     cfg, impl = variant_config(base_config(args), args.profile)
-    model, inputs, targets = build(cfg, args.batch_size, args.seq_len, args.seed)
+    model, inputs, targets = build(cfg, args.batch_size, args.seq_len, args.seed, impl)
     for _ in range(max(1, args.warmup)):
         train_step(model, inputs, targets, impl)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -489,7 +494,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     setups = {}
     for name in names:
         cfg, impl = variant_config(base, name)
-        setups[name] = (cfg, impl, *build(cfg, b, T, args.seed))
+        setups[name] = (cfg, impl, *build(cfg, b, T, args.seed, impl))
 
     mm_size, mm_reps = args.matmul_size, args.matmul_reps
     mm_before = time_matmul(mm_size, mm_size, mm_size, mm_reps)

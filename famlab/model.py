@@ -126,6 +126,17 @@ class Layer(nn.Module):
         q, k = apply_rope(qk, cos, sin).split((H, G), dim=1)  # one RoPE call for q and k together
         return q, k, v
 
+    def fam_update(
+        self, fam: Tensor, cos: Tensor, sin: Tensor, k_blk: Tensor, v_blk: Tensor, zero_residual: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One FAM update: the L_F rows of ``fam`` [b, L_F, d] (RoPE tables for their positions)
+        attend [themselves; the whole block] (k_blk/v_blk [b, G, B, D]); A_F = Attn + F (or + 0);
+        F' = FF(LN(A_F)) + A_F. Returns F' and the keys/values of ``fam`` ([b, G, L_F, D] each).
+        The one sequential step of the fast path: ``FamLM.compile_fam_updates`` may compile it."""
+        q, k, v = self.qkv(fam, cos, sin)
+        attn = sdpa(q, torch.cat([k, k_blk], 2), torch.cat([v, v_blk], 2))
+        return self.finish(merge_heads(attn), 0.0 if zero_residual else fam), k, v
+
     def finish(self, attn: Tensor, residual: Tensor | float) -> Tensor:
         """attn [b, T, H*D] (heads merged) -> layer output [b, T, d]: A = Wo(attn) + residual;
         O = FF(LN(A)) + A."""
@@ -206,6 +217,14 @@ class FamLM(nn.Module):
         for name in ("fam_prompt", "fam_prefix"):
             if hasattr(self, name):
                 nn.init.normal_(getattr(self, name), std=0.02)
+
+    def compile_fam_updates(self, **compile_kwargs) -> FamLM:
+        """Compile each layer's FAM update (the sequential scan step) with ``torch.compile``: the
+        scan is many small ops, which compilation fuses. Costs a compilation per layer at the first
+        call; numerically equal within float tolerance (tested)."""
+        for layer in self.layers:
+            layer.fam_update = torch.compile(layer.fam_update, dynamic=False, **compile_kwargs)
+        return self
 
     @property
     def fam_len(self) -> int:
@@ -456,17 +475,17 @@ class FamLM(nn.Module):
         # slice the blocks once: indexing inside the loop would make backward zero-fill and sum a
         # full-size gradient per block
         k_blocks, v_blocks = k_own.unbind(2), v_own.unbind(2)
-        for i in range(n_full + 1):
-            cos_i = fam_cos[:, :, i * L_F : (i + 1) * L_F]
-            sin_i = fam_sin[:, :, i * L_F : (i + 1) * L_F]
-            qf, kf, vf = layer.qkv(fam, cos_i, sin_i)  # [b, H, L_F, D], [b, G, L_F, D]
-            fks.append(kf)
+        for i in range(n_full):
+            rows = slice(i * L_F, (i + 1) * L_F)
+            zero = i == 0 and fresh and self.cfg.fam_zero_residual
+            fam, kf, vf = layer.fam_update(
+                fam, fam_cos[:, :, rows], fam_sin[:, :, rows], k_blocks[i], v_blocks[i], zero
+            )
+            fks.append(kf)  # keys/values of S_i, [b, G, L_F, D]
             fvs.append(vf)
-            if i == n_full:
-                break
-            a = sdpa(qf, torch.cat([kf, k_blocks[i]], 2), torch.cat([vf, v_blocks[i]], 2))
-            residual = 0.0 if (i == 0 and fresh and self.cfg.fam_zero_residual) else fam
-            fam = layer.finish(merge_heads(a), residual)  # S_{i+1} = FF(LN(A_F)) + A_F
+        _, kf, vf = layer.qkv(fam, fam_cos[:, :, n_full * L_F :], fam_sin[:, :, n_full * L_F :])  # of S_{n_full}
+        fks.append(kf)
+        fvs.append(vf)
         return fam, torch.cat(fks, 2), torch.cat(fvs, 2)
 
     def _block_mask(self, n_blk: int, mem_len: int, n_hist: int, device) -> Tensor:
@@ -550,10 +569,8 @@ class FamLM(nn.Module):
         g = state.pos // B
         if L_F:
             fam_cos, fam_sin = self._fam_cos_sin(torch.tensor([g, g + 1], device=x.device), state.pos_offset, x.dtype)
-            qf, kf, vf = layer.qkv(ls.fam, fam_cos[:, :, :L_F], fam_sin[:, :, :L_F])
-            a = sdpa(qf, torch.cat([kf, blk_k], 2), torch.cat([vf, blk_v], 2))
-            residual = 0.0 if (state.fam_fresh and cfg.fam_zero_residual) else ls.fam
-            new.fam = layer.finish(merge_heads(a), residual)
+            zero = state.fam_fresh and cfg.fam_zero_residual
+            new.fam, _, _ = layer.fam_update(ls.fam, fam_cos[:, :, :L_F], fam_sin[:, :, :L_F], blk_k, blk_v, zero)
             _, kn, vn = layer.qkv(new.fam, fam_cos[:, :, L_F:], fam_sin[:, :, L_F:])
             keep = cfg.fam_prev_blocks * L_F
             new.fam_k = torch.cat([ls.fam_k, kn], 2)[:, :, -keep:]
