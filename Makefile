@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 # The spec `make sweep` runs (a name from sweeps/ or a path), its profile and worker count
-SWEEP ?= passkey
+SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
