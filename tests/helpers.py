@@ -10,6 +10,22 @@ from famlab.model import FamLM
 
 VARIANTS = ("full", "bswa", "txl", "fam")
 
+# run-config overrides for a training run of a few seconds (sweep and analysis tests)
+TINY = {
+    "data.task": "recall",
+    "data.seq_len": 64,
+    "data.batch_size": 4,
+    "data.val_batches": 1,
+    "model.block_size": 16,
+    "model.d_model": 32,
+    "model.fam_len": 2,
+    "train.max_steps": 4,
+    "train.val_every": 2,
+    "train.warmup_steps": 1,
+    "train.checkpoint_every": 0,
+    "logger.wandb": "disabled",
+}
+
 
 def tiny_cfg(**changes) -> ModelConfig:
     base = dict(

@@ -20,25 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import TINY
 
 from famlab import analysis as fa
 from famlab import paper, report
 from famlab.sweep import load_spec, run_sweep
-
-TINY = {
-    "data.task": "recall",
-    "data.seq_len": 64,
-    "data.batch_size": 4,
-    "data.val_batches": 1,
-    "model.block_size": 16,
-    "model.d_model": 32,
-    "model.fam_len": 2,
-    "train.max_steps": 4,
-    "train.val_every": 2,
-    "train.warmup_steps": 1,
-    "train.checkpoint_every": 0,
-    "logger.wandb": "disabled",
-}
 
 
 def _spec(tmp: Path, study: str, **fields) -> str:

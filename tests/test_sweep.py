@@ -15,24 +15,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import TINY
 from optuna.trial import TrialState
 
 from famlab.sweep import SWEEP_DIR, load_spec, main, make_storage, run_sweep, worker_command
-
-TINY = {
-    "data.task": "recall",
-    "data.seq_len": 64,
-    "data.batch_size": 4,
-    "data.val_batches": 1,
-    "model.block_size": 16,
-    "model.d_model": 32,
-    "model.fam_len": 2,
-    "train.max_steps": 4,
-    "train.val_every": 2,
-    "train.warmup_steps": 1,
-    "train.checkpoint_every": 0,
-    "logger.wandb": "disabled",
-}
 
 
 def write_spec(tmp_path: Path, name: str = "t", **fields) -> str:
