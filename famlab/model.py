@@ -132,10 +132,34 @@ class Layer(nn.Module):
         """One FAM update: the L_F rows of ``fam`` [b, L_F, d] (RoPE tables for their positions)
         attend [themselves; the whole block] (k_blk/v_blk [b, G, B, D]); A_F = Attn + F (or + 0);
         F' = FF(LN(A_F)) + A_F. Returns F' and the keys/values of ``fam`` ([b, G, L_F, D] each).
-        The one sequential step of the fast path: ``FamLM.compile_fam_updates`` may compile it."""
+        One step of ``fam_scan``; streaming runs it once per completed block."""
         q, k, v = self.qkv(fam, cos, sin)
         attn = sdpa(q, torch.cat([k, k_blk], 2), torch.cat([v, v_blk], 2))
         return self.finish(merge_heads(attn), 0.0 if zero_residual else fam), k, v
+
+    def fam_scan(
+        self, fam: Tensor, cos: Tensor, sin: Tensor, k_own: Tensor, v_own: Tensor, n_full: int, zero_first: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The sequential part of the fast path: for each complete block i, ``fam_update`` of S_i
+        with block i (k_own/v_own [b, G, n, B, D]; cos/sin for S_0..S_{n_full} [., ., (n_full+1)*L_F, D/2]).
+
+        Returns the final FAM state and the keys/values of S_0..S_{n_full}, each [b, G, (n_full+1)*L_F, D].
+        ``FamLM.compile_fam_updates`` may compile it."""
+        L_F = fam.shape[1]
+        fks, fvs = [], []
+        # slice the blocks once: indexing inside the loop would make backward zero-fill and sum a
+        # full-size gradient per block
+        k_blocks, v_blocks = k_own.unbind(2), v_own.unbind(2)
+        for i in range(n_full):
+            rows = slice(i * L_F, (i + 1) * L_F)
+            zero = i == 0 and zero_first
+            fam, kf, vf = self.fam_update(fam, cos[:, :, rows], sin[:, :, rows], k_blocks[i], v_blocks[i], zero)
+            fks.append(kf)  # keys/values of S_i, [b, G, L_F, D]
+            fvs.append(vf)
+        _, kf, vf = self.qkv(fam, cos[:, :, n_full * L_F :], sin[:, :, n_full * L_F :])  # of S_{n_full}
+        fks.append(kf)
+        fvs.append(vf)
+        return fam, torch.cat(fks, 2), torch.cat(fvs, 2)
 
     def finish(self, attn: Tensor, residual: Tensor | float) -> Tensor:
         """attn [b, T, H*D] (heads merged) -> layer output [b, T, d]: A = Wo(attn) + residual;
@@ -219,11 +243,12 @@ class FamLM(nn.Module):
                 nn.init.normal_(getattr(self, name), std=0.02)
 
     def compile_fam_updates(self, **compile_kwargs) -> FamLM:
-        """Compile each layer's FAM update (the sequential scan step) with ``torch.compile``: the
-        scan is many small ops, which compilation fuses. Costs a compilation per layer at the first
-        call; numerically equal within float tolerance (tested)."""
+        """Compile each layer's FAM scan (the sequential part of the fast path) with
+        ``torch.compile``: the scan is many small ops, which compilation fuses. Costs a compilation
+        per layer and sequence shape at the first call; equal to the eager path within float
+        tolerance (tested)."""
         for layer in self.layers:
-            layer.fam_update = torch.compile(layer.fam_update, dynamic=False, **compile_kwargs)
+            layer.fam_scan = torch.compile(layer.fam_scan, dynamic=False, **compile_kwargs)
         return self
 
     @property
@@ -426,7 +451,8 @@ class FamLM(nn.Module):
             k_own, v_own = k.view(b, G, n_blk, B, D), v.view(b, G, n_blk, B, D)
             parts_k, parts_v = [], []
             if L_F:
-                fam, fk, fv = self._fam_scan(layer, ls, state.fam_fresh, k_own, v_own, n_full, fam_cos, fam_sin)
+                zero_first = state.fam_fresh and cfg.fam_zero_residual
+                fam, fk, fv = layer.fam_scan(ls.fam, fam_cos, fam_sin, k_own, v_own, n_full, zero_first)
                 # FAM keys per block: states S_{i-P+1} .. S_i, from [history (padded) ; this scan]
                 hist_pad = (P - n_hist) * L_F
                 fk_all = torch.cat([fk.new_zeros(b, G, hist_pad, D), ls.fam_k[:, :, : (n_hist - 1) * L_F], fk], 2)
@@ -463,30 +489,6 @@ class FamLM(nn.Module):
             new_layers.append(new)
         fresh = state.fam_fresh and n_full == 0
         return x[:, :T], FamState(state.pos + T, state.pos_offset, fresh, new_layers)
-
-    def _fam_scan(self, layer, ls, fresh, k_own, v_own, n_full, fam_cos, fam_sin):
-        """The sequential part: FAM rows of block i (queries of S_i) attend [S_i; whole block i].
-
-        Returns the final FAM state and the keys/values of S_0..S_{n_full}, each [b, G, (n_full+1)*L_F, D].
-        """
-        L_F = self.fam_len
-        fam = ls.fam
-        fks, fvs = [], []
-        # slice the blocks once: indexing inside the loop would make backward zero-fill and sum a
-        # full-size gradient per block
-        k_blocks, v_blocks = k_own.unbind(2), v_own.unbind(2)
-        for i in range(n_full):
-            rows = slice(i * L_F, (i + 1) * L_F)
-            zero = i == 0 and fresh and self.cfg.fam_zero_residual
-            fam, kf, vf = layer.fam_update(
-                fam, fam_cos[:, :, rows], fam_sin[:, :, rows], k_blocks[i], v_blocks[i], zero
-            )
-            fks.append(kf)  # keys/values of S_i, [b, G, L_F, D]
-            fvs.append(vf)
-        _, kf, vf = layer.qkv(fam, fam_cos[:, :, n_full * L_F :], fam_sin[:, :, n_full * L_F :])  # of S_{n_full}
-        fks.append(kf)
-        fvs.append(vf)
-        return fam, torch.cat(fks, 2), torch.cat(fvs, 2)
 
     def _block_mask(self, n_blk: int, mem_len: int, n_hist: int, device) -> Tensor:
         """Boolean mask [n, B, Lk] for keys [FAM states (P*L_F) | memory (m*B) | own block (B)].
