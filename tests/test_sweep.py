@@ -266,3 +266,21 @@ def test_famlab_cli_dispatches_sweep(tmp_path):
         check=True,
     ).stdout
     assert "no trials yet" in out
+
+
+def test_each_trial_is_a_wandb_run_grouped_by_study_and_tagged(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    path = write_spec(tmp_path, name="wb", grid={"model.mem_segment": [1]}, overrides={"logger.wandb": "offline"})
+    spec = load_spec(path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_sweep(spec, url, workers=1, out_root=tmp_path / "runs")
+    (trial,) = load(url, spec).get_trials(states=(TrialState.COMPLETE,))
+    run_dir = Path(trial.user_attrs["run_dir"])
+    logger = yaml.safe_load((run_dir / "config.yaml").read_text())["logger"]
+    assert logger["group"] == spec.study_name  # wandb group = the study
+    assert {"model.mem_segment=1", "seed=0"} <= set(logger["tags"])  # tagged with the varied parameters
+    assert logger["name"] == f"{spec.study_name}-trial{trial.number}"
+    files = list((run_dir / "wandb").rglob("*.wandb"))  # a real offline run, carrying them
+    assert files, "no offline wandb run"
+    data = b"".join(f.read_bytes() for f in files)
+    assert spec.study_name.encode() in data and b"model.mem_segment=1" in data
