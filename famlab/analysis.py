@@ -1303,7 +1303,7 @@ def plot_eval(res: SweepResults, value: str | None = None, rows: str | None = No
     if _numeric(xs_all) and _log2_axis(xs_all):
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs_all)
-        ax.set_xticklabels([f"{int(v):,}" if float(v).is_integer() else f"{v:g}" for v in xs_all], rotation=30)
+        ax.set_xticklabels([f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in xs_all], rotation=30)
     seq_len = run_setting(res, "data.seq_len")
     if seq_len and row_key in ("length", "position_bucket_start"):
         ax.axvline(seq_len, color="grey", ls="--", lw=1, label=f"training length ({seq_len})")
@@ -1506,7 +1506,7 @@ def plot_cost(bench: pd.DataFrame):
                     ax.set_xscale("log", base=2)
                     _plain_log_y(ax)
                 ax.set_xticks(list(sub.index))
-                ax.set_xticklabels([f"{int(t):,}" for t in sub.index])
+                ax.set_xticklabels([f"{int(t)}" for t in sub.index])
             ax.set_xlabel("sequence length T (tokens)")
             ax.set_ylabel(f"{quantity.rsplit(' ', 1)[0]} ({unit})")
             ax.set_title(title, fontsize=10)
