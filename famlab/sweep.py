@@ -207,7 +207,10 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
     def pick(key: str, default: Any = None) -> Any:
         return prof[key] if key in prof else raw.get(key, default)
 
-    overrides = {**(raw.get("overrides") or {}), **(prof.get("overrides") or {})}
+    def merged(key: str) -> dict:  # mappings merge: the profile's entries over the top level's
+        return {**(raw.get(key) or {}), **(prof.get(key) or {})}
+
+    overrides, variants, eval_overrides = merged("overrides"), merged("variants"), merged("eval_overrides")
     grid = raw.get("grid")
     if grid is not None or prof.get("grid") is not None:
         grid = {**(grid or {}), **(prof.get("grid") or {})}
@@ -223,7 +226,6 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
                 raise config_error(owner, f"grid.{key}", values, "a non-empty list of values")
             if key == "seed":
                 raise config_error(owner, "grid.seed", values, "replicate seeds under `seeds`, not in the grid")
-        variants = {**(raw.get("variants") or {}), **(prof.get("variants") or {})}
         for name in grid.get("variant", []):
             if name not in variants:
                 raise config_error(owner, "grid.variant", name, "a name under `variants`: " + ", ".join(variants))
@@ -284,9 +286,9 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         direction=direction,
         metrics=list(pick("metrics", []) or []),
         max_retries=max_retries,
-        variants={**(raw.get("variants") or {}), **(prof.get("variants") or {})},
+        variants=variants,
         evaluate=bool(pick("evaluate", False)),
-        eval_overrides={**(raw.get("eval_overrides") or {}), **(prof.get("eval_overrides") or {})},
+        eval_overrides=eval_overrides,
         description=raw.get("description", ""),
         paper=raw.get("paper", ""),
         table=pick("table", {}) or {},
