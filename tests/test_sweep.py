@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 from helpers import TINY
 from optuna.trial import TrialState
@@ -167,13 +168,26 @@ def test_killed_worker_trial_is_detected_and_rerun(tmp_path):
     study = load(url, spec)
     victim_tag = f":{victim.pid}"
 
-    def victim_mid_trial_after_a_completed_one():
-        trials = study.get_trials(deepcopy=False)
-        return any(t.state == TrialState.COMPLETE for t in trials) and any(
+    def victim_running(trials):
+        return any(
             t.state == TrialState.RUNNING and t.user_attrs.get("worker", "").endswith(victim_tag) for t in trials
         )
 
-    _wait(victim_mid_trial_after_a_completed_one, what="a completed trial and one running on the victim")
+    def victim_frozen_mid_trial_after_a_completed_one():
+        # Freeze the victim before looking: a trial seen RUNNING could otherwise finish between the
+        # look and the kill, leaving the victim between trials with nothing to go stale.
+        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            return False
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            if victim_running(study.get_trials(deepcopy=False)):
+                return True
+        except sqlalchemy.exc.OperationalError:  # frozen while holding the SQLite write lock
+            pass
+        victim.send_signal(signal.SIGCONT)
+        return False
+
+    _wait(victim_frozen_mid_trial_after_a_completed_one, what="a completed trial and one running on the victim")
     before = _snapshot(study)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
