@@ -698,7 +698,15 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
 
 
 def resolve_pretrained(cfg: RunConfig) -> RunConfig:
-    """With ``model.init_from`` (a famlab.hf converted folder): the shape keys of ``cfg.model`` taken from it."""
+    """With ``model.init_from`` (a famlab.hf converted folder): the shape keys of ``cfg.model`` taken from it,
+    and ``data.tokenizer=init_from`` replaced by that folder."""
+    if cfg.data.tokenizer == "init_from":
+        if not cfg.model.init_from:
+            raise ConfigError(
+                "data.tokenizer='init_from' is not allowed without model.init_from: expected 'bytes' or a folder "
+                "with HF tokenizer files"
+            )
+        cfg = dataclasses.replace(cfg, data=cfg.data.replace(tokenizer=str(cfg.model.init_from)))
     if not cfg.model.init_from:
         return cfg
     from famlab import hf

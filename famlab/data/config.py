@@ -51,6 +51,9 @@ class DataConfig:
     val_batches: int = 4  # fixed validation batches (always at seq_len); 0 = no validation data
     num_workers: int = 0
     cache_dir: str = "~/.cache/famlab"  # text corpora go to <cache_dir>/text/<corpus>/
+    # token ids: "bytes" (famlab's own: one token per byte), a folder with HF tokenizer files (e.g. a
+    # converted model folder), or "init_from" (the tokenizer of model.init_from). passkey only.
+    tokenizer: str = "bytes"
     # --- passkey: [instruction] filler, key sentence at a depth, filler, question, answer digits ---
     passkey_key_digits: int = 4
     passkey_instruction: bool = True  # start with the paper's instruction sentence (~150 bytes)
@@ -130,6 +133,12 @@ class DataConfig:
             flag(key)
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
             raise config_error("cache_dir", self.cache_dir, "a non-empty path string")
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            raise config_error("tokenizer", self.tokenizer, "'bytes', 'init_from' or a folder with HF tokenizer files")
+        if self.tokenizer != "bytes" and self.task != "passkey":
+            raise config_error(
+                "tokenizer", self.tokenizer, f"'bytes' for task={self.task!r} (HF tokenizers: passkey only)"
+            )
         choice("text_corpus", TEXT_CORPORA)
         choice("text_eval_split", TEXT_SPLITS)
         if not (_is_number(self.text_repeat_weight) and self.text_repeat_weight >= 0):

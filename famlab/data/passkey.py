@@ -34,6 +34,8 @@ accuracy (all digits right), digit_accuracy (fraction of digits right).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -50,44 +52,105 @@ KEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is "
 PAD = 0  # right padding byte after an example (weight 0)
 
-# sentence boundaries inside one period of FILLER (0 and after each ". ")
-_OFFSETS = [0] + [i + 2 for i in range(len(FILLER) - 1) if FILLER[i : i + 2] == ". " and i + 2 < len(FILLER)]
+
+class Pieces:
+    """The pieces of PassKey examples as token ids, for one tokenizer (``None``: bytes).
+
+    Bytes: exactly the texts above. An HF tokenizer (``data.tokenizer``): each piece is tokenized on
+    its own, with the spacing a BPE vocabulary expects (sentences start with a space; the instruction
+    has no trailing newline), and the question is tokenized together with the answer so the answer's
+    tokens are the ones the tokenizer produces in context (SmolLM2: "is" + "Ġ" in the prompt, one token
+    per digit in the answer). Lengths are in tokens either way.
+    """
+
+    def __init__(self, tokenizer: Any = None, instruction: bool = True):
+        self.tokenizer = tokenizer
+        if tokenizer is None:
+            self.pad = PAD
+            self.head = encode(INSTRUCTION) if instruction else encode("")
+            sentences = [encode(s) for s in _byte_sentences()]
+        else:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            self.pad = int(pad if pad is not None else 0)
+            self.head = self._ids(INSTRUCTION.rstrip("\n")) if instruction else self._ids("")
+            sentences = [self._ids(" " + s) for s in _byte_sentences(strip=True)]
+        # one period of filler (its sentences in order) and the sentence starts inside it
+        self.period = np.concatenate(sentences)
+        self.starts = np.cumsum([0] + [len(s) for s in sentences[:-1]])
+
+    def _ids(self, text: str) -> np.ndarray:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return np.asarray(ids, dtype=np.int64)
+
+    def key_parts(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(key sentence, question, answer) for ``key``."""
+        if self.tokenizer is None:
+            return encode(KEY_SENTENCE.format(key=key)), encode(QUESTION), encode(key)
+        sentence = self._ids(" " + KEY_SENTENCE.format(key=key).strip())
+        tail = QUESTION + key
+        enc = self.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        ends = np.asarray([e for _, e in enc["offset_mapping"]])
+        first = int(np.argmax(ends > len(QUESTION)))  # the first token that covers a key character
+        return sentence, ids[:first], ids[first:]
+
+    def fixed_len(self, key: str) -> int:
+        """Tokens of an example with ``key`` that are not filler."""
+        return len(self.head) + sum(len(p) for p in self.key_parts(key))
+
+    def example(self, key: str, length: int, depth: float) -> tuple[np.ndarray, int, float]:
+        """(token ids of the whole example, exactly ``length`` long; answer token count; actual depth)."""
+        sentence, question, answer = self.key_parts(key)
+        fixed = len(self.head) + len(sentence) + len(question) + len(answer)
+        filler_len = length - fixed
+        if filler_len < 0:
+            raise ValueError(
+                f"a passkey example of {length} tokens is too short: it needs at least {fixed} "
+                f"(the instruction, key sentence, question and answer of key {key})"
+            )
+        reps = filler_len // len(self.period) + 1
+        filler = np.tile(self.period, reps)[:filler_len]
+        b = _boundary(depth, filler_len, self.starts, len(self.period))
+        ids = np.concatenate([self.head, filler[:b], sentence, filler[b:], question, answer])
+        return ids, len(answer), (b / filler_len if filler_len else 0.0)
+
+
+def _byte_sentences(strip: bool = False) -> list[str]:
+    """FILLER cut after each ". " (each sentence keeps its trailing space unless ``strip``)."""
+    parts = [s + ". " for s in FILLER.strip().rstrip(".").split(". ")]
+    return [p.strip() for p in parts] if strip else parts
+
+
+def _boundary(depth: float, filler_len: int, starts: np.ndarray, period: int) -> int:
+    """The sentence boundary (<= filler_len) nearest to depth * filler_len (ties: the earlier one)."""
+    x = depth * filler_len
+    q = int(x // period)
+    cands = np.concatenate([starts + p * period for p in (q - 1, q, q + 1)])
+    cands = cands[(cands >= 0) & (cands <= filler_len)]
+    if not len(cands):
+        return 0
+    cands = np.sort(cands)
+    return int(cands[np.argmin(np.abs(cands - x))])
+
+
+_BYTES = {True: None, False: None}
+
+
+def byte_pieces(instruction: bool = True) -> Pieces:
+    if _BYTES[instruction] is None:
+        _BYTES[instruction] = Pieces(None, instruction)
+    return _BYTES[instruction]
 
 
 def fixed_len(digits: int, instruction: bool) -> int:
     """Bytes of an example that are not filler: instruction, key sentence, question, answer."""
-    key = "0" * digits
-    return len(INSTRUCTION) * bool(instruction) + len(KEY_SENTENCE.format(key=key)) + len(QUESTION) + digits
-
-
-def _boundary(depth: float, filler_len: int) -> int:
-    """The filler sentence boundary (<= filler_len) nearest to depth * filler_len."""
-    x = depth * filler_len
-    period = len(FILLER)
-    q = int(x // period)
-    best = 0
-    for p in (q - 1, q, q + 1):
-        for o in _OFFSETS:
-            c = p * period + o
-            if 0 <= c <= filler_len and abs(c - x) < abs(best - x):
-                best = c
-    return best
+    return byte_pieces(instruction).fixed_len("0" * digits)
 
 
 def make_example(key: str, length: int, depth: float, instruction: bool = True) -> tuple[str, float]:
-    """The example (prompt + answer) of exactly ``length`` bytes, and its actual depth in [0, 1]."""
-    filler_len = length - fixed_len(len(key), instruction)
-    if filler_len < 0:
-        raise ValueError(
-            f"a passkey example of {length} bytes is too short: it needs at least "
-            f"{fixed_len(len(key), instruction)} (instruction={instruction}, {len(key)} digits)"
-        )
-    filler = (FILLER * (filler_len // len(FILLER) + 1))[:filler_len]
-    b = _boundary(depth, filler_len)
-    head = INSTRUCTION if instruction else ""
-    text = head + filler[:b] + KEY_SENTENCE.format(key=key) + filler[b:] + QUESTION + key
-    assert len(text) == length
-    return text, (b / filler_len if filler_len else 0.0)
+    """The byte example (prompt + answer) of exactly ``length`` bytes, and its actual depth in [0, 1]."""
+    ids, _, actual = byte_pieces(instruction).example(key, length, depth)
+    return ids.astype(np.uint8).tobytes().decode("ascii"), actual
 
 
 def random_key(rng: np.random.Generator, digits: int) -> str:
@@ -99,17 +162,32 @@ def encode(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64)
 
 
+def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
+    """The Pieces of ``cfg.tokenizer`` (checked against the model's ``vocab_size``)."""
+    if cfg.tokenizer == "bytes":
+        if vocab_size < 128:
+            raise ValueError(
+                f"vocab_size={vocab_size} is not allowed for task='passkey': expected >= 128 (ASCII bytes)"
+            )
+        return byte_pieces(cfg.passkey_instruction)
+    tok = load_tokenizer(cfg.tokenizer)
+    if len(tok) > vocab_size:
+        raise config_error(
+            "tokenizer",
+            cfg.tokenizer,
+            f"a tokenizer whose {len(tok)} ids fit the model's vocab_size={vocab_size}",
+        )
+    return Pieces(tok, cfg.passkey_instruction)
+
+
 class PasskeyTask(Task):
     name = "passkey"
     code = 1
 
     def __init__(self, cfg: DataConfig, *, vocab_size: int, block_size: int):
         super().__init__(cfg, vocab_size=vocab_size, block_size=block_size)
-        if vocab_size < 128:
-            raise ValueError(
-                f"vocab_size={vocab_size} is not allowed for task='passkey': expected >= 128 (ASCII bytes)"
-            )
-        need = fixed_len(cfg.passkey_key_digits, cfg.passkey_instruction)
+        self.pieces = pieces_for(cfg, vocab_size)
+        need = self.pieces.fixed_len("9" * cfg.passkey_key_digits)
         if cfg.min_seq_len + 1 < need:
             raise config_error(
                 "seq_len" if not cfg.seq_len_schedule else "seq_len_schedule",
@@ -122,20 +200,19 @@ class PasskeyTask(Task):
     def length_range(self, row_len: int) -> tuple[int, int]:
         cfg, B = self.cfg, self.block_size
         hi = min(cfg.passkey_train_blocks_max * B, row_len) if cfg.passkey_train_blocks_max else row_len
-        lo = min(max(cfg.passkey_train_blocks_min * B, fixed_len(cfg.passkey_key_digits, cfg.passkey_instruction)), hi)
+        lo = min(max(cfg.passkey_train_blocks_min * B, self.pieces.fixed_len("9" * cfg.passkey_key_digits)), hi)
         return lo, hi
 
     def episode(self, split: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
-        d = cfg.passkey_key_digits
-        tokens = np.full((cfg.batch_size, length), PAD, dtype=np.int64)
+        tokens = np.full((cfg.batch_size, length), self.pieces.pad, dtype=np.int64)
         weights = np.zeros((cfg.batch_size, length), dtype=np.float32)
         lo, hi = self.length_range(length)
         for r in range(cfg.batch_size):
             n = int(rng.integers(lo, hi + 1))
-            text, _ = make_example(random_key(rng, d), n, float(rng.random()), cfg.passkey_instruction)
-            tokens[r, :n] = encode(text)
-            weights[r, n - d : n] = 1.0
+            ids, answer_len, _ = self.pieces.example(random_key(rng, cfg.passkey_key_digits), n, float(rng.random()))
+            tokens[r, :n] = ids
+            weights[r, n - answer_len : n] = 1.0
         return tokens, weights
 
 
@@ -158,7 +235,8 @@ def evaluate(
     )
     D = depth_buckets or cfg.passkey_eval_depth_buckets
     n = samples or cfg.passkey_eval_samples
-    need = fixed_len(d, cfg.passkey_instruction)
+    pieces = pieces_for(cfg, getattr(getattr(model, "cfg", None), "vocab_size", 1 << 62))
+    need = pieces.fixed_len("9" * d)
     if any(v < need for v in lengths):
         raise ValueError(f"lengths={lengths} is not allowed: expected lengths >= {need} tokens (the fixed prompt)")
     rows = []
@@ -166,17 +244,21 @@ def evaluate(
         for li, length in enumerate(lengths):
             for di in range(D):
                 rng = np.random.default_rng([int(seed), PasskeyTask.code, SPLIT_CODES["eval"], length, li, di, D])
-                keys, prompts = [], []
+                groups: dict[int, tuple[list, list]] = {}  # answer length -> (prompts, answers)
                 for _ in range(n):
                     key = random_key(rng, d)
                     depth = (di + rng.random()) / D
-                    text, _ = make_example(key, length, depth, cfg.passkey_instruction)
-                    keys.append(key)
-                    prompts.append(encode(text[:-d]))
-                prompt = torch.from_numpy(np.stack(prompts)).to(device)
-                answer = torch.from_numpy(np.stack([encode(k) for k in keys])).to(device)
-                pred = greedy_decode(model, prompt, d, block_size)
-                right = (pred == answer).float()
+                    ids, answer_len, _ = pieces.example(key, length, depth)
+                    prompts, answers = groups.setdefault(answer_len, ([], []))
+                    prompts.append(ids[:-answer_len])
+                    answers.append(ids[-answer_len:])
+                exact, digits = [], []
+                for answer_len, (prompts, answers) in groups.items():  # one group unless key lengths vary
+                    prompt = torch.from_numpy(np.stack(prompts)).to(device)
+                    answer = torch.from_numpy(np.stack(answers)).to(device)
+                    right = (greedy_decode(model, prompt, answer_len, block_size) == answer).float()
+                    exact += right.all(dim=1).tolist()
+                    digits += right.mean(dim=1).tolist()
                 rows.append(
                     {
                         "task": "passkey",
@@ -186,8 +268,27 @@ def evaluate(
                         "depth_lo": di / D,
                         "depth_hi": (di + 1) / D,
                         "n": n,
-                        "accuracy": right.all(dim=1).float().mean().item(),
-                        "digit_accuracy": right.mean().item(),
+                        "accuracy": float(np.mean(exact)),
+                        "digit_accuracy": float(np.mean(digits)),
                     }
                 )
     return pd.DataFrame(rows)
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(path: str) -> Any:
+    """The HF tokenizer in folder ``path`` (a converted model folder has one), loaded once per process."""
+    if path not in _TOKENIZERS:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as e:
+            raise config_error("tokenizer", path, "'bytes' (an HF tokenizer needs: pip install -e '.[hf]')") from e
+        try:
+            _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise config_error(
+                "tokenizer", path, f"'bytes' or a folder with HF tokenizer files ({' '.join(str(e).split())[:200]})"
+            ) from None
+    return _TOKENIZERS[path]
