@@ -22,6 +22,7 @@ pipeline, not a result). ``--set key=value`` (repeatable) adds a setting to ever
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -40,13 +41,25 @@ class Variant:
     key: str  # run name and JSON key
     label: str  # table label
     overrides: tuple[str, ...]
+    train: bool = True  # False: evaluate the preset's initial weights (a pretrained base) without training
 
 
 VARIANTS = (
     Variant("bswa-m0", "BSWA m=0", ("model.attention=bswa", "model.mem_segment=0")),
     Variant("bswa-m1", "BSWA m=1", ("model.attention=bswa", "model.mem_segment=1")),
     Variant("fam-m0", "FAM m=0", ("model.attention=fam", "model.mem_segment=0")),
+    Variant("fam-m1", "FAM m=1", ("model.attention=fam", "model.mem_segment=1")),
+    # zero-shot: the base's own weights (model.init_from), no fine-tuning
+    Variant("full-base", "full attention, base (no fine-tuning)", ("model.attention=full",), train=False),
+    Variant("bswa-m1-base", "BSWA m=1, base (no fine-tuning)", ("model.attention=bswa", "model.mem_segment=1"), False),
 )
+BY_KEY = {v.key: v for v in VARIANTS}
+# the variants each preset runs by default (--variants overrides)
+PRESET_VARIANTS = {
+    "passkey_demo": ("bswa-m0", "bswa-m1", "fam-m0"),
+    "smollm2_passkey": ("full-base", "bswa-m1-base", "bswa-m1", "fam-m1"),
+}
+PRESET_MULTIPLES = {"passkey_demo": (1, 4, 16), "smollm2_passkey": (1, 4)}
 
 # --quick: the same pipeline in seconds (a handful of steps, short sequences, a small evaluation)
 QUICK = (
@@ -71,36 +84,51 @@ def receptive_field(model_cfg: Any) -> int | None:
     return None
 
 
-def eval_lengths(data_cfg: Any, multiples: tuple[int, ...] = MULTIPLES) -> tuple[int, list[int]]:
+def eval_lengths(data_cfg: Any, multiples: tuple[int, ...] = MULTIPLES, vocab_size: int = 256) -> tuple[int, list[int]]:
     """(longest training filler, evaluation lengths in tokens with k times that filler)."""
-    from famlab.data.passkey import fixed_len
+    from famlab.data.passkey import pieces_for
 
-    fixed = fixed_len(data_cfg.passkey_key_digits, data_cfg.passkey_instruction)
+    fixed = pieces_for(data_cfg, vocab_size).fixed_len("9" * data_cfg.passkey_key_digits)
     filler = data_cfg.seq_len + 1 - fixed
     return filler, [fixed + k * filler for k in multiples]
 
 
-def run_variant(variant: Variant, overrides: list[str], out: Path, *, seed: int, eval_kw: dict[str, int]) -> dict:
+def run_variant(
+    variant: Variant,
+    overrides: list[str],
+    out: Path,
+    *,
+    seed: int,
+    eval_kw: dict[str, int],
+    preset: str = PRESET,
+    multiples: tuple[int, ...] = MULTIPLES,
+) -> dict:
     from famlab.config import load_run_config
     from famlab.data import evaluate
-    from famlab.train import load_model, read_metrics, train
+    from famlab.train import build_model, load_model, read_metrics, resolve_pretrained, train
 
     cfg = load_run_config(
-        PRESET, [*variant.overrides, *overrides, f"out_dir={out}", f"name={variant.key}", f"seed={seed}"]
+        preset, [*variant.overrides, *overrides, f"out_dir={out}", f"name={variant.key}", f"seed={seed}"]
     )
     t0 = time.time()
-    run_dir = train(cfg, argv=[*sys.argv, f"# variant {variant.key}"])
+    if variant.train:
+        run_dir = train(cfg, argv=[*sys.argv, f"# variant {variant.key}"])
+        model, cfg = load_model(run_dir)
+    else:  # the base as it is: no run, results under out/<variant>/
+        cfg = resolve_pretrained(cfg)
+        model = build_model(dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, rank=0))).eval()
+        run_dir = out / variant.key
+        run_dir.mkdir(parents=True, exist_ok=True)
     train_s = time.time() - t0
-    model, cfg = load_model(run_dir)
-    filler, lengths = eval_lengths(cfg.data)
+    filler, lengths = eval_lengths(cfg.data, multiples, cfg.model.vocab_size)
     t1 = time.time()
     df = evaluate(model, cfg.data, block_size=cfg.model.block_size, seed=seed, lengths=lengths, **eval_kw)
     eval_s = time.time() - t1
     df.to_csv(run_dir / "eval.csv", index=False)
-    losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r]
+    losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r] if variant.train else []
     tail = losses[-10:]
     results = []
-    for k, length in zip(MULTIPLES, lengths):
+    for k, length in zip(multiples, lengths):
         cell = df[df.length == length]
         n = int(cell.n.sum())
         results.append(
@@ -132,8 +160,9 @@ def run_variant(variant: Variant, overrides: list[str], out: Path, *, seed: int,
         "block_size": cfg.model.block_size,
         "n_layers": cfg.model.n_layers,
         "receptive_field": receptive_field(cfg.model),
+        "tokenizer": cfg.data.tokenizer,
         "run_dir": str(run_dir),
-        "train_steps": cfg.train.max_steps,
+        "train_steps": cfg.train.max_steps if variant.train else 0,
         "train_wall_s": round(train_s, 1),
         "eval_wall_s": round(eval_s, 1),
         "final_train_loss": (sum(tail) / len(tail)) if tail else None,
@@ -160,8 +189,9 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "Cells: accuracy (all digits right), in brackets digit accuracy; "
-        f"{first[0]['n']} prompts per cell, key depth uniform. Lengths are prompt + answer tokens (bytes); "
-        f"the filler is {', '.join(str(r['filler']) for r in first)} bytes (1x = the longest training filler).",
+        f"{first[0]['n']} prompts per cell, key depth uniform. Lengths are prompt + answer tokens "
+        f"({report.get('tokenizer', 'bytes')}); the filler is {', '.join(str(r['filler']) for r in first)} tokens "
+        "(1x = the longest training filler).",
         "",
         "Accuracy by key depth (0 = key right after the start, 1 = just before the question):",
         "",
@@ -189,16 +219,31 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m famlab.experiments.passkey_demo",
-        description="Train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey; evaluate at 1x/4x/16x the training filler.",
+        description="Train BSWA and FAM variants of a preset on PassKey; evaluate at multiples of the training filler.",
     )
+    parser.add_argument("--preset", default=PRESET, help=f"the shared recipe (default {PRESET}; smollm2_passkey)")
+    parser.add_argument(
+        "--variants", default=None, help=f"comma-separated, from: {', '.join(BY_KEY)} (default: the preset's)"
+    )
+    parser.add_argument("--multiples", default=None, help="comma-separated filler multiples (default: the preset's)")
     parser.add_argument("--quick", action="store_true", help="a few steps per model (a smoke test, not a result)")
-    parser.add_argument("--out-dir", default="runs/passkey_demo", help="results go to OUT_DIR/<YYYYmmdd-HHMMSS>/")
+    parser.add_argument("--out-dir", default=None, help="results go to OUT_DIR/<YYYYmmdd-HHMMSS>/ (runs/<preset>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=None, help="prompts per (length, depth bucket) cell")
     parser.add_argument("--depth-buckets", type=int, default=None, help="key-depth buckets per length")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every run")
     args = parser.parse_args(argv)
+    keys = args.variants.split(",") if args.variants else PRESET_VARIANTS.get(args.preset, PRESET_VARIANTS[PRESET])
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown:
+        parser.error(f"--variants {','.join(unknown)} is not allowed: expected names from {', '.join(BY_KEY)}")
+    multiples = (
+        tuple(int(k) for k in args.multiples.split(","))
+        if args.multiples
+        else PRESET_MULTIPLES.get(args.preset, MULTIPLES)
+    )
+    out_dir = args.out_dir or f"runs/{args.preset}"
 
     import torch
 
@@ -209,11 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_lightning()
     t0 = time.time()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out_dir).expanduser() / stamp
+    out = Path(out_dir).expanduser() / stamp
     for i in range(1, 1000):
         if not out.exists():
             break
-        out = Path(args.out_dir).expanduser() / f"{stamp}-{i}"
+        out = Path(out_dir).expanduser() / f"{stamp}-{i}"
     out.mkdir(parents=True)
     overrides = [*(QUICK if args.quick else ()), *args.set]
     eval_kw = dict(QUICK_EVAL) if args.quick else {}
@@ -222,15 +267,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.depth_buckets:
         eval_kw["depth_buckets"] = args.depth_buckets
     variants = []
-    for variant in VARIANTS:
-        print(f"== {variant.label}: training", flush=True)
-        variants.append(run_variant(variant, overrides, out, seed=args.seed, eval_kw=eval_kw))
+    for key in keys:
+        variant = BY_KEY[key]
+        print(f"== {variant.label}: {'training' if variant.train else 'evaluating'}", flush=True)
+        variants.append(
+            run_variant(
+                variant, overrides, out, seed=args.seed, eval_kw=eval_kw, preset=args.preset, multiples=multiples
+            )
+        )
     report = {
         "quick": bool(args.quick),
-        "preset": PRESET,
+        "preset": args.preset,
+        "tokenizer": variants[0]["tokenizer"] if variants else "bytes",
         "overrides": overrides,
         "seed": args.seed,
-        "multiples": list(MULTIPLES),
+        "multiples": list(multiples),
         "out_dir": str(out),
         "time": stamp,
         "threads": torch.get_num_threads(),
@@ -238,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": variants,
     }
     text = markdown(report)
-    (out / "results.md").write_text(f"# PassKey demo ({stamp})\n\n" + text)
+    (out / "results.md").write_text(f"# PassKey: {args.preset} ({stamp})\n\n" + text)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(text)
