@@ -59,3 +59,39 @@ def test_quick_demo(tmp_path, capsys):
     assert all(row.count("|") == 6 for row in rows) and not lines[i + 5].strip()
     assert "unbounded" in rows[2]
     assert "| variant | receptive field" in capsys.readouterr().out
+
+
+def test_chosen_variants_multiples_and_a_zero_shot_base(tmp_path):
+    """--variants/--multiples pick what runs; a base variant is evaluated as initialised: no run, no steps,
+    and its scores equal a direct evaluation of the same weights."""
+    import torch
+
+    from famlab.data import evaluate
+    from famlab.train import build_model
+
+    report = passkey_demo.main(
+        ["--quick", "--variants", "full-base,fam-m0", "--multiples", "1,2", "--out-dir", str(tmp_path)]
+    )
+    base, fam = report["variants"]
+    assert [base["key"], fam["key"]] == ["full-base", "fam-m0"] and report["multiples"] == [1, 2]
+    assert base["train_steps"] == 0 and base["final_train_loss"] is None and fam["train_steps"] == 3
+    assert not list(Path(base["run_dir"]).glob("*/config.yaml"))  # evaluated, never trained
+    cfg = load_run_config(passkey_demo.PRESET, ["model.attention=full", *passkey_demo.QUICK, "seed=0"])
+    torch.manual_seed(0)
+    direct = evaluate(
+        build_model(cfg).eval(),
+        cfg.data,
+        block_size=cfg.model.block_size,
+        seed=0,
+        lengths=[r["length"] for r in base["results"]],
+        **passkey_demo.QUICK_EVAL,
+    )
+    assert [round(a, 6) for a in direct.groupby("length").digit_accuracy.mean()] == [
+        round(r["digit_accuracy"], 6) for r in base["results"]
+    ]
+    try:
+        passkey_demo.main(["--quick", "--variants", "bswa-m9"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("an unknown variant was accepted")

@@ -116,6 +116,9 @@ def run_variant(
         model, cfg = load_model(run_dir)
     else:  # the base as it is: no run, results under out/<variant>/
         cfg = resolve_pretrained(cfg)
+        import torch
+
+        torch.manual_seed(cfg.seed)  # weights not taken from init_from (a FAM prompt) are reproducible
         model = build_model(dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, rank=0))).eval()
         run_dir = out / variant.key
         run_dir.mkdir(parents=True, exist_ok=True)
