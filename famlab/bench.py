@@ -1,7 +1,9 @@
 """Training-step benchmark: throughput, peak memory and FLOP/s of full, BSWA, TransformerXL and FAM.
 
 Run with ``make bench`` (``python -m famlab.bench``; ``--help`` lists the options). Defaults: a
-4-layer, d_model=256, 4-head, vocab-256 model at T=4096, batch 2, B=256, m=1, L_F=16, fp32.
+4-layer, d_model=256, 4-head, vocab-256 model at T=4096, batch 2, B=256, m=1, L_F=16, fp32 on the CPU
+(``--device cuda --dtype bfloat16``: on a GPU with bf16 autocast; device memory then comes from
+``torch.cuda.max_memory_allocated`` in the same process).
 
 What is measured, and how:
 
@@ -175,22 +177,29 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
 
 
 def build(
-    cfg: ModelConfig, batch: int, seq_len: int, seed: int, impl: str = "fast"
+    cfg: ModelConfig, batch: int, seq_len: int, seed: int, impl: str = "fast", device: str = "cpu"
 ) -> tuple[FamLM, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
-    model = FamLM(cfg).train()
+    model = FamLM(cfg).train().to(device)
     if impl == "compiled":
         model.compile_fam_updates()
     data = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
+    data = data.to(device)
     return model, data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
 
-def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: str) -> float:
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: str, dtype: str = "float32") -> float:
+    """One training step (fp32 weights; ``dtype`` bfloat16/float16: autocast, as Lightning's *-mixed)."""
     model.zero_grad(set_to_none=True)
-    logits = model(inputs, impl="fast" if impl == "compiled" else impl)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    low = AUTOCAST[dtype]
+    with torch.autocast(inputs.device.type, dtype=low, enabled=low is not None):
+        logits = model(inputs, impl="fast" if impl == "compiled" else impl)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     loss.backward()
-    return float(loss.detach())
+    return float(loss.detach())  # .item() waits for the device, so wall time covers the whole step
 
 
 def variant_config(base: ModelConfig, name: str) -> tuple[ModelConfig, str]:
@@ -285,20 +294,32 @@ def measure_memory(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # matmul FLOP/s
 
 
-def time_matmul(m: int, k: int, n: int, reps: int, batch: int = 1) -> list[float]:
-    """FLOP/s of ``[batch, m, k] @ [batch, k, n]`` in fp32, one value per repeat (after a warm-up)."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_matmul(
+    m: int, k: int, n: int, reps: int, batch: int = 1, device: str = "cpu", dtype: str = "float32"
+) -> list[float]:
+    """FLOP/s of ``[batch, m, k] @ [batch, k, n]`` (fp32, or ``dtype``), one value per repeat (after a warm-up)."""
     g = torch.Generator().manual_seed(0)
     shape_a, shape_b = ((batch, m, k), (batch, k, n)) if batch > 1 else ((m, k), (k, n))
-    a, b = torch.randn(*shape_a, generator=g), torch.randn(*shape_b, generator=g)
-    out = torch.empty(*shape_a[:-1], n)
+    dt_ = getattr(torch, dtype)
+    a = torch.randn(*shape_a, generator=g).to(device, dt_)
+    b = torch.randn(*shape_b, generator=g).to(device, dt_)
+    out = torch.empty(*shape_a[:-1], n, device=device, dtype=dt_)
     torch.matmul(a, b, out=out)
     flops = 2.0 * batch * m * k * n
-    inner = max(1, int(2e8 // flops))  # at least ~0.2 GFLOP per timing for tiny shapes
+    scale = 1e3 if device.startswith("cuda") else 1.0  # a GPU needs far more work per timing
+    inner = max(1, int(2e8 * scale // flops))  # at least ~0.2 GFLOP per timing for tiny shapes
     rates = []
     for _ in range(reps):
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(inner):
             torch.matmul(a, b, out=out)
+        _sync(device)
         rates.append(flops * inner / (time.perf_counter() - t0))
     return rates
 
@@ -365,12 +386,13 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"# famlab bench {res['timestamp']}",
         "",
         f"Model: {c['n_layers']} layers, d_model={c['d_model']}, {c['n_heads']} heads, vocab {c['vocab_size']}; "
-        f"T={c['seq_len']}, batch={c['batch_size']}, B={c['block_size']}, m={c['mem_segment']}, L_F={c['fam_len']}, fp32. "
+        f"T={c['seq_len']}, batch={c['batch_size']}, B={c['block_size']}, m={c['mem_segment']}, L_F={c['fam_len']}, "
+        f"{c.get('dtype', 'float32')} on {c.get('device_name', 'cpu')}. "
         f"Training step = forward + cross-entropy + backward; {c['stat']} of {c['iters']} timed rounds "
         f"({c['ref_iters']} for the reference path) after {c['warmup']} warm-up rounds, variants round-robin.",
         f"Machine: {mach['cpu_model']}, {mach['usable_cores']} usable cores, torch {mach['torch']}, "
         f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}.",
-        f"Matmul fp32 {mm['size']}^3: {mm['peak_gflops']:.1f} GFLOP/s "
+        f"Matmul {c.get('dtype', 'float32')} {mm['size']}^3: {mm['peak_gflops']:.1f} GFLOP/s "
         f"(before {mm['before_gflops']:.1f}, after {mm['after_gflops']:.1f}).",
         "",
         "| variant | impl | median ms | min ms | tokens/s | vs bswa | peak mem MB | vs full | train GFLOP | GFLOP/s | frac of matmul peak |",
@@ -430,6 +452,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="step-time statistic behind tokens/s and FLOP/s (min resists a busy machine)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU: memory from torch.cuda, no subprocesses)")
+    p.add_argument(
+        "--dtype", default="float32", choices=sorted(AUTOCAST), help="float32, or autocast to bfloat16/float16"
+    )
     p.add_argument("--out-dir", default="bench/results", help="where the JSON and latest.md go ('' = nowhere)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
     p.add_argument("--profile", metavar="VARIANT", default=None, help="only profile VARIANT's training step")
@@ -492,12 +518,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     b, T = args.batch_size, args.seq_len
     mach = machine_info()
     setups = {}
+    dev, dtype = args.device, args.dtype
     for name in names:
         cfg, impl = variant_config(base, name)
-        setups[name] = (cfg, impl, *build(cfg, b, T, args.seed, impl))
+        setups[name] = (cfg, impl, *build(cfg, b, T, args.seed, impl, dev))
 
     mm_size, mm_reps = args.matmul_size, args.matmul_reps
-    mm_before = time_matmul(mm_size, mm_size, mm_size, mm_reps)
+    mm_before = time_matmul(mm_size, mm_size, mm_size, mm_reps, device=dev, dtype=dtype)
+    gpu_peak: dict[str, float] = {}
 
     # throughput: round-robin rounds, the reference path in fewer of them
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -510,22 +538,29 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if not timed and impl == "reference" and rnd >= 1:
                 continue  # one warm-up round is enough for the slow path
+            if dev.startswith("cuda") and timed and not times[name]:
+                torch.cuda.reset_peak_memory_stats()
+                base_mem = torch.cuda.memory_allocated()
             t0 = time.perf_counter()
-            train_step(model, inputs, targets, impl)
+            train_step(model, inputs, targets, impl, dtype)
             if timed:
                 times[name].append(time.perf_counter() - t0)
+                if dev.startswith("cuda") and len(times[name]) == 1:  # the step's extra device memory
+                    gpu_peak[name] = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
 
-    mm_after = time_matmul(mm_size, mm_size, mm_size, mm_reps)
+    mm_after = time_matmul(mm_size, mm_size, mm_size, mm_reps, device=dev, dtype=dtype)
     peak = statistics.median(mm_before + mm_after)
     shapes = []
     for sname, sb, sm, sk, sn in model_matmul_shapes(base, b, T):
-        rates = time_matmul(sm, sk, sn, max(2, mm_reps // 2), batch=sb)
+        rates = time_matmul(sm, sk, sn, max(2, mm_reps // 2), batch=sb, device=dev, dtype=dtype)
         shapes.append({"name": sname, "batch": sb, "m": sm, "k": sk, "n": sn, "gflops": statistics.median(rates) / 1e9})
     del setups
     gc.collect()
 
     mem: dict[str, dict[str, Any]] = {}
-    if not args.no_memory:
+    if dev.startswith("cuda"):  # torch's allocator counts device memory exactly, in this process
+        mem = {n: {"peak_increase_mb": gpu_peak.get(n), "method": "torch.cuda.max_memory_allocated"} for n in names}
+    elif not args.no_memory:
         jobs = []
         for name in names:
             cfg, impl = variant_config(base, name)
@@ -603,7 +638,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         k: getattr(args, k) for k in ("seq_len", "batch_size", "warmup", "iters", "ref_iters", "quick", "seed", "stat")
     }
     config.update({k: getattr(base, k) for k in ("d_model", "n_layers", "n_heads", "vocab_size")})
-    config.update(block_size=base.block_size, mem_segment=base.mem_segment, fam_len=base.fam_len, dtype="float32")
+    config.update(block_size=base.block_size, mem_segment=base.mem_segment, fam_len=base.fam_len, dtype=dtype)
+    config.update(device=dev, device_name=torch.cuda.get_device_name() if dev.startswith("cuda") else mach["cpu_model"])
     return {
         "timestamp": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
         "machine": mach,
