@@ -40,7 +40,8 @@ IMPLS = ("fast", "reference")
 
 
 def rope_cos_sin(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin tables for float ``positions`` [b|1, T] -> each [b|1, 1, T, D/2].
+    """RoPE tables for float ``positions`` [b|1, T] -> ``cos2`` = [cos, cos] and ``sin2`` = [-sin, sin],
+    each [b|1, 1, T, D] (full head width, so :func:`apply_rope` is three kernels).
 
     Angles are computed in fp32 (fp64 for fp64 models), as common implementations do; this is
     where a random position offset can make a difference at all (a shared offset cancels in q.k
@@ -49,13 +50,14 @@ def rope_cos_sin(positions: Tensor, head_dim: int, base: float, dtype: torch.dty
     calc = torch.float64 if dtype == torch.float64 else torch.float32
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=calc) / head_dim)
     angles = positions.to(calc)[:, None, :, None] * inv_freq  # [b|1, 1, T, D/2]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)  # [b|1, 1, T, D] each
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate-half RoPE on x [b, heads, T, D]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+def apply_rope(x: Tensor, cos2: Tensor, sin2: Tensor) -> Tensor:
+    """Rotate-half RoPE on x [b, heads, T, D]: with x = [x1, x2] (halves), returns
+    [x1 cos - x2 sin, x2 cos + x1 sin] = x * cos2 + [x2, x1] * sin2 (``roll`` swaps the halves)."""
+    return torch.addcmul(x * cos2, x.roll(x.shape[-1] // 2, dims=-1), sin2)
 
 
 def expand_kv(x: Tensor, n_heads: int) -> Tensor:
@@ -84,6 +86,22 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None)
     return scores.softmax(dim=-1) @ v
 
 
+def linear_plus(linear: nn.Module, x: Tensor, residual: Tensor | None) -> Tensor:
+    """``linear(x) + residual``; for a bias-free ``nn.Linear`` one ``addmm`` (the add rides on the matmul
+    instead of another pass over memory). Wrapped layers (e.g. peft's LoRA) take the plain path."""
+    if residual is None:
+        return linear(x)
+    if type(linear) is not nn.Linear or linear.bias is not None or residual.shape[-1] != linear.out_features:
+        return linear(x) + residual
+    out_shape = torch.broadcast_shapes(residual.shape, (*x.shape[:-1], linear.out_features))
+    if tuple(out_shape) != tuple(x.shape[:-1]) + (linear.out_features,):
+        return linear(x) + residual
+    flat = torch.addmm(
+        residual.expand(out_shape).reshape(-1, out_shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t()
+    )
+    return flat.view(out_shape)
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -97,12 +115,15 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.ff_dim * (2 if self.swiglu else 1), bias=cfg.bias)
         self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """FF(x), plus ``residual`` if given (added inside the output matmul when it is a plain Linear)."""
         h = self.up(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
-        return self.down(F.gelu(h))
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return linear_plus(self.down, h, residual)
 
 
 class Layer(nn.Module):
@@ -141,7 +162,7 @@ class Layer(nn.Module):
         self, fam: Tensor, cos: Tensor, sin: Tensor, k_own: Tensor, v_own: Tensor, n_full: int, zero_first: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The sequential part of the fast path: for each complete block i, ``fam_update`` of S_i
-        with block i (k_own/v_own [b, G, n, B, D]; cos/sin for S_0..S_{n_full} [., ., (n_full+1)*L_F, D/2]).
+        with block i (k_own/v_own [b, G, n, B, D]; cos/sin for S_0..S_{n_full} [., ., (n_full+1)*L_F, D]).
 
         Returns the final FAM state and the keys/values of S_0..S_{n_full}, each [b, G, (n_full+1)*L_F, D].
         ``FamLM.compile_fam_updates`` may compile it."""
@@ -164,8 +185,8 @@ class Layer(nn.Module):
     def finish(self, attn: Tensor, residual: Tensor | float) -> Tensor:
         """attn [b, T, H*D] (heads merged) -> layer output [b, T, d]: A = Wo(attn) + residual;
         O = FF(LN(A)) + A."""
-        a = self.wo(attn) + residual
-        return a + self.ff(self.norm2(a))
+        a = linear_plus(self.wo, attn, residual if isinstance(residual, Tensor) else None)
+        return self.ff(self.norm2(a), residual=a)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +283,7 @@ class FamLM(nn.Module):
 
     def _fam_cos_sin(self, blocks: Tensor, offset: Tensor | None, dtype) -> tuple[Tensor, Tensor]:
         """RoPE tables for the FAM states feeding ``blocks`` [k] (absolute block indices) ->
-        each [b|1, 1, k*L_F, D/2].
+        each [b|1, 1, k*L_F, D].
 
         last: the last L_F positions of the previous block (block 0: the L_F positions before the
         first token); float: L_F fractional positions evenly spaced between the previous block's
@@ -439,7 +460,7 @@ class FamLM(nn.Module):
         if L_F:
             fam_cos, fam_sin = self._fam_cos_sin(
                 torch.arange(g0, g0 + n_full + 1, device=x.device), state.pos_offset, x.dtype
-            )  # [b|1, 1, (n_full+1)*L_F, D/2]
+            )  # [b|1, 1, (n_full+1)*L_F, D]
         new_layers = []
         for layer, ls in zip(self.layers, state.layers):
             q, k, v = layer.qkv(x, cos, sin)  # [b, H, Tp, D], [b, G, Tp, D]
