@@ -101,6 +101,15 @@ SWEEP_NOTEBOOKS = (
         "Block size B and memory segment m for BSWA and FAM at a fixed training length. The paper has no "
         "block-size ablation, so there are no reference numbers here.",
     ),
+    NotebookSpec(
+        "passkey_recipe",
+        "PassKey recipe search (beyond the paper)",
+        "FAM with m = 0 on byte-level PassKey (the `make passkey-demo` preset): block size x FAM length x "
+        "learning rate, each run evaluated at 1x, 4x and 16x its training length. It looks for a recipe under "
+        "which FAM learns the task on a CPU budget and keeps retrieving past the training length; the paper "
+        "has no such table.",
+        evaluate=True,
+    ),
 )
 COST_NOTEBOOK = NotebookSpec(
     "cost",
