@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,6 +238,56 @@ def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
     assert not torch.equal(base_sd["layers.0.wqkv.weight"], tuned_sd["layers.0.wqkv.weight"])
     assert torch.equal(base_sd["tok_emb.weight"], tuned_sd["tok_emb.weight"])  # not a LoRA target
     assert torch.equal(base_sd["layers.1.norm1.weight"], tuned_sd["layers.1.norm1.weight"])
+
+
+def test_sweep_over_one_pretrained_base(converted_dir, tmp_path):
+    """A sweep varies the memory segment and FAM length on top of one converted base: every trial trains
+    from the base's weights with LoRA, its shape taken from the folder."""
+    import optuna
+    import yaml
+    from optuna.trial import TrialState
+
+    from famlab.sweep import load_spec, make_storage, run_sweep
+
+    spec_path = tmp_path / "pretrained.yaml"
+    overrides = {
+        "model.init_from": str(converted_dir),
+        "model.block_size": 16,
+        "lora.rank": 2,
+        "data.task": "recall",
+        "data.seq_len": 64,
+        "data.batch_size": 2,
+        "data.val_batches": 1,
+        "train.max_steps": 2,
+        "train.val_every": 2,
+        "train.warmup_steps": 1,
+        "train.checkpoint_every": 0,
+        "logger.wandb": "disabled",
+    }
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "study": "pretrained",
+                "preset": "tiny",
+                "overrides": overrides,
+                "grid": {"model.mem_segment": [0, 1], "model.fam_len": [2]},
+                "seeds": [0],
+                "objective": {"metric": "val/loss", "direction": "minimize"},
+                "profiles": {"tiny": {}},
+            }
+        )
+    )
+    spec = load_spec(str(spec_path))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_sweep(spec, url, workers=1, out_root=tmp_path / "runs")
+    study = optuna.load_study(study_name=spec.study_name, storage=make_storage(url))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.params["model.mem_segment"] for t in complete) == [0, 1]
+    for t in complete:
+        _, run_cfg = load_model(t.user_attrs["run_dir"])
+        assert run_cfg.model.init_from == str(converted_dir) and run_cfg.lora.rank == 2
+        assert run_cfg.model.d_model == 64 and run_cfg.model.mem_segment == t.params["model.mem_segment"]
+        assert (Path(t.user_attrs["run_dir"]) / "merged" / "model.safetensors").is_file()
 
 
 def test_init_from_bad_folder_is_a_config_error(tmp_path):
