@@ -187,7 +187,8 @@ def markdown(report: dict) -> str:
         "|---|---|" + "---|" * len(head),
     ]
     for v in variants:
-        rf = str(v["receptive_field"]) if v["receptive_field"] is not None else "unbounded (FAM)"
+        unbounded = "unbounded (FAM)" if v["attention"] == "fam" else "unbounded (full attention)"
+        rf = str(v["receptive_field"]) if v["receptive_field"] is not None else unbounded
         lines.append(f"| {v['label']} | {rf} | " + " | ".join(_cell(r) for r in v["results"]) + " |")
     lines += [
         "",
