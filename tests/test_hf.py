@@ -207,6 +207,7 @@ def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
             "lora.rank=4",
             "data.batch_size=2",
             "data.seq_len=128",
+            "data.tokenizer=bytes",  # the tiny random base has no tokenizer (vocab 256: bytes)
             "data.passkey_instruction=false",
             "data.passkey_train_blocks_min=4",
             "data.val_batches=1",
