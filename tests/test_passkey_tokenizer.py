@@ -196,3 +196,11 @@ def test_train_from_a_converted_folder_with_its_tokenizer(tok_dir, tmp_path):
     assert run_cfg.data.tokenizer == str(base)  # resolved and recorded in config.yaml
     df = evaluate(model, run_cfg.data, block_size=16, seed=0)
     assert df.length.tolist() == [96, 192] and df.accuracy.between(0, 1).all()
+    from famlab.cli import main
+
+    assert main(["eval", str(run_dir)]) == 0  # the CLI evaluates the same run, in the base's tokens
+    import pandas as pd
+
+    assert pd.read_csv(run_dir / "eval.csv")[["length", "accuracy", "digit_accuracy"]].equals(
+        df[["length", "accuracy", "digit_accuracy"]]
+    )
