@@ -665,17 +665,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text = profile_variant(args)
         print(text)
         return {"profile": text}
-    res = run_bench(args)
-    md = render_markdown(res)
+    return report_results(run_bench(args), render_markdown, args, json_prefix="bench_", latest="latest.md")
+
+
+def report_results(res: dict[str, Any], render, args: argparse.Namespace, *, json_prefix: str, latest: str):
+    """Print the Markdown of ``res``; write ``<out_dir>/<json_prefix><timestamp>.json`` and ``<out_dir>/<latest>``
+    (unless ``args.out_dir`` is empty); with ``args.strict`` exit 1 if a target failed. Shared by the benchmarks."""
+    md = render(res)
     print(md)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"bench_{res['timestamp']}.json"
+        path = out / f"{json_prefix}{res['timestamp']}.json"
         path.write_text(json.dumps(res, indent=2) + "\n")
-        (out / "latest.md").write_text(md)
+        (out / latest).write_text(md)
         res["json_path"] = str(path)
-        print(f"wrote {path} and {out / 'latest.md'}")
+        print(f"wrote {path} and {out / latest}")
     if args.strict and any(t["status"] == "FAIL" for t in res["targets"].values()):
         sys.exit(1)
     return res

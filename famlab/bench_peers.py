@@ -40,21 +40,19 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import importlib.util
-import json
 import os
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famlab.bench import base_config, machine_info
+from famlab.bench import base_config, machine_info, report_results
 from famlab.bench_stream import _code_line, code_version
 from famlab.config import ModelConfig
 from famlab.model import FamLM
@@ -403,20 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run_bench(args)
-    md = render_markdown(res)
-    print(md)
-    if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"peers_{res['timestamp']}.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        (out / "peers_latest.md").write_text(md)
-        res["json_path"] = str(path)
-        print(f"wrote {path} and {out / 'peers_latest.md'}")
-    if args.strict and any(t["status"] == "FAIL" for t in res["targets"].values()):
-        sys.exit(1)
-    return res
+    return report_results(run_bench(args), render_markdown, args, json_prefix="peers_", latest="peers_latest.md")
 
 
 if __name__ == "__main__":

@@ -47,19 +47,17 @@ import datetime as dt
 import gc
 import hashlib
 import importlib
-import json
 import multiprocessing
 import os
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from famlab.bench import _libc, _reset_hwm, _status_kb, base_config, machine_info
+from famlab.bench import _libc, _reset_hwm, _status_kb, base_config, machine_info, report_results
 from famlab.config import ModelConfig
 from famlab.model import FamLM, FamState
 from famlab.provenance import git_info
@@ -576,20 +574,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run_bench(args)
-    md = render_markdown(res)
-    print(md)
-    if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"stream_{res['timestamp']}.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        (out / "stream_latest.md").write_text(md)
-        res["json_path"] = str(path)
-        print(f"wrote {path} and {out / 'stream_latest.md'}")
-    if args.strict and any(t["status"] == "FAIL" for t in res["targets"].values()):
-        sys.exit(1)
-    return res
+    return report_results(run_bench(args), render_markdown, args, json_prefix="stream_", latest="stream_latest.md")
 
 
 if __name__ == "__main__":
