@@ -37,6 +37,7 @@ accuracy (all digits right), digit_accuracy (fraction of digits right).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -136,13 +137,9 @@ def _boundary(depth: float, filler_len: int, starts: np.ndarray, period: int) ->
     return int(cands[np.argmin(np.abs(cands - x))])
 
 
-_BYTES = {True: None, False: None}
-
-
+@functools.cache
 def byte_pieces(instruction: bool = True) -> Pieces:
-    if _BYTES[instruction] is None:
-        _BYTES[instruction] = Pieces(None, instruction)
-    return _BYTES[instruction]
+    return Pieces(None, instruction)
 
 
 def fixed_len(digits: int, instruction: bool) -> int:
@@ -278,20 +275,16 @@ def evaluate(
     return pd.DataFrame(rows)
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
+@functools.cache
 def load_tokenizer(path: str) -> Any:
     """The HF tokenizer in folder ``path`` (a converted model folder has one), loaded once per process."""
-    if path not in _TOKENIZERS:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError as e:
-            raise config_error("tokenizer", path, "'bytes' (an HF tokenizer needs: pip install -e '.[hf]')") from e
-        try:
-            _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise config_error(
-                "tokenizer", path, f"'bytes' or a folder with HF tokenizer files ({' '.join(str(e).split())[:200]})"
-            ) from None
-    return _TOKENIZERS[path]
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise config_error("tokenizer", path, "'bytes' (an HF tokenizer needs: pip install -e '.[hf]')") from e
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise config_error(
+            "tokenizer", path, f"'bytes' or a folder with HF tokenizer files ({' '.join(str(e).split())[:200]})"
+        ) from None
