@@ -44,7 +44,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 test: $(STAMP) lint ## install if needed, lint, run the test suite (not the slow tests)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## run the suite without lint, single process
 	$(BIN)/python -m pytest -q -m "not slow" -x $(PYTEST_ARGS)

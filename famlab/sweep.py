@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import datetime
 import itertools
 import json
 import math
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.orm
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
@@ -341,15 +343,48 @@ def redact(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
+class SweepStorage(RDBStorage):
+    """Optuna's RDB storage, with one more kind of stale trial: a RUNNING trial that never
+    recorded a heartbeat and started more than the grace period ago.
+
+    ``study.optimize`` creates the trial (RUNNING, several writes while the sampler stamps it)
+    before it starts the heartbeat thread. A worker killed in that window leaves a trial Optuna
+    never calls stale (it skips trials without a heartbeat row), so every other worker would wait
+    for it forever and its grid point would never run."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = super()._get_stale_trial_ids(study_id)
+        # datetime_start comes from the creating worker's clock (datetime.now()), not the DB's
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        with _create_scoped_session(self.scoped_session) as session:
+            running = (
+                session.query(models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            never_beat = [
+                t.trial_id
+                for t in running
+                if not t.heartbeats and t.datetime_start is not None and t.datetime_start < cutoff
+            ]
+        return stale + [i for i in never_beat if i not in stale]
+
+
 def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None, max_stale_retries: int = 3) -> RDBStorage:
-    """An RDB storage with heartbeats: stale RUNNING trials are failed and queued again."""
+    """An RDB storage with heartbeats: stale RUNNING trials (no heartbeat for ``grace`` seconds,
+    or none ever, see ``SweepStorage``) are failed and queued again."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    return RDBStorage(
+    return SweepStorage(
         url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat,

@@ -19,7 +19,7 @@ import yaml
 from helpers import TINY
 from optuna.trial import TrialState
 
-from famlab.sweep import SWEEP_DIR, load_spec, main, make_storage, run_sweep, worker_command
+from famlab.sweep import SWEEP_DIR, load_spec, main, make_storage, open_study, run_sweep, worker_command
 
 
 def write_spec(tmp_path: Path, name: str = "t", **fields) -> str:
@@ -199,6 +199,28 @@ def test_killed_worker_trial_is_detected_and_rerun(tmp_path):
     assert_grid_done_once(study, spec)  # ... and its grid point was re-run by the survivor
     after = _snapshot(study)
     assert {n: after[n] for n in before} == before  # completed results untouched
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_trial_killed_before_its_first_heartbeat_goes_stale_and_is_rerun(tmp_path):
+    """A worker killed between creating its trial (RUNNING) and starting its heartbeat thread
+    leaves a trial with no heartbeat at all; it must go stale after the grace period, or every
+    other worker would wait for it forever."""
+    spec = load_spec(write_spec(tmp_path, grid={"model.mem_segment": [0, 1]}))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(spec, make_storage(url, heartbeat=1, grace=2))  # as a worker opens it
+    orphan = study.ask()  # what study.optimize does first; a dead worker never gets further
+    assert "grid_id" in study.trials[0].system_attrs
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING  # young: its worker may still be starting
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # queued again, same grid point
+    assert trials[1].system_attrs["grid_id"] == trials[0].system_attrs["grid_id"]
+    run_sweep(spec, url, workers=1, out_root=tmp_path / "runs", heartbeat=1, grace=2)  # returns: no wait forever
+    assert_grid_done_once(load(url, spec), spec)
 
 
 def test_killed_sweep_restarts_without_rerunning_completed_points(tmp_path):
