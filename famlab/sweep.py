@@ -19,8 +19,10 @@ How trials run (choices):
   once (the lower trial number wins), so no point is trained twice.
 * Storage is an RDB (SQLite file by default, PostgreSQL on clusters) with heartbeats: a worker killed
   mid-trial leaves a RUNNING trial whose heartbeat goes stale; any worker then marks it failed and
-  ``RetryHeartbeatStaleTrialCallback`` queues it again. A trial that fails by itself (non-zero exit,
-  NaN objective) is re-queued at most ``max_retries`` times; the rest of the sweep goes on.
+  ``RetryHeartbeatStaleTrialCallback`` queues it again. A worker killed before its trial's first
+  heartbeat leaves a RUNNING trial with none; ``SweepStorage`` calls that stale too, after the same
+  grace period. A trial that fails by itself (non-zero exit, NaN objective, past ``trial_timeout``)
+  is re-queued at most ``max_retries`` times; the rest of the sweep goes on.
 * A worker keeps going while there is queued work, and waits while other workers' trials run (they
   may die and come back as retries), so N workers together finish every grid point exactly once.
 """
@@ -72,6 +74,7 @@ SPEC_KEYS = (
     "objective",
     "metrics",
     "max_retries",
+    "trial_timeout",
     "profiles",
     "table",
     "evaluate",
@@ -120,6 +123,7 @@ class SweepSpec:
     direction: str
     metrics: list[str]
     max_retries: int
+    trial_timeout: float | None = None  # seconds per trial (train + eval); a hung run is killed and failed
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: bool = False  # run `famlab eval` on each trained run (its table goes on the trial)
     eval_overrides: dict[str, Any] = field(default_factory=dict)
@@ -271,6 +275,11 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
     max_retries = pick("max_retries", 2)
     if not (isinstance(max_retries, int) and max_retries >= 0):
         raise config_error(owner, "max_retries", max_retries, "an integer >= 0")
+    trial_timeout = pick("trial_timeout", None)
+    if trial_timeout is not None and not (
+        isinstance(trial_timeout, int | float) and not isinstance(trial_timeout, bool) and trial_timeout > 0
+    ):
+        raise config_error(owner, "trial_timeout", trial_timeout, "a number of seconds > 0, or null for no limit")
     preset = pick("preset", "tiny")
     spec = SweepSpec(
         study=raw.get("study", owner),
@@ -288,6 +297,7 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         direction=direction,
         metrics=list(pick("metrics", []) or []),
         max_retries=max_retries,
+        trial_timeout=trial_timeout,
         variants=variants,
         evaluate=bool(pick("evaluate", False)),
         eval_overrides=eval_overrides,
@@ -498,9 +508,12 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _run(cmd: list[str], log_path: Path, env: dict[str, str], on_poll=None, poll: float = 1.0) -> int:
+def _run(
+    cmd: list[str], log_path: Path, env: dict[str, str], on_poll=None, poll: float = 1.0, deadline: float | None = None
+) -> int:
     """Run a child process that dies with us, logging to ``log_path``; ``on_poll()`` runs every
-    ``poll`` seconds while it lives and may raise to stop it (the child is killed)."""
+    ``poll`` seconds while it lives and may raise to stop it (the child is killed). Past
+    ``deadline`` (a ``time.monotonic()`` value) the child is killed and ``TrialFailed`` raised."""
     with log_path.open("a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=env)
         try:
@@ -508,6 +521,8 @@ def _run(cmd: list[str], log_path: Path, env: dict[str, str], on_poll=None, poll
                 time.sleep(poll)
                 if on_poll is not None:
                     on_poll()
+                if deadline is not None and time.monotonic() > deadline and proc.poll() is None:
+                    raise TrialFailed(f"famlab {cmd[3]} still running when trial_timeout ran out: killed")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -565,7 +580,8 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, *, threads: 
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {step} ({spec.metric}={value:.4g})")
 
-    code = _run(cmd, log_path, env, on_poll=report_progress, poll=poll)
+    deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
+    code = _run(cmd, log_path, env, on_poll=report_progress, poll=poll, deadline=deadline)
     run_dir = seen["run_dir"] or find_run_dir(trial_dir)
     if run_dir is not None:
         trial.set_user_attr("run_dir", str(run_dir))
@@ -575,7 +591,7 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, *, threads: 
         raise TrialFailed(f"no final_metrics.json under {trial_dir}")
     if spec.evaluate:
         eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu"]
-        code = _run(eval_cmd, trial_dir / "eval.log", env, poll=poll)
+        code = _run(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
         if code != 0:
             raise TrialFailed(f"famlab eval exited with {code}: {_log_tail(trial_dir / 'eval.log')}")
         eval_csv = run_dir / "eval.csv"

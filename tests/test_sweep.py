@@ -83,6 +83,8 @@ def test_shipped_specs_resolve_for_every_profile(path):
         (dict(grid={"model.attention": ["bswa", "sliding"]}), "attention='sliding'"),
         (dict(objective={"metric": "val/loss", "direction": "up"}), "direction='up'"),
         (dict(grid={"variant": ["M9"]}, variants={"M0": {"model.mem_segment": 0}}), "variant='M9'"),
+        (dict(trial_timeout=0), "trial_timeout=0 is not allowed.*seconds > 0"),
+        (dict(trial_timeout="1h"), "trial_timeout='1h'"),
     ],
 )
 def test_bad_spec_rejected_before_any_trial(tmp_path, fields, message, capsys):
@@ -256,6 +258,27 @@ def test_failing_trial_is_retried_a_bounded_number_of_times(tmp_path):
     assert all("not a finite number" in t.user_attrs["fail_reason"] for t in failed)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.params["train.lr"] for t in complete] == [0.003]
+
+
+def test_trial_past_its_timeout_is_killed_and_failed(tmp_path):
+    """A hung run (here: one far too long for its limit) must not hold the sweep forever."""
+    path = write_spec(
+        tmp_path,
+        grid={"model.mem_segment": [1]},
+        overrides={"train.max_steps": 100_000, "train.val_every": 100_000},
+        trial_timeout=8,
+        max_retries=1,
+    )
+    spec = load_spec(path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    start = time.monotonic()
+    run_sweep(spec, url, workers=1, out_root=tmp_path / "runs")
+    assert time.monotonic() - start < 120  # two tries of about 8 s each, not 100k steps
+    failed = load(url, spec).trials
+    assert [t.state for t in failed] == [TrialState.FAIL, TrialState.FAIL]  # the try and one retry
+    assert all("trial_timeout" in t.user_attrs["fail_reason"] for t in failed)
+    left = subprocess.run(["pgrep", "-f", f"out_dir={tmp_path}"], capture_output=True, text=True).stdout
+    assert left == "", "the timed-out famlab train process is still alive"
 
 
 def test_search_spec_reports_intermediate_values_and_prunes(tmp_path):
