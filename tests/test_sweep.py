@@ -190,9 +190,9 @@ def test_killed_worker_trial_is_detected_and_rerun(tmp_path):
         return False
 
     _wait(victim_frozen_mid_trial_after_a_completed_one, what="a completed trial and one running on the victim")
-    before = _snapshot(study)
-    victim.send_signal(signal.SIGKILL)
+    victim.send_signal(signal.SIGKILL)  # first: frozen, it may hold the SQLite write lock
     victim.wait()
+    before = _snapshot(study)
     assert survivor.wait(timeout=300) == 0
     stale = [
         t for t in study.trials if t.state == TrialState.FAIL and t.user_attrs.get("worker", "").endswith(victim_tag)
