@@ -140,10 +140,25 @@ def test_cli_never_prints_the_password(tmp_path, postgres, capfd):
 # ---------------------------------------------------------------- crashes
 
 
-def _start_workers(spec, url, out_root, n, heartbeat=1, grace=4):
-    cmd = worker_command(spec, out_root, heartbeat=heartbeat, grace=grace, threads=1)
-    env = {**os.environ, "FAMLAB_STORAGE": url}
-    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+@pytest.fixture
+def start_workers():
+    """Start sweep workers as separate processes; any still alive when the test ends (it failed)
+    are killed with their training children, so they never load the rest of the suite."""
+    started = []
+
+    def start(spec, url, out_root, n, heartbeat=1, grace=4):
+        cmd = worker_command(spec, out_root, heartbeat=heartbeat, grace=grace, threads=1)
+        env = {**os.environ, "FAMLAB_STORAGE": url}
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(n)]
+        started.extend(procs)
+        return procs
+
+    yield start
+    for p in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()  # its famlab train child dies with it (PR_SET_PDEATHSIG)
+            p.wait()
 
 
 def _wait(predicate, timeout=120.0, what=""):
@@ -162,11 +177,11 @@ def _snapshot(study):
     }
 
 
-def test_killed_worker_trial_is_detected_and_rerun(tmp_path):
+def test_killed_worker_trial_is_detected_and_rerun(tmp_path, start_workers):
     spec = load_spec(write_spec(tmp_path, seeds=[0, 1], overrides={"train.max_steps": 100, "train.val_every": 50}))
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name=spec.study_name, storage=make_storage(url), load_if_exists=True)
-    victim, survivor = _start_workers(spec, url, tmp_path / "runs", 2)
+    victim, survivor = start_workers(spec, url, tmp_path / "runs", 2)
     study = load(url, spec)
     victim_tag = f":{victim.pid}"
 
@@ -225,11 +240,11 @@ def test_trial_killed_before_its_first_heartbeat_goes_stale_and_is_rerun(tmp_pat
     assert_grid_done_once(load(url, spec), spec)
 
 
-def test_killed_sweep_restarts_without_rerunning_completed_points(tmp_path):
+def test_killed_sweep_restarts_without_rerunning_completed_points(tmp_path, start_workers):
     spec = load_spec(write_spec(tmp_path, overrides={"train.max_steps": 60, "train.val_every": 30}))
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name=spec.study_name, storage=make_storage(url), load_if_exists=True)
-    workers = _start_workers(spec, url, tmp_path / "runs", 2)
+    workers = start_workers(spec, url, tmp_path / "runs", 2)
     study = load(url, spec)
     _wait(lambda: len(_snapshot(study)) >= 1, what="a completed trial")
     for w in workers:  # the whole sweep dies
