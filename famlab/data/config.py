@@ -52,7 +52,8 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str = "~/.cache/famlab"  # text corpora go to <cache_dir>/text/<corpus>/
     # token ids: "bytes" (famlab's own: one token per byte), a folder with HF tokenizer files (e.g. a
-    # converted model folder), or "init_from" (the tokenizer of model.init_from). passkey only.
+    # converted model folder), "init_from" (the tokenizer of model.init_from), or "symbols" (PassKey
+    # as abstract symbols: digits, key and question markers, filler symbols). passkey only.
     tokenizer: str = "bytes"
     # --- passkey: [instruction] filler, key sentence at a depth, filler, question, answer digits ---
     passkey_key_digits: int = 4
@@ -134,10 +135,12 @@ class DataConfig:
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
             raise config_error("cache_dir", self.cache_dir, "a non-empty path string")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
-            raise config_error("tokenizer", self.tokenizer, "'bytes', 'init_from' or a folder with HF tokenizer files")
+            raise config_error(
+                "tokenizer", self.tokenizer, "'bytes', 'symbols', 'init_from' or a folder with HF tokenizer files"
+            )
         if self.tokenizer != "bytes" and self.task != "passkey":
             raise config_error(
-                "tokenizer", self.tokenizer, f"'bytes' for task={self.task!r} (HF tokenizers: passkey only)"
+                "tokenizer", self.tokenizer, f"'bytes' for task={self.task!r} (symbols and HF tokenizers: passkey only)"
             )
         choice("text_corpus", TEXT_CORPORA)
         choice("text_eval_split", TEXT_SPLITS)

@@ -1,6 +1,7 @@
-"""PassKey retrieval, the paper's long-context probe, at byte level or in a Hugging Face tokenizer's
+"""PassKey retrieval, the paper's long-context probe, at byte level, in a Hugging Face tokenizer's
 tokens (``data.tokenizer``: a folder with tokenizer files, or ``init_from`` for the pretrained model's
-own; see :class:`Pieces` for how the pieces are tokenized). Every length below is in tokens (bytes at
+own; see :class:`Pieces` for how the pieces are tokenized), or as abstract symbols
+(``data.tokenizer=symbols``, :class:`Symbols`: a 10-token prompt overhead instead of 100 bytes). Every length below is in tokens (bytes at
 byte level); the answer is the tokens of the key digits as that tokenizer writes them after the question.
 
 An example (prompt + answer) is::
@@ -57,8 +58,29 @@ QUESTION = "\nWhat is the pass key? The pass key is "
 PAD = 0  # right padding byte after an example (weight 0)
 
 
+# data.tokenizer=symbols: PassKey as abstract symbols, no text. Id 0 pads, ids 1-10 are the digits
+# 0-9, then the key and question markers, then filler symbols (every other id the model has).
+SYMBOL_DIGIT0, SYMBOL_KEY, SYMBOL_QUESTION, SYMBOL_FILLER0 = 1, 11, 12, 13
+SYMBOL_PERIOD = 251  # the filler: one fixed pseudo-random sequence of filler symbols, cycled
+
+
+class Symbols:
+    """PassKey as symbols (``data.tokenizer=symbols``): ``filler KEY d1..dk filler QUESTION`` then the
+    answer ``d1..dk``. The fixed part is 2k+2 tokens (10 for 4 digits, against 100 bytes of text),
+    so short sequences still hold long filler; the key can sit at any filler position."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        rng = np.random.default_rng(0)
+        self.filler = rng.integers(SYMBOL_FILLER0, vocab_size, size=SYMBOL_PERIOD).astype(np.int64)
+
+    def digits(self, key: str) -> np.ndarray:
+        return np.asarray([SYMBOL_DIGIT0 + int(c) for c in key], dtype=np.int64)
+
+
 class Pieces:
-    """The pieces of PassKey examples as token ids, for one tokenizer (``None``: bytes).
+    """The pieces of PassKey examples as token ids, for one tokenizer (``None``: bytes; a
+    :class:`Symbols`: abstract symbols).
 
     Bytes: exactly the texts above. An HF tokenizer (``data.tokenizer``): each piece is tokenized on
     its own, with the spacing a BPE vocabulary expects (sentences start with a space; the instruction
@@ -69,6 +91,12 @@ class Pieces:
 
     def __init__(self, tokenizer: Any = None, instruction: bool = True):
         self.tokenizer = tokenizer
+        if isinstance(tokenizer, Symbols):
+            self.pad = PAD
+            self.head = np.zeros(0, dtype=np.int64)  # no instruction: the task is the format itself
+            self.period = tokenizer.filler
+            self.starts = np.arange(len(self.period))  # every filler position is a boundary
+            return
         if tokenizer is None:
             self.pad = PAD
             self.head = encode(INSTRUCTION) if instruction else encode("")
@@ -90,6 +118,9 @@ class Pieces:
         """(key sentence, question, answer) for ``key``."""
         if self.tokenizer is None:
             return encode(KEY_SENTENCE.format(key=key)), encode(QUESTION), encode(key)
+        if isinstance(self.tokenizer, Symbols):
+            digits = self.tokenizer.digits(key)
+            return np.concatenate([[SYMBOL_KEY], digits]), np.asarray([SYMBOL_QUESTION]), digits
         sentence = self._ids(" " + KEY_SENTENCE.format(key=key).strip())
         tail = QUESTION + key
         enc = self.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
@@ -142,6 +173,11 @@ def byte_pieces(instruction: bool = True) -> Pieces:
     return Pieces(None, instruction)
 
 
+@functools.cache
+def symbol_pieces(vocab_size: int) -> Pieces:
+    return Pieces(Symbols(vocab_size))
+
+
 def fixed_len(digits: int, instruction: bool) -> int:
     """Bytes of an example that are not filler: instruction, key sentence, question, answer."""
     return byte_pieces(instruction).fixed_len("0" * digits)
@@ -170,6 +206,15 @@ def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
                 f"vocab_size={vocab_size} is not allowed for task='passkey': expected >= 128 (ASCII bytes)"
             )
         return byte_pieces(cfg.passkey_instruction)
+    if cfg.tokenizer == "symbols":
+        if vocab_size <= SYMBOL_FILLER0 + 1:
+            raise config_error(
+                "tokenizer",
+                cfg.tokenizer,
+                f"a model with vocab_size > {SYMBOL_FILLER0 + 1} (pad, 10 digits, 2 markers, filler symbols); "
+                f"it has {vocab_size}",
+            )
+        return symbol_pieces(vocab_size)
     tok = load_tokenizer(cfg.tokenizer)
     if len(tok) > vocab_size:
         raise config_error(

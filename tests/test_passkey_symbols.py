@@ -1,0 +1,115 @@
+"""PassKey as abstract symbols (``data.tokenizer=symbols``): layout and exact lengths, the scored
+answer positions, scoring with an oracle that reads the symbols back, and config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from famlab.config import ModelConfig, load_run_config
+from famlab.data import DataConfig, build_datamodule, evaluate
+from famlab.data.passkey import SYMBOL_DIGIT0, SYMBOL_FILLER0, SYMBOL_KEY, SYMBOL_QUESTION, pieces_for
+
+VOCAB = 64
+
+
+def cfg_for(**kw):
+    return DataConfig(**{"task": "passkey", "tokenizer": "symbols", "seq_len": 128, "batch_size": 16, **kw})
+
+
+def digits_of(key: str) -> list[int]:
+    return [SYMBOL_DIGIT0 + int(c) for c in key]
+
+
+def test_example_layout_exact_length_and_depth():
+    pieces = pieces_for(cfg_for(), VOCAB)
+    assert pieces.fixed_len("1234") == 2 * 4 + 2  # KEY d1..d4, QUESTION, d1..d4
+    for length in (10, 11, 128, 2000):
+        for depth in (0.0, 0.3, 1.0):
+            ids, answer_len, actual = pieces.example("5071", length, depth)
+            assert len(ids) == length and answer_len == 4 and ids.dtype == np.int64
+            assert ids[-5:].tolist() == [SYMBOL_QUESTION, *digits_of("5071")]
+            k = int(np.flatnonzero(ids == SYMBOL_KEY)[0])
+            assert ids[k : k + 5].tolist() == [SYMBOL_KEY, *digits_of("5071")]
+            filler = np.concatenate([ids[:k], ids[k + 5 : -5]])
+            assert len(filler) == length - 10 and ((filler >= SYMBOL_FILLER0) & (filler < VOCAB)).all()
+            assert k == round(depth * (length - 10)) and actual == pytest.approx(k / max(1, length - 10))
+    with pytest.raises(ValueError, match="too short"):
+        pieces.example("5071", 9, 0.5)
+
+
+def test_training_batches_score_exactly_the_answer_digits():
+    cfg = cfg_for(passkey_key_digits=5, passkey_train_blocks_min=2)
+    dm = build_datamodule(cfg, vocab_size=VOCAB, block_size=16, seed=0)
+    for k in range(3):
+        batch = dm.train_batch(k)
+        assert int(batch["input"].max()) < VOCAB
+        for r in range(cfg.batch_size):
+            inp, tgt, w = batch["input"][r], batch["target"][r], batch["weight"][r]
+            scored = torch.nonzero(w).flatten()
+            assert len(scored) == 5 and torch.equal(scored, torch.arange(scored[0], scored[0] + 5))
+            assert int(inp[scored[0]]) == SYMBOL_QUESTION  # the question is the last prompt token
+            k_pos = int(torch.nonzero(inp == SYMBOL_KEY)[0])
+            assert torch.equal(tgt[scored], inp[k_pos + 1 : k_pos + 6])  # the answer is the key
+            length = int(scored[-1]) + 2
+            assert 2 * 16 <= length <= 129 and (inp[length:] == 0).all()
+
+
+class SymbolOracle(nn.Module):
+    """Remembers the digits after the KEY symbol and answers them one per step after QUESTION
+    (optionally with the last digit wrong): a stand-in model that tests the streaming scorer."""
+
+    def __init__(self, wrong_last=False):
+        super().__init__()
+        self.wrong_last = wrong_last
+        self.cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2)
+
+    class State:
+        def __init__(self, b):
+            self.pos, self.seen = 0, [[] for _ in range(b)]
+
+    def init_state(self, b, device=None):
+        return self.State(b)
+
+    def step(self, tokens, state):
+        b, t = tokens.shape
+        logits = torch.zeros(b, t, VOCAB)
+        state.pos += t
+        for r in range(b):
+            for i in range(t):
+                seen = state.seen[r]
+                seen.append(int(tokens[r, i]))
+                if SYMBOL_QUESTION not in seen:
+                    continue
+                k = seen.index(SYMBOL_KEY)
+                key = seen[k + 1 : seen.index(SYMBOL_QUESTION, k)]
+                key = key[: next((j for j, x in enumerate(key) if x >= SYMBOL_FILLER0), len(key))]
+                said = len(seen) - 1 - seen.index(SYMBOL_QUESTION, k)
+                if said < len(key):
+                    digit = key[said]
+                    if self.wrong_last and said == len(key) - 1:
+                        digit = SYMBOL_DIGIT0 + (digit - SYMBOL_DIGIT0 + 1) % 10
+                    logits[r, i, digit] = 1.0
+        return logits, state
+
+
+def test_evaluate_scores_symbol_answers():
+    kw = dict(block_size=16, seed=0, lengths=[40, 300], depth_buckets=2, samples=3)
+    right = evaluate(SymbolOracle(), cfg_for(), **kw)
+    assert (right.accuracy == 1).all() and (right.digit_accuracy == 1).all() and len(right) == 4
+    wrong = evaluate(SymbolOracle(wrong_last=True), cfg_for(), **kw)
+    assert (wrong.accuracy == 0).all() and np.allclose(wrong.digit_accuracy, 0.75)
+
+
+def test_bad_symbol_settings_name_the_key():
+    with pytest.raises(ValueError, match=r"tokenizer='symbols'.*vocab_size > 14.*it has 14"):
+        pieces_for(cfg_for(), 14)
+    with pytest.raises(ValueError, match=r"DataConfig.tokenizer='symbols'.*'bytes' for task='recall'"):
+        DataConfig(task="recall", tokenizer="symbols")
+
+
+def test_passkey_demo_preset_uses_symbols():
+    cfg = load_run_config("passkey_demo", [])
+    assert cfg.data.tokenizer == "symbols" and cfg.model.vocab_size == VOCAB
