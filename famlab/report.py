@@ -104,8 +104,8 @@ SWEEP_NOTEBOOKS = (
     NotebookSpec(
         "passkey_recipe",
         "PassKey recipe search (beyond the paper)",
-        "FAM with m = 0 on byte-level PassKey (the `make passkey-demo` preset): block size x FAM length x "
-        "learning rate, each run evaluated at 1x, 4x and 16x its training length. It looks for a recipe under "
+        "FAM with m = 0 on PassKey as symbols (the `make passkey-demo` preset): learning rate x FAM length x "
+        "random position offset, each run evaluated at 1x, 4x and 16x its training length. It looks for a recipe under "
         "which FAM learns the task on a CPU budget and keeps retrieving past the training length; the paper "
         "has no such table.",
         evaluate=True,
