@@ -57,6 +57,28 @@ def test_training_batches_score_exactly_the_answer_digits():
             assert 2 * 16 <= length <= 129 and (inp[length:] == 0).all()
 
 
+def test_packed_rows_hold_consecutive_scored_examples():
+    cfg = cfg_for(passkey_pack=True, passkey_train_blocks_max=3, batch_size=8)
+    batch = build_datamodule(cfg, vocab_size=VOCAB, block_size=16, seed=0).train_batch(0)
+    for r in range(cfg.batch_size):
+        row = torch.cat([batch["input"][r], batch["target"][r, -1:]])  # the whole example stream
+        w = torch.cat([torch.zeros(1), batch["weight"][r]])  # weight of each token of the row
+        keys = torch.nonzero(row == SYMBOL_KEY).flatten().tolist()
+        questions = torch.nonzero(row == SYMBOL_QUESTION).flatten().tolist()
+        assert len(keys) == len(questions) >= 128 // 48  # several examples of at most 3 blocks
+        ends = [q + 5 for q in questions]  # each example ends with its 4 answer digits
+        starts = [0, *ends[:-1]]
+        for s, k, q, e in zip(starts, keys, questions, ends):
+            assert s <= k < q and e - s <= 48  # one key per example, then its question
+            assert torch.equal(row[q + 1 : e], row[k + 1 : k + 5])  # the answer is that example's key
+            assert w[s:e].tolist() == [0.0] * (e - s - 4) + [1.0] * 4  # scored: exactly its answer
+        assert ends[-1] > 129 - 10 and (row[ends[-1] :] == 0).all()  # only a too-short tail is padding
+    unpacked = build_datamodule(
+        cfg_for(passkey_train_blocks_max=3, batch_size=8), vocab_size=VOCAB, block_size=16, seed=0
+    )
+    assert all(int((row == SYMBOL_KEY).sum()) == 1 for row in unpacked.train_batch(0)["input"])
+
+
 class SymbolOracle(nn.Module):
     """Remembers the digits after the KEY symbol and answers them one per step after QUESTION
     (optionally with the last digit wrong): a stand-in model that tests the streaming scorer."""

@@ -62,6 +62,11 @@ class DataConfig:
     # at seq_len + 1; max 0 = up to seq_len + 1. Shorter examples are right-padded (weight 0).
     passkey_train_blocks_min: int = 1
     passkey_train_blocks_max: int = 0
+    # training rows packed with consecutive examples (each scored; a tail too short for a prompt is
+    # padding), as the paper's packed instruction data, instead of one right-padded example per row:
+    # FAM then carries state from one example into the next, and random state passing saves a state
+    # from inside the stream rather than after padding
+    passkey_pack: bool = False
     passkey_eval_lengths: list = field(default_factory=lambda: [1, 2, 4, 8, 16])  # multiples of seq_len
     passkey_eval_depth_buckets: int = 4  # depth (key position within the filler) buckets over [0, 1]
     passkey_eval_samples: int = 8  # prompts per (length, depth bucket) cell, streamed as one batch
@@ -130,7 +135,7 @@ class DataConfig:
             ("recall_eval_samples", 1),
         ]:
             integer(key, minimum)
-        for key in ("stateful", "passkey_instruction"):
+        for key in ("stateful", "passkey_instruction", "passkey_pack"):
             flag(key)
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
             raise config_error("cache_dir", self.cache_dir, "a non-empty path string")

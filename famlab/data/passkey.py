@@ -25,7 +25,8 @@ An example (prompt + answer) is::
 it, so an early, short curriculum stage still works), and its depth uniformly in [0, 1]. Lengths
 are in blocks because that is the unit of memory reach (about n_layers * (m+1) * B). Examples
 shorter than the row are right-padded with byte 0 (weight 0), so each example starts at position 0
-as in evaluation.
+as in evaluation. With ``passkey_pack`` a row instead holds consecutive examples (the last one cut
+to what is left of the row; a tail shorter than the fixed prompt is padding), each scored.
 
 **Evaluation** (:func:`evaluate`). For each length (``passkey_eval_lengths`` multiples of seq_len,
 or ``lengths=`` in tokens; the length is prompt + answer bytes) and each of
@@ -253,11 +254,19 @@ class PasskeyTask(Task):
         tokens = np.full((cfg.batch_size, length), self.pieces.pad, dtype=np.int64)
         weights = np.zeros((cfg.batch_size, length), dtype=np.float32)
         lo, hi = self.length_range(length)
+        need = self.pieces.fixed_len("9" * cfg.passkey_key_digits)
         for r in range(cfg.batch_size):
-            n = int(rng.integers(lo, hi + 1))
-            ids, answer_len, _ = self.pieces.example(random_key(rng, cfg.passkey_key_digits), n, float(rng.random()))
-            tokens[r, :n] = ids
-            weights[r, n - answer_len : n] = 1.0
+            pos = 0
+            while length - pos >= need:  # one example, or (passkey_pack) as many as fit
+                n = min(int(rng.integers(lo, hi + 1)), length - pos)
+                ids, answer_len, _ = self.pieces.example(
+                    random_key(rng, cfg.passkey_key_digits), n, float(rng.random())
+                )
+                tokens[r, pos : pos + n] = ids
+                weights[r, pos + n - answer_len : pos + n] = 1.0
+                pos += n
+                if not cfg.passkey_pack:
+                    break
         return tokens, weights
 
 
