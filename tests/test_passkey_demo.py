@@ -95,3 +95,14 @@ def test_chosen_variants_multiples_and_a_zero_shot_base(tmp_path):
         assert e.code == 2
     else:
         raise AssertionError("an unknown variant was accepted")
+
+
+def test_parallel_jobs_give_the_same_results(tmp_path):
+    args = ["--quick", "--variants", "bswa-m1,fam-m0"]
+    one = passkey_demo.main([*args, "--out-dir", str(tmp_path / "one")])
+    two = passkey_demo.main([*args, "--out-dir", str(tmp_path / "two"), "--jobs", "2"])
+    assert [v["key"] for v in two["variants"]] == ["bswa-m1", "fam-m0"]  # the given order, not the run order
+    for a, b in zip(one["variants"], two["variants"]):
+        assert a["results"] == b["results"]
+        assert math.isclose(a["final_train_loss"], b["final_train_loss"], rel_tol=1e-6)
+        assert Path(b["run_dir"]).parent == Path(two["out_dir"]) / b["key"]

@@ -16,7 +16,9 @@ length at multiple k is ``fixed_len + k * (seq_len + 1 - fixed_len)`` bytes, so 
 distance the key must be carried) is k times the longest training filler.
 
 ``--quick``: a few optimizer steps per model and a small evaluation (a smoke test of the
-pipeline, not a result). ``--set key=value`` (repeatable) adds a setting to every run.
+pipeline, not a result). ``--set key=value`` (repeatable) adds a setting to every run. ``--jobs N``
+trains N variants at once, each in its own process with ``--threads`` threads (``make passkey-demo``
+uses 2 on a 2-core machine: FAM on one core, the two BSWA models one after the other on the other).
 """
 
 from __future__ import annotations
@@ -173,6 +175,39 @@ def run_variant(
     }
 
 
+def _variant_job(key: str, threads: int, *args, **kwargs) -> dict:
+    """``run_variant`` in a worker process of ``--jobs``: its own torch threads, quiet Lightning."""
+    import torch
+
+    from famlab.train import quiet_lightning
+
+    if threads:
+        torch.set_num_threads(threads)
+    quiet_lightning()
+    return run_variant(BY_KEY[key], *args, **kwargs)
+
+
+def run_variants(keys: list[str], jobs: int, threads: int, *args, **kwargs) -> list[dict]:
+    """Every variant's results, in ``keys`` order; with ``jobs`` > 1 in that many processes at once,
+    FAM variants (the slowest per step) started first so the others fill the remaining processes."""
+    if jobs <= 1:
+        out = []
+        for key in keys:
+            print(f"== {BY_KEY[key].label}: {'training' if BY_KEY[key].train else 'evaluating'}", flush=True)
+            out.append(run_variant(BY_KEY[key], *args, **kwargs))
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    order = sorted(keys, key=lambda k: "fam" not in k)  # stable: FAM first, then the given order
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for key in order:
+            print(f"== {BY_KEY[key].label}: queued ({jobs} processes)", flush=True)
+            futures[key] = pool.submit(_variant_job, key, threads, *args, **kwargs)
+        return [futures[key].result() for key in keys]
+
+
 def _cell(r: dict) -> str:
     return f"{r['accuracy']:.2f} ({r['digit_accuracy']:.2f})"
 
@@ -235,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=None, help="prompts per (length, depth bucket) cell")
     parser.add_argument("--depth-buckets", type=int, default=None, help="key-depth buckets per length")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (0: torch's default)")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every run")
     args = parser.parse_args(argv)
     keys = args.variants.split(",") if args.variants else PRESET_VARIANTS.get(args.preset, PRESET_VARIANTS[PRESET])
@@ -270,15 +306,17 @@ def main(argv: list[str] | None = None) -> dict:
         eval_kw["samples"] = args.samples
     if args.depth_buckets:
         eval_kw["depth_buckets"] = args.depth_buckets
-    variants = []
-    for key in keys:
-        variant = BY_KEY[key]
-        print(f"== {variant.label}: {'training' if variant.train else 'evaluating'}", flush=True)
-        variants.append(
-            run_variant(
-                variant, overrides, out, seed=args.seed, eval_kw=eval_kw, preset=args.preset, multiples=multiples
-            )
-        )
+    variants = run_variants(
+        keys,
+        args.jobs,
+        args.threads,
+        overrides,
+        out,
+        seed=args.seed,
+        eval_kw=eval_kw,
+        preset=args.preset,
+        multiples=multiples,
+    )
     report = {
         "quick": bool(args.quick),
         "preset": args.preset,
@@ -289,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         "out_dir": str(out),
         "time": stamp,
         "threads": torch.get_num_threads(),
+        "jobs": args.jobs,
         "wall_time_s": round(time.time() - t0, 1),
         "variants": variants,
     }
