@@ -225,18 +225,18 @@ def test_trial_killed_before_its_first_heartbeat_goes_stale_and_is_rerun(tmp_pat
     other worker would wait for it forever."""
     spec = load_spec(write_spec(tmp_path, grid={"model.mem_segment": [0, 1]}))
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = open_study(spec, make_storage(url, heartbeat=1, grace=2))  # as a worker opens it
+    study = open_study(spec, make_storage(url, heartbeat=1, grace=5))  # as a worker opens it
     orphan = study.ask()  # what study.optimize does first; a dead worker never gets further
     assert "grid_id" in study.trials[0].system_attrs
     optuna.storages.fail_stale_trials(study)
     assert study.trials[0].state == TrialState.RUNNING  # young: its worker may still be starting
-    time.sleep(2.5)
+    time.sleep(5.5)
     optuna.storages.fail_stale_trials(study)
     trials = study.trials
     assert trials[orphan.number].state == TrialState.FAIL
     assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # queued again, same grid point
     assert trials[1].system_attrs["grid_id"] == trials[0].system_attrs["grid_id"]
-    run_sweep(spec, url, workers=1, out_root=tmp_path / "runs", heartbeat=1, grace=2)  # returns: no wait forever
+    run_sweep(spec, url, workers=1, out_root=tmp_path / "runs", heartbeat=1, grace=5)  # returns: no wait forever
     assert_grid_done_once(load(url, spec), spec)
 
 
