@@ -4,6 +4,7 @@ attention path measurably changes the output (GPT-2 init at this size makes logi
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from famlab.config import ModelConfig
 from famlab.model import FamLM
@@ -88,3 +89,36 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5, what: str 
     scale = b.abs().max().clamp_min(1.0)
     err = (a - b).abs().max()
     assert err <= tol * scale, f"{what}: max abs diff {err:.3g} (scale {scale:.3g})"
+
+
+class StreamingOracle(nn.Module):
+    """A stand-in model for the scoring logic of ``evaluate``: it streams like ``FamLM.step`` and at
+    each token puts all its logit mass on ``answer(seen)``, the next token it would say given every
+    token it has read (``None``: uniform logits)."""
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.cfg = cfg or ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2)
+
+    def answer(self, seen: list[int]) -> int | None:
+        raise NotImplementedError
+
+    class State:
+        def __init__(self, b):
+            self.pos, self.seen = 0, [[] for _ in range(b)]
+
+    def init_state(self, b, device=None):
+        return self.State(b)
+
+    def step(self, tokens, state):
+        b, t = tokens.shape
+        logits = torch.zeros(b, t, self.vocab_size)
+        state.pos += t
+        for r in range(b):
+            for i in range(t):
+                state.seen[r].append(int(tokens[r, i]))
+                token = self.answer(state.seen[r])
+                if token is not None:
+                    logits[r, i, token] = 1.0
+        return logits, state

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import StreamingOracle
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -352,45 +353,30 @@ def test_streaming_greedy_answer_equals_parallel_forward():
     assert torch.equal(logits[:, -d:].argmax(-1), streamed)
 
 
-class Oracle(nn.Module):
-    """A stand-in model for the scoring logic: passkey mode answers with the first key it read
-    (optionally with its last digit wrong); recall mode answers a repeated key with the token that
-    followed its first occurrence; uniform mode gives uniform logits."""
+class Oracle(StreamingOracle):
+    """Passkey mode answers with the first key it read (optionally with its last digit wrong);
+    recall mode answers a repeated key with the token that followed its first occurrence; uniform
+    mode gives uniform logits."""
 
     def __init__(self, mode: str, wrong_last: bool = False):
-        super().__init__()
+        super().__init__(256, ModelConfig(**TINY))
         self.mode, self.wrong_last = mode, wrong_last
-        self.cfg = ModelConfig(**TINY)
 
-    class State:
-        def __init__(self, b):
-            self.pos, self.seen = 0, [[] for _ in range(b)]
-
-    def init_state(self, b, device=None):
-        return self.State(b)
-
-    def step(self, tokens, state):
-        b, t = tokens.shape
-        logits = torch.zeros(b, t, 256)
-        state.pos += t
-        for r in range(b):
-            for i in range(t):
-                state.seen[r].append(int(tokens[r, i]))
-                if self.mode == "passkey":
-                    text = bytes(state.seen[r]).decode()
-                    found = re.search(r"The pass key is (\d+)\.", text)
-                    said = text.rsplit("The pass key is ", 1)[-1]
-                    if found and found.group(1).startswith(said) and len(said) < len(found.group(1)):
-                        digit = int(found.group(1)[len(said)])
-                        if self.wrong_last and len(said) == len(found.group(1)) - 1:
-                            digit = (digit + 1) % 10
-                        logits[r, i, ord(str(digit))] = 1.0
-                elif self.mode == "recall":
-                    seq, cur = state.seen[r], state.seen[r][-1]
-                    first = seq.index(cur)
-                    if first < len(seq) - 1:
-                        logits[r, i, seq[first + 1]] = 1.0
-        return logits, state
+    def answer(self, seen: list[int]) -> int | None:
+        if self.mode == "passkey":
+            text = bytes(seen).decode()
+            found = re.search(r"The pass key is (\d+)\.", text)
+            said = text.rsplit("The pass key is ", 1)[-1]
+            if found and found.group(1).startswith(said) and len(said) < len(found.group(1)):
+                digit = int(found.group(1)[len(said)])
+                if self.wrong_last and len(said) == len(found.group(1)) - 1:
+                    digit = (digit + 1) % 10
+                return ord(str(digit))
+        elif self.mode == "recall":
+            first = seen.index(seen[-1])
+            if first < len(seen) - 1:
+                return seen[first + 1]
+        return None
 
 
 def test_evaluate_scores_right_and_wrong_answers():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import StreamingOracle
 
-from famlab.config import ModelConfig, load_run_config
+from famlab.config import load_run_config
 from famlab.data import DataConfig, build_datamodule, evaluate
 from famlab.data.passkey import SYMBOL_DIGIT0, SYMBOL_FILLER0, SYMBOL_KEY, SYMBOL_QUESTION, pieces_for
 
@@ -79,42 +79,27 @@ def test_packed_rows_hold_consecutive_scored_examples():
     assert all(int((row == SYMBOL_KEY).sum()) == 1 for row in unpacked.train_batch(0)["input"])
 
 
-class SymbolOracle(nn.Module):
+class SymbolOracle(StreamingOracle):
     """Remembers the digits after the KEY symbol and answers them one per step after QUESTION
     (optionally with the last digit wrong): a stand-in model that tests the streaming scorer."""
 
     def __init__(self, wrong_last=False):
-        super().__init__()
+        super().__init__(VOCAB)
         self.wrong_last = wrong_last
-        self.cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2)
 
-    class State:
-        def __init__(self, b):
-            self.pos, self.seen = 0, [[] for _ in range(b)]
-
-    def init_state(self, b, device=None):
-        return self.State(b)
-
-    def step(self, tokens, state):
-        b, t = tokens.shape
-        logits = torch.zeros(b, t, VOCAB)
-        state.pos += t
-        for r in range(b):
-            for i in range(t):
-                seen = state.seen[r]
-                seen.append(int(tokens[r, i]))
-                if SYMBOL_QUESTION not in seen:
-                    continue
-                k = seen.index(SYMBOL_KEY)
-                key = seen[k + 1 : seen.index(SYMBOL_QUESTION, k)]
-                key = key[: next((j for j, x in enumerate(key) if x >= SYMBOL_FILLER0), len(key))]
-                said = len(seen) - 1 - seen.index(SYMBOL_QUESTION, k)
-                if said < len(key):
-                    digit = key[said]
-                    if self.wrong_last and said == len(key) - 1:
-                        digit = SYMBOL_DIGIT0 + (digit - SYMBOL_DIGIT0 + 1) % 10
-                    logits[r, i, digit] = 1.0
-        return logits, state
+    def answer(self, seen: list[int]) -> int | None:
+        if SYMBOL_QUESTION not in seen:
+            return None
+        k = seen.index(SYMBOL_KEY)
+        key = seen[k + 1 : seen.index(SYMBOL_QUESTION, k)]
+        key = key[: next((j for j, x in enumerate(key) if x >= SYMBOL_FILLER0), len(key))]
+        said = len(seen) - 1 - seen.index(SYMBOL_QUESTION, k)
+        if said >= len(key):
+            return None
+        digit = key[said]
+        if self.wrong_last and said == len(key) - 1:
+            digit = SYMBOL_DIGIT0 + (digit - SYMBOL_DIGIT0 + 1) % 10
+        return digit
 
 
 def test_evaluate_scores_symbol_answers():

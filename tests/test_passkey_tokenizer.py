@@ -13,12 +13,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from famlab.config import ConfigError, ModelConfig, load_run_config  # noqa: E402
+from helpers import StreamingOracle  # noqa: E402
+
+from famlab.config import ConfigError, load_run_config  # noqa: E402
 from famlab.data import DataConfig, build_datamodule, evaluate  # noqa: E402
 from famlab.data.passkey import FILLER, INSTRUCTION, KEY_SENTENCE, QUESTION, Pieces, load_tokenizer  # noqa: E402
 
@@ -86,38 +87,24 @@ def test_training_batches_score_exactly_the_answer_tokens(tok_dir):
     assert int(batch["input"].max()) < len(tok)
 
 
-class TokenOracle(nn.Module):
+class TokenOracle(StreamingOracle):
     """Reads the streamed tokens back through the tokenizer and answers with the key it saw (one digit token
     per step), optionally with the last digit wrong: a stand-in model that tests the scoring."""
 
     def __init__(self, tok, wrong_last=False):
-        super().__init__()
+        super().__init__(VOCAB)
         self.tok, self.wrong_last = tok, wrong_last
-        self.cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2)
 
-    class State:
-        def __init__(self, b):
-            self.pos, self.seen = 0, [[] for _ in range(b)]
-
-    def init_state(self, b, device=None):
-        return self.State(b)
-
-    def step(self, tokens, state):
-        b, t = tokens.shape
-        logits = torch.zeros(b, t, VOCAB)
-        state.pos += t
-        for r in range(b):
-            for i in range(t):
-                state.seen[r].append(int(tokens[r, i]))
-                text = self.tok.decode(state.seen[r])
-                found = re.search(r"The pass key is (\d+)\.", text)
-                said = text.rsplit("The pass key is ", 1)[-1]
-                if found and found.group(1).startswith(said) and len(said) < len(found.group(1)):
-                    digit = int(found.group(1)[len(said)])
-                    if self.wrong_last and len(said) == len(found.group(1)) - 1:
-                        digit = (digit + 1) % 10
-                    logits[r, i, self.tok.convert_tokens_to_ids(str(digit))] = 1.0
-        return logits, state
+    def answer(self, seen: list[int]) -> int | None:
+        text = self.tok.decode(seen)
+        found = re.search(r"The pass key is (\d+)\.", text)
+        said = text.rsplit("The pass key is ", 1)[-1]
+        if found and found.group(1).startswith(said) and len(said) < len(found.group(1)):
+            digit = int(found.group(1)[len(said)])
+            if self.wrong_last and len(said) == len(found.group(1)) - 1:
+                digit = (digit + 1) % 10
+            return self.tok.convert_tokens_to_ids(str(digit))
+        return None
 
 
 def test_evaluate_scores_tokenized_answers(tok_dir):
