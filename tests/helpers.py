@@ -3,6 +3,8 @@ attention path measurably changes the output (GPT-2 init at this size makes logi
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -122,3 +124,14 @@ class StreamingOracle(nn.Module):
                 if token is not None:
                     logits[r, i, token] = 1.0
         return logits, state
+
+
+def passkey_digit_to_say(text: str, wrong_last: bool = False) -> int | None:
+    """The next key digit a perfect reader of the PassKey ``text`` read so far would say (the last
+    one off by one if ``wrong_last``), or None outside the answer."""
+    found = re.search(r"The pass key is (\d+)\.", text)
+    said = text.rsplit("The pass key is ", 1)[-1]
+    if not (found and found.group(1).startswith(said) and len(said) < len(found.group(1))):
+        return None
+    digit = int(found.group(1)[len(said)])
+    return (digit + 1) % 10 if wrong_last and len(said) == len(found.group(1)) - 1 else digit

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import StreamingOracle
+from helpers import StreamingOracle, passkey_digit_to_say
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -364,14 +364,8 @@ class Oracle(StreamingOracle):
 
     def answer(self, seen: list[int]) -> int | None:
         if self.mode == "passkey":
-            text = bytes(seen).decode()
-            found = re.search(r"The pass key is (\d+)\.", text)
-            said = text.rsplit("The pass key is ", 1)[-1]
-            if found and found.group(1).startswith(said) and len(said) < len(found.group(1)):
-                digit = int(found.group(1)[len(said)])
-                if self.wrong_last and len(said) == len(found.group(1)) - 1:
-                    digit = (digit + 1) % 10
-                return ord(str(digit))
+            digit = passkey_digit_to_say(bytes(seen).decode(), self.wrong_last)
+            return None if digit is None else ord(str(digit))
         elif self.mode == "recall":
             first = seen.index(seen[-1])
             if first < len(seen) - 1:

@@ -17,7 +17,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from helpers import StreamingOracle  # noqa: E402
+from helpers import StreamingOracle, passkey_digit_to_say  # noqa: E402
 
 from famlab.config import ConfigError, load_run_config  # noqa: E402
 from famlab.data import DataConfig, build_datamodule, evaluate  # noqa: E402
@@ -96,15 +96,8 @@ class TokenOracle(StreamingOracle):
         self.tok, self.wrong_last = tok, wrong_last
 
     def answer(self, seen: list[int]) -> int | None:
-        text = self.tok.decode(seen)
-        found = re.search(r"The pass key is (\d+)\.", text)
-        said = text.rsplit("The pass key is ", 1)[-1]
-        if found and found.group(1).startswith(said) and len(said) < len(found.group(1)):
-            digit = int(found.group(1)[len(said)])
-            if self.wrong_last and len(said) == len(found.group(1)) - 1:
-                digit = (digit + 1) % 10
-            return self.tok.convert_tokens_to_ids(str(digit))
-        return None
+        digit = passkey_digit_to_say(self.tok.decode(seen), self.wrong_last)
+        return None if digit is None else self.tok.convert_tokens_to_ids(str(digit))
 
 
 def test_evaluate_scores_tokenized_answers(tok_dir):
