@@ -1,8 +1,9 @@
 """PassKey retrieval, the paper's long-context probe, at byte level, in a Hugging Face tokenizer's
 tokens (``data.tokenizer``: a folder with tokenizer files, or ``init_from`` for the pretrained model's
 own; see :class:`Pieces` for how the pieces are tokenized), or as abstract symbols
-(``data.tokenizer=symbols``, :class:`Symbols`: a 10-token prompt overhead instead of 100 bytes). Every length below is in tokens (bytes at
-byte level); the answer is the tokens of the key digits as that tokenizer writes them after the question.
+(``data.tokenizer=symbols``, :class:`Symbols`: a 10-token prompt overhead instead of 100 bytes).
+Every length below is in tokens (bytes at byte level); the answer is the tokens of the key digits as
+that tokenizer writes them after the question.
 
 An example (prompt + answer) is::
 
@@ -71,7 +72,6 @@ class Symbols:
     so short sequences still hold long filler; the key can sit at any filler position."""
 
     def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
         rng = np.random.default_rng(0)
         self.filler = rng.integers(SYMBOL_FILLER0, vocab_size, size=SYMBOL_PERIOD).astype(np.int64)
 
