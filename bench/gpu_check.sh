@@ -19,8 +19,9 @@ PY=${PY:-python3}
 OUT_JSON=${1:-${OUT:-bench/results}/gpu_check.json}
 DEVICE=${DEVICE:-cuda}
 SEQ_LENS=${SEQ_LENS:-4096 16384}
+COMPILED_SEQ_LENS=${COMPILED_SEQ_LENS-4096}   # also bswa vs fam vs fam-compiled (torch.compile) at these T ('' = none)
 BENCH_ARGS=${BENCH_ARGS:---batch-size 8 --warmup 3 --iters 10 --matmul-size 8192}
-WORK=$(mktemp -d)
+WORK=${WORK:-$(mktemp -d)}   # logs and per-T results (set WORK to keep them)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled FAMLAB_TEST_DEVICE=$DEVICE
 mkdir -p "$(dirname "$OUT_JSON")"
 
@@ -40,15 +41,22 @@ done
 status=0
 
 echo "== equivalence tests on $DEVICE (tests/test_gpu.py)"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py --junitxml "$WORK/tests.xml" 2>&1 \
+timeout 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py --junitxml "$WORK/tests.xml" 2>&1 \
     | tee "$WORK/tests.log" || status=1
 
 for T in $SEQ_LENS; do
     echo "== training-step benchmark, bf16, T=$T"
     # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-    timeout 150 "$PY" -m famlab.bench --device "$DEVICE" --dtype bfloat16 --seq-len "$T" --no-memory \
+    timeout 120 "$PY" -m famlab.bench --device "$DEVICE" --dtype bfloat16 --seq-len "$T" --no-memory \
         --variants full,bswa,txl,fam,fam-ref $BENCH_ARGS --out-dir "$WORK/bench_$T" 2>&1 | tee "$WORK/bench_$T.log" \
         || status=1
+done
+for T in $COMPILED_SEQ_LENS; do
+    echo "== training-step benchmark, bf16, T=$T, FAM scan compiled"
+    # shellcheck disable=SC2086
+    timeout 180 "$PY" -m famlab.bench --device "$DEVICE" --dtype bfloat16 --seq-len "$T" --no-memory \
+        --variants bswa,fam,fam-compiled $BENCH_ARGS --out-dir "$WORK/bench_${T}_compiled" 2>&1 \
+        | tee "$WORK/bench_${T}_compiled.log" || status=1
 done
 
 "$PY" - "$WORK" "$OUT_JSON" "$status" <<'PYEOF'
@@ -86,7 +94,8 @@ except (OSError, ET.ParseError) as e:
 res["bench"] = {}
 for path in sorted(glob.glob(f"{work}/bench_*/bench_*.json")):
     b = json.load(open(path))
-    res["bench"][str(b["config"]["seq_len"])] = {
+    key = path.rsplit("/", 2)[-2].removeprefix("bench_")  # "4096", "16384", "4096_compiled"
+    res["bench"][key] = {
         "config": b["config"],
         "matmul_peak_tflops": b["matmul"]["peak_gflops"] / 1e3,
         "targets": b["targets"],
@@ -96,7 +105,7 @@ for path in sorted(glob.glob(f"{work}/bench_*/bench_*.json")):
             for v in b["variants"]
         ],
     }
-    res["bench"][str(b["config"]["seq_len"])]["markdown"] = open(path.rsplit("/", 1)[0] + "/latest.md").read()
+    res["bench"][key]["markdown"] = open(path.rsplit("/", 1)[0] + "/latest.md").read()
 json.dump(res, open(out, "w"), indent=2)
 print(f"gpu_check: wrote {out} (exit status {status})")
 PYEOF

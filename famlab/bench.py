@@ -497,18 +497,24 @@ def base_config(args: argparse.Namespace) -> ModelConfig:
 
 def profile_variant(args: argparse.Namespace) -> str:
     cfg, impl = variant_config(base_config(args), args.profile)
-    model, inputs, targets = build(cfg, args.batch_size, args.seq_len, args.seed, impl)
+    model, inputs, targets = build(cfg, args.batch_size, args.seq_len, args.seed, impl, args.device)
     for _ in range(max(1, args.warmup)):
-        train_step(model, inputs, targets, impl)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        train_step(model, inputs, targets, impl, args.dtype)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    sort_by = "self_cpu_time_total"
+    if args.device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        sort_by = "self_cuda_time_total"  # on a GPU, what the device spends; CPU time is mostly launches
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         t0 = time.perf_counter()
-        train_step(model, inputs, targets, impl)
+        train_step(model, inputs, targets, impl, args.dtype)
         elapsed = time.perf_counter() - t0
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows)
-    shapes = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=args.profile_rows
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows)
+    shapes = prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=args.profile_rows)
+    head = (
+        f"profile of {args.profile} ({impl}), T={args.seq_len}, batch={args.batch_size}, {args.dtype} on "
+        f"{args.device}: step {elapsed:.3f} s (profiled)"
     )
-    head = f"profile of {args.profile} ({impl}), T={args.seq_len}, batch={args.batch_size}: step {elapsed:.3f} s (profiled)"
     return f"{head}\n{table}\nby input shape:\n{shapes}"
 
 
