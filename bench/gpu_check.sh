@@ -22,6 +22,7 @@ SEQ_LENS=${SEQ_LENS:-4096 16384}
 COMPILED_SEQ_LENS=${COMPILED_SEQ_LENS-4096}   # also bswa vs fam vs fam-compiled (torch.compile) at these T ('' = none)
 BENCH_ARGS=${BENCH_ARGS:---batch-size 8 --warmup 3 --iters 10 --matmul-size 8192}
 WORK=${WORK:-$(mktemp -d)}   # logs and per-T results (set WORK to keep them)
+mkdir -p "$WORK"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled FAMLAB_TEST_DEVICE=$DEVICE
 mkdir -p "$(dirname "$OUT_JSON")"
 
