@@ -189,6 +189,8 @@ TRAIN_OPTIMIZERS = ("adamw", "adafactor")
 TRAIN_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+TRAIN_COMPILE = ("none", "fam_scan", "model")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 RUN_SECTIONS = ("model", "data", "train", "logger", "lora")
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -222,6 +224,11 @@ class TrainConfig:
     * ``rsp_start_step``/``rsp_ramp_steps``: random state passing schedule. ``model.rsp_prob`` is 0
       before ``rsp_start_step``, then rises linearly to ``model.rsp_prob`` of the config over
       ``rsp_ramp_steps`` steps (0 = at once).
+    * ``compile``: ``none``; ``fam_scan`` compiles each layer's FAM scan (the sequential part of the
+      fast path; nothing to compile without FAM); ``model`` compiles the model's forward
+      (``nn.Module.compile``: checkpoints keep their keys). ``compile_mode`` is ``torch.compile``'s
+      mode: ``reduce-overhead`` replays the compiled code as CUDA graphs on a GPU (on an H200 it made
+      the FAM training step 3.3x faster with ``fam_scan``, see the README).
     * ``devices``/``strategy``/``accelerator``/``precision``/``num_nodes``: passed to the Trainer
       (``devices=-1``: all). DDP with FAM uses ``find_unused_parameters`` (a step that starts from
       the carried/RSP state does not touch the FAM prompt).
@@ -250,6 +257,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     rsp_start_step: int = 0
     rsp_ramp_steps: int = 0
+    compile: str = "none"
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         o = "train"
@@ -288,6 +297,8 @@ class TrainConfig:
         choice("schedule", TRAIN_SCHEDULES)
         choice("precision", TRAIN_PRECISIONS)
         choice("matmul_precision", MATMUL_PRECISIONS)
+        choice("compile", TRAIN_COMPILE)
+        choice("compile_mode", COMPILE_MODES)
         for key in ("strategy", "accelerator"):
             if not (isinstance(getattr(self, key), str) and getattr(self, key)):
                 raise config_error(o, key, getattr(self, key), "a non-empty string (a Lightning name)")

@@ -215,12 +215,18 @@ class FamState:
 
     def detach(self) -> FamState:
         """The same state cut from the autograd graph (for stateful training across steps)."""
+        return self._map(Tensor.detach)
 
-        def d(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.detach()
+    def clone(self) -> FamState:
+        """A copy of the state in memory of its own."""
+        return self._map(Tensor.clone)
 
-        layers = [LayerState(*(d(getattr(ls, f.name)) for f in dataclasses.fields(ls))) for ls in self.layers]
-        return FamState(self.pos, d(self.pos_offset), self.fam_fresh, layers)
+    def _map(self, fn) -> FamState:
+        def f(t: Tensor | None) -> Tensor | None:
+            return None if t is None else fn(t)
+
+        layers = [LayerState(*(f(getattr(ls, fl.name)) for fl in dataclasses.fields(ls))) for ls in self.layers]
+        return FamState(self.pos, f(self.pos_offset), self.fam_fresh, layers)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -166,6 +166,9 @@ class FamLightningModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = build_model(cfg)
+        compile_model(self.model, cfg.train.compile, cfg.train.compile_mode)
+        # CUDA graphs (compile mode reduce-overhead) reuse their output memory at the next step
+        self.cuda_graphs = cfg.train.compile != "none" and cfg.train.compile_mode == "reduce-overhead"
         self.carried: FamState | None = None  # stateful training: the state after the last window
         self.val_state: FamState | None = None
         self.micro_step = 0  # training batches seen (keys the per-step RNG; saved in checkpoints)
@@ -212,6 +215,8 @@ class FamLightningModule(pl.LightningModule):
     def _run(self, batch: dict[str, Any], state: FamState | None, stateful: bool):
         """Forward; returns (sum(w*CE), sum(w), state after the window or None)."""
         x = batch["input"]
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # outputs of the last step's graphs may be overwritten
         if not stateful:
             logits = self.model(x)
             new_state = None
@@ -220,6 +225,8 @@ class FamLightningModule(pl.LightningModule):
                 state = state_to(state, x.device)
             logits, new_state = self.model(x, state=state, return_state=True)
             new_state = new_state.detach()
+            if self.cuda_graphs:  # the carried state must outlive the graph's output buffers
+                new_state = new_state.clone()
         wce, wsum = weighted_ce(logits, batch["target"], batch["weight"])
         return wce, wsum, new_state
 
@@ -716,6 +723,25 @@ def resolve_pretrained(cfg: RunConfig) -> RunConfig:
     except (ValueError, OSError) as e:
         raise ConfigError(f"model.init_from={cfg.model.init_from!r}: {' '.join(str(e).split())}") from None
     return dataclasses.replace(cfg, model=model_cfg)
+
+
+def compile_model(model: FamLM, what: str, mode: str) -> FamLM:
+    """``train.compile``: ``none``, ``fam_scan`` (each layer's FAM scan; a no-op without FAM) or
+    ``model`` (the forward), with ``torch.compile`` mode ``mode``."""
+    if what == "none":
+        return model
+    kwargs = {} if mode == "default" else {"mode": mode}
+    # one compiled entry per layer x sequence length x grad mode: keep dynamo from giving up and
+    # silently running eager after its default limit of 8
+    dynamo_config = torch._dynamo.config
+    limit_key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, limit_key, max(getattr(dynamo_config, limit_key), 64))
+    if what == "fam_scan":
+        if model.fam_len:
+            model.compile_fam_updates(**kwargs)
+    else:
+        model.compile(**kwargs)
+    return model
 
 
 def build_model(cfg: RunConfig, *, load_init: bool = True) -> FamLM:

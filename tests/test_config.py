@@ -101,6 +101,8 @@ def test_unknown_key_in_preset_file(tmp_path):
         ("train.betas=[0.9]", "train.betas"),
         ("train.precision=8", "train.precision"),
         ("train.devices=0", "train.devices"),
+        ("train.compile=yes", "train.compile"),
+        ("train.compile_mode=fast", "train.compile_mode"),
         ("model.n_heads=3", "model.n_heads"),
         ("model.d_model=abc", "model.d_model"),
         ("model.attention=linear", "model.attention"),

@@ -18,6 +18,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
         "DEVICE": "cpu",
         "PY": sys.executable,
         "SEQ_LENS": "96",
+        "COMPILED_SEQ_LENS": "64",
         "BENCH_ARGS": "--block-size 32 --fam-len 4 --d-model 32 --iters 1 --warmup 1 --matmul-size 128 --matmul-reps 1",
     }
     proc = subprocess.run(
@@ -33,3 +34,6 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     names = [v["name"] for v in bench["variants"]]
     assert names == ["full", "bswa", "txl", "fam", "fam-ref"]
     assert all(v["tokens_per_s"] > 0 for v in bench["variants"]) and "| fam |" in bench["markdown"]
+    compiled = res["bench"]["64_compiled"]
+    assert [v["name"] for v in compiled["variants"]] == ["bswa", "fam", "fam-compiled", "fam-graphs"]
+    assert compiled["config"]["seq_len"] == 64 and all(v["tokens_per_s"] > 0 for v in compiled["variants"])

@@ -321,3 +321,41 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     for name in ("last.ckpt", "step00000002.ckpt", "step00000004.ckpt"):
         assert load_checkpoint(run_dir / "checkpoints" / name)["global_step"] in (2, 4)
     assert json.loads((run_dir / "final_metrics.json").read_text())["step"] == 4
+
+
+# ---------------------------------------------------------------- train.compile
+
+
+@pytest.mark.parametrize(
+    "data,compile_keys",
+    [
+        # the scan compiled in the mode that replays CUDA graphs on a GPU; on a CPU the same code path
+        # runs (step marks, the carried state copied out of the graphs' buffers); stateful recall
+        (
+            [*RECALL, "data.stateful=true", "data.episode_windows=2"],
+            ["train.compile=fam_scan", "train.compile_mode=reduce-overhead"],
+        ),
+        pytest.param([], ["train.compile=model"], marks=pytest.mark.slow),  # 2 min of compiling on 2 cores
+    ],
+    ids=["fam_scan-reduce-overhead-stateful", "model"],
+)
+def test_compiled_training_matches_eager(tmp_path, data, compile_keys):
+    common = [*data, "train.max_steps=3", "train.val_every=3"]
+    eager = train(tiny(tmp_path, *common, "name=eager"))
+    compiled = train(tiny(tmp_path, *common, *compile_keys, "name=compiled"))
+    want, got = train_losses(eager), train_losses(compiled)
+    assert sorted(want) == [1, 2, 3]
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert rows_with(compiled, "val/loss")[3] == pytest.approx(rows_with(eager, "val/loss")[3], rel=1e-4)
+    cfg = load_run_config_file(compiled / "config.yaml")
+    assert [f"train.compile={cfg.train.compile}"] == compile_keys[:1]
+    model = FamLightningModule(cfg).model
+    if cfg.train.compile == "fam_scan":  # compiled per layer; the forward itself is not
+        assert all("fam_scan" in vars(layer) for layer in model.layers) and model._compiled_call_impl is None
+    else:
+        assert model._compiled_call_impl is not None and not any("fam_scan" in vars(x) for x in model.layers)
+
+
+def test_compile_fam_scan_is_a_no_op_without_fam(tmp_path):
+    model = FamLightningModule(tiny(tmp_path, "model.attention=bswa", "train.compile=fam_scan")).model
+    assert not any("fam_scan" in vars(layer) for layer in model.layers) and model._compiled_call_impl is None
