@@ -19,7 +19,8 @@ PY=${PY:-python3}
 OUT_JSON=${1:-${OUT:-bench/results}/gpu_check.json}
 DEVICE=${DEVICE:-cuda}
 SEQ_LENS=${SEQ_LENS:-4096 16384}
-# also bswa vs fam vs the compiled scan, plain and as CUDA graphs (train.compile=fam_scan), at these T ('' = none)
+# also bswa vs fam vs FAM compiled: the scan, plain and as CUDA graphs (train.compile=fam_scan), and each
+# update as CUDA graphs (train.compile=fam_update), at these T ('' = none)
 COMPILED_SEQ_LENS=${COMPILED_SEQ_LENS-4096}
 BENCH_ARGS=${BENCH_ARGS:---batch-size 8 --warmup 3 --iters 10 --matmul-size 8192}
 WORK=${WORK:-$(mktemp -d)}   # logs and per-T results (set WORK to keep them)
@@ -57,7 +58,7 @@ for T in $COMPILED_SEQ_LENS; do
     echo "== training-step benchmark, bf16, T=$T, FAM scan compiled"
     # shellcheck disable=SC2086
     timeout 180 "$PY" -m famlab.bench --device "$DEVICE" --dtype bfloat16 --seq-len "$T" --no-memory \
-        --variants bswa,fam,fam-compiled,fam-graphs $BENCH_ARGS --out-dir "$WORK/bench_${T}_compiled" 2>&1 \
+        --variants bswa,fam,fam-compiled,fam-graphs,fam-graphs-update $BENCH_ARGS --out-dir "$WORK/bench_${T}_compiled" 2>&1 \
         | tee "$WORK/bench_${T}_compiled.log" || status=1
 done
 

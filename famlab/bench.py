@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam-compiled": ("fam", "compiled"),  # the fast path with FamLM.compile_fam_updates()
     # the same, compiled with mode="reduce-overhead": on a GPU the scan replays as CUDA graphs
     "fam-graphs": ("fam", "graphs"),
+    # each single FAM update compiled instead of the whole scan (compile time independent of T)
+    "fam-graphs-update": ("fam", "graphs-update"),
     # the whole model under torch.compile (default mode), for BSWA and FAM alike
     "bswa-model-compiled": ("bswa", "model-compiled"),
     "fam-model-compiled": ("fam", "model-compiled"),
@@ -146,7 +148,7 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
             tok_useful += min(blk + 1, P) * L_F + _memory_keys(cfg, blk, r) + r + 1
     use["token_linear"] = nl * b * T * row
     use["attn"] = nl * b * tok_useful * pair
-    if impl in ("fast", "compiled", "graphs", "model-compiled"):
+    if impl in ("fast", "compiled", "graphs", "graphs-update", "model-compiled"):
         if cfg.attention == "full":
             comp["token_linear"] = use["token_linear"]
             comp["attn"] = use["attn"]  # causal flash kernel: masked tiles are skipped
@@ -190,6 +192,8 @@ def build(
         model.compile_fam_updates()
     elif impl == "graphs":
         model.compile_fam_updates(mode="reduce-overhead")
+    elif impl == "graphs-update":
+        model.compile_fam_updates(unit="update", mode="reduce-overhead")
     elif impl == "model-compiled":
         model = torch.compile(model)
     data = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
@@ -204,7 +208,7 @@ def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: 
     """One training step (fp32 weights; ``dtype`` bfloat16/float16: autocast, as Lightning's *-mixed)."""
     model.zero_grad(set_to_none=True)
     low = AUTOCAST[dtype]
-    if impl == "graphs":
+    if impl.startswith("graphs"):
         torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be reused
     with torch.autocast(inputs.device.type, dtype=low, enabled=low is not None):
         logits = model(inputs, impl="reference" if impl == "reference" else "fast")

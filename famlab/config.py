@@ -189,7 +189,7 @@ TRAIN_OPTIMIZERS = ("adamw", "adafactor")
 TRAIN_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-TRAIN_COMPILE = ("none", "fam_scan", "model")
+TRAIN_COMPILE = ("none", "fam_scan", "fam_update", "model")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 RUN_SECTIONS = ("model", "data", "train", "logger", "lora")
@@ -225,7 +225,9 @@ class TrainConfig:
       before ``rsp_start_step``, then rises linearly to ``model.rsp_prob`` of the config over
       ``rsp_ramp_steps`` steps (0 = at once).
     * ``compile``: ``none``; ``fam_scan`` compiles each layer's FAM scan (the sequential part of the
-      fast path; nothing to compile without FAM); ``model`` compiles the model's forward
+      fast path; nothing to compile without FAM; compile time grows with the number of blocks);
+      ``fam_update`` compiles each layer's single FAM update instead (one graph per layer whatever
+      the length; the scan calls it once per block); ``model`` compiles the model's forward
       (``nn.Module.compile``: checkpoints keep their keys). ``compile_mode`` is ``torch.compile``'s
       mode: ``reduce-overhead`` replays the compiled code as CUDA graphs on a GPU (on an H200 it made
       the FAM training step 3.3x faster with ``fam_scan``, see the README).

@@ -726,8 +726,8 @@ def resolve_pretrained(cfg: RunConfig) -> RunConfig:
 
 
 def compile_model(model: FamLM, what: str, mode: str) -> FamLM:
-    """``train.compile``: ``none``, ``fam_scan`` (each layer's FAM scan; a no-op without FAM) or
-    ``model`` (the forward), with ``torch.compile`` mode ``mode``."""
+    """``train.compile``: ``none``, ``fam_scan`` / ``fam_update`` (each layer's FAM scan / single FAM
+    update; a no-op without FAM) or ``model`` (the forward), with ``torch.compile`` mode ``mode``."""
     if what == "none":
         return model
     kwargs = {} if mode == "default" else {"mode": mode}
@@ -736,9 +736,9 @@ def compile_model(model: FamLM, what: str, mode: str) -> FamLM:
     dynamo_config = torch._dynamo.config
     limit_key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
     setattr(dynamo_config, limit_key, max(getattr(dynamo_config, limit_key), 64))
-    if what == "fam_scan":
+    if what in ("fam_scan", "fam_update"):
         if model.fam_len:
-            model.compile_fam_updates(**kwargs)
+            model.compile_fam_updates(unit=what.removeprefix("fam_"), **kwargs)
     else:
         model.compile(**kwargs)
     return model

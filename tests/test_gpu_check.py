@@ -35,5 +35,11 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     assert names == ["full", "bswa", "txl", "fam", "fam-ref"]
     assert all(v["tokens_per_s"] > 0 for v in bench["variants"]) and "| fam |" in bench["markdown"]
     compiled = res["bench"]["64_compiled"]
-    assert [v["name"] for v in compiled["variants"]] == ["bswa", "fam", "fam-compiled", "fam-graphs"]
+    assert [v["name"] for v in compiled["variants"]] == [
+        "bswa",
+        "fam",
+        "fam-compiled",
+        "fam-graphs",
+        "fam-graphs-update",
+    ]
     assert compiled["config"]["seq_len"] == 64 and all(v["tokens_per_s"] > 0 for v in compiled["variants"])

@@ -326,15 +326,20 @@ def test_dtypes_match_fp32(dtype, tol):
     assert_close(stream(other, toks, [5]).float(), out.float(), tol=tol / 10 if dtype == torch.float64 else tol)
 
 
-def test_compiled_fam_scan_equals_eager():
+@pytest.mark.parametrize("unit", ["scan", "update"])
+def test_compiled_fam_scan_equals_eager(unit):
     cfg = tiny_cfg(attention="fam", mem_segment=1, n_layers=1)
     eager = make_model(cfg)
     compiled = FamLM(cfg).eval()
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile_fam_updates()
+    compiled.compile_fam_updates(unit=unit)
+    layer = vars(compiled.layers[0])
+    assert ("fam_scan" in layer, "fam_update" in layer) == (unit == "scan", unit == "update")
     toks = tokens(cfg, 2, 4 * cfg.block_size + 3)
     out_e, out_c = eager(toks), compiled(toks)
     assert_close(out_c, out_e, tol=1e-5, what="compiled scan logits")
     g_e, g_c = param_grads(eager, out_e), param_grads(compiled, out_c)
     for name in g_e:
         assert_close(g_c[name], g_e[name], tol=1e-5, what=f"compiled scan grad {name}")
+    with torch.no_grad():  # streaming runs fam_update once per completed block
+        assert_close(stream(compiled, toks, [5]), out_e, tol=1e-5, what="compiled, streamed logits")

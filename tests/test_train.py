@@ -356,6 +356,12 @@ def test_compiled_training_matches_eager(tmp_path, data, compile_keys):
         assert model._compiled_call_impl is not None and not any("fam_scan" in vars(x) for x in model.layers)
 
 
-def test_compile_fam_scan_is_a_no_op_without_fam(tmp_path):
-    model = FamLightningModule(tiny(tmp_path, "model.attention=bswa", "train.compile=fam_scan")).model
-    assert not any("fam_scan" in vars(layer) for layer in model.layers) and model._compiled_call_impl is None
+@pytest.mark.parametrize("what", ["fam_scan", "fam_update"])
+def test_compile_fam_parts(tmp_path, what):
+    model = FamLightningModule(tiny(tmp_path, f"train.compile={what}")).model
+    assert all(what in vars(layer) for layer in model.layers) and model._compiled_call_impl is None
+    other = "fam_update" if what == "fam_scan" else "fam_scan"
+    assert not any(other in vars(layer) for layer in model.layers)
+    # without FAM there is nothing to compile
+    model = FamLightningModule(tiny(tmp_path, "model.attention=bswa", f"train.compile={what}")).model
+    assert not any(what in vars(layer) for layer in model.layers) and model._compiled_call_impl is None
