@@ -7,7 +7,8 @@ Run with ``make bench`` (``python -m famlab.bench``; ``--help`` lists the option
 
 What is measured, and how:
 
-* **Throughput** (main process only, so the ratios compare like with like): one training step is
+* **Throughput** (main process only, so the ratios compare like with like; glibc keeps freed memory
+  for reuse, see ``famlab.allocator``; ``FAMLAB_MALLOC=default`` turns that off): one training step is
   ``zero_grad(set_to_none=True)``, forward, cross-entropy against random targets, ``backward``
   (no optimizer). Models are in ``train()`` mode with ``random_pos_offset=False`` and
   ``rsp_prob=0`` so nothing random changes the work. Variants run round-robin: warm-up rounds,
@@ -69,6 +70,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from famlab.allocator import restore_default, reuse_freed_memory
 from famlab.config import ModelConfig
 from famlab.model import FamLM
 
@@ -254,6 +256,7 @@ def _libc() -> Any:
 def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: peak extra RSS of one training step (see the module docstring)."""
     torch.set_num_threads(job["threads"])
+    restore_default()  # whatever FAMLAB_MALLOC says for throughput, memory is measured with mmap on
     libc = _libc()
     if libc is not None:
         libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the OS
@@ -406,7 +409,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"Training step = forward + cross-entropy + backward; {c['stat']} of {c['iters']} timed rounds "
         f"({c['ref_iters']} for the reference path) after {c['warmup']} warm-up rounds, variants round-robin.",
         f"Machine: {mach['cpu_model']}, {mach['usable_cores']} usable cores, torch {mach['torch']}, "
-        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}.",
+        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}, "
+        f"malloc {mach.get('malloc', 'default')} (FAMLAB_MALLOC).",
         f"Matmul {c.get('dtype', 'float32')} {mm['size']}^3: {mm['peak_gflops']:.1f} GFLOP/s "
         f"(before {mm['before_gflops']:.1f}, after {mm['after_gflops']:.1f}).",
         "",
@@ -538,6 +542,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     names = args.variant_list
     b, T = args.batch_size, args.seq_len
     mach = machine_info()
+    mach["malloc"] = reuse_freed_memory()  # freed activations reused, not page-faulted in every step
     setups = {}
     dev, dtype = args.device, args.dtype
     for name in names:

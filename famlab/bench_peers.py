@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from famlab.allocator import reuse_freed_memory
 from famlab.bench import base_config, machine_info, report_results
 from famlab.bench_stream import _code_line, code_version
 from famlab.config import ModelConfig
@@ -249,6 +250,7 @@ def time_round_robin(
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     mach = machine_info()
+    mach["malloc"] = reuse_freed_memory()  # freed activations reused, not page-faulted in every step
     present = [p for p in args.pair_list if peer_installed(PAIRS[p])]
     missing = [p for p in args.pair_list if p not in present]
     for p in missing:
@@ -335,7 +337,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"(bswa m={c['mem_segment']}, fam m=0), L_F={c['fam_len']}, fp32. Training step = forward + cross-entropy + "
         f"backward; {c['stat']} of {c['iters']} timed rounds after {c['warmup']} warm-up rounds, models round-robin.",
         f"Machine: {mach['cpu_model']}, {mach['usable_cores']} usable cores, torch {mach['torch']}, "
-        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}.",
+        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}, "
+        f"malloc {mach.get('malloc', 'default')} (FAMLAB_MALLOC).",
         _code_line(res["code"]),
         "",
         "| model | version | params | params vs famlab | median ms | min ms | tokens/s | famlab / peer |",

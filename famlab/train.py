@@ -67,6 +67,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from famlab import provenance
+from famlab.allocator import reuse_freed_memory
 from famlab.config import ConfigError, RunConfig, run_config_to_yaml
 from famlab.model import FamLM, FamState, LayerState
 
@@ -654,6 +655,9 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
     cfg = resolve_pretrained(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    malloc = "default"
+    if cfg.train.accelerator == "cpu" or (cfg.train.accelerator == "auto" and not torch.cuda.is_available()):
+        malloc = reuse_freed_memory()  # freed activations are reused instead of page-faulted in every step
     module = FamLightningModule(cfg)
     try:  # checks that need the model (e.g. a passkey prompt longer than seq_len) fail here, early
         dm = build_datamodule(cfg.data, vocab_size=cfg.model.vocab_size, block_size=cfg.model.block_size, seed=cfg.seed)
@@ -675,7 +679,7 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
             run_dir / "provenance.json",
             seed=cfg.seed,
             argv=argv,
-            extra={"run_dir": str(run_dir), "resume_from": ckpt_path},
+            extra={"run_dir": str(run_dir), "resume_from": ckpt_path, "malloc": malloc},
         )
 
     loggers: list[Logger] = [JsonlLogger(run_dir)]

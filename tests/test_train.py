@@ -114,6 +114,7 @@ def test_run_directory_contents(learned):
     for pkg in ("torch", "lightning", "optuna", "omegaconf", "wandb", "pandas", "numpy", "famlab"):
         assert prov["packages"][pkg], pkg
     assert prov["seed"] == cfg.seed and prov["host"] and prov["python"] and prov["time"] and prov["command"]
+    assert prov["malloc"] in ("heap", "unavailable")  # a CPU run keeps freed memory for reuse (famlab.allocator)
     rows = read_metrics(run_dir)
     keys = set().union(*rows)
     for key in ("train/loss", "train/lr", "train/tokens_per_s", "train/rsp_prob", "train/grad_norm", "val/loss"):
