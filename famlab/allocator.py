@@ -32,11 +32,12 @@ def malloc_mode() -> str:
     return mode
 
 
-def _glibc():
+def glibc():
+    """The C library if it is glibc (with ``mallopt`` and ``malloc_trim``), else None."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt, libc.gnu_get_libc_version  # noqa: B018 (glibc only)
+        libc.mallopt, libc.malloc_trim, libc.gnu_get_libc_version  # noqa: B018 (glibc only)
         return libc
     except (OSError, AttributeError, TypeError):
         return None
@@ -47,7 +48,7 @@ def reuse_freed_memory() -> str:
     before), ``default`` (turned off) or ``unavailable`` (not glibc)."""
     if malloc_mode() == "default":
         return "default"
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return "unavailable"
     ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
@@ -56,7 +57,7 @@ def reuse_freed_memory() -> str:
 
 def restore_default() -> None:
     """glibc's defaults again (e.g. in a process that measures memory returned to the system)."""
-    libc = _glibc()
+    libc = glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_MAX, 65536)
         libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
-import ctypes.util
 import datetime as dt
 import gc
 import importlib
@@ -70,9 +68,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from famlab.allocator import restore_default, reuse_freed_memory
+from famlab.allocator import glibc, restore_default, reuse_freed_memory
 from famlab.config import ModelConfig
-from famlab.model import FamLM
+from famlab.model import FamLM, compile_model
 
 # variant name -> (attention kind, impl)
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -91,6 +89,13 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam-model-compiled": ("fam", "model-compiled"),
 }
 DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-ref"
+# compiled impls -> (train.compile, train.compile_mode)
+COMPILED = {
+    "compiled": ("fam_scan", "default"),
+    "graphs": ("fam_scan", "reduce-overhead"),
+    "graphs-update": ("fam_update", "reduce-overhead"),
+    "model-compiled": ("model", "default"),
+}
 THROUGHPUT_TARGET = 0.90  # FAM tokens/s >= this x BSWA's
 FLOPS_TARGET = 0.50  # FAM achieved FLOP/s >= this x measured matmul FLOP/s
 
@@ -150,7 +155,7 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
             tok_useful += min(blk + 1, P) * L_F + _memory_keys(cfg, blk, r) + r + 1
     use["token_linear"] = nl * b * T * row
     use["attn"] = nl * b * tok_useful * pair
-    if impl in ("fast", "compiled", "graphs", "graphs-update", "model-compiled"):
+    if impl == "fast" or impl in COMPILED:
         if cfg.attention == "full":
             comp["token_linear"] = use["token_linear"]
             comp["attn"] = use["attn"]  # causal flash kernel: masked tiles are skipped
@@ -190,14 +195,8 @@ def build(
 ) -> tuple[FamLM, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     model = FamLM(cfg).train().to(device)
-    if impl == "compiled":
-        model.compile_fam_updates()
-    elif impl == "graphs":
-        model.compile_fam_updates(mode="reduce-overhead")
-    elif impl == "graphs-update":
-        model.compile_fam_updates(unit="update", mode="reduce-overhead")
-    elif impl == "model-compiled":
-        model = torch.compile(model)
+    if impl in COMPILED:
+        compile_model(model, *COMPILED[impl])
     data = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
     data = data.to(device)
     return model, data[:, :-1].contiguous(), data[:, 1:].contiguous()
@@ -243,21 +242,11 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
-        return libc
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
 def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: peak extra RSS of one training step (see the module docstring)."""
     torch.set_num_threads(job["threads"])
     restore_default()  # whatever FAMLAB_MALLOC says for throughput, memory is measured with mmap on
-    libc = _libc()
+    libc = glibc()
     if libc is not None:
         libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the OS
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD

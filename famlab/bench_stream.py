@@ -57,7 +57,8 @@ from typing import Any
 
 import torch
 
-from famlab.bench import _libc, _reset_hwm, _status_kb, base_config, machine_info, report_results
+from famlab.allocator import glibc
+from famlab.bench import _reset_hwm, _status_kb, base_config, machine_info, report_results
 from famlab.config import ModelConfig
 from famlab.model import FamLM, FamState
 from famlab.provenance import git_info
@@ -153,7 +154,7 @@ def stream(
 def _stream_child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: stream ``job['tokens']`` tokens, time it, read the RSS."""
     torch.set_num_threads(job["threads"])
-    libc = _libc()
+    libc = glibc()
     if libc is not None and job["malloc"] == "mmap":  # famlab.bench's setting
         libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the OS
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD

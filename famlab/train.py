@@ -69,7 +69,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from famlab import provenance
 from famlab.allocator import reuse_freed_memory
 from famlab.config import ConfigError, RunConfig, run_config_to_yaml
-from famlab.model import FamLM, FamState, LayerState
+from famlab.model import FamLM, FamState, LayerState, compile_model
 
 RUN_DIR_ENV = "FAMLAB_RUN_DIR"
 CKPT_KEY = "famlab"
@@ -727,25 +727,6 @@ def resolve_pretrained(cfg: RunConfig) -> RunConfig:
     except (ValueError, OSError) as e:
         raise ConfigError(f"model.init_from={cfg.model.init_from!r}: {' '.join(str(e).split())}") from None
     return dataclasses.replace(cfg, model=model_cfg)
-
-
-def compile_model(model: FamLM, what: str, mode: str) -> FamLM:
-    """``train.compile``: ``none``, ``fam_scan`` / ``fam_update`` (each layer's FAM scan / single FAM
-    update; a no-op without FAM) or ``model`` (the forward), with ``torch.compile`` mode ``mode``."""
-    if what == "none":
-        return model
-    kwargs = {} if mode == "default" else {"mode": mode}
-    # one compiled entry per layer x sequence length x grad mode: keep dynamo from giving up and
-    # silently running eager after its default limit of 8
-    dynamo_config = torch._dynamo.config
-    limit_key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    setattr(dynamo_config, limit_key, max(getattr(dynamo_config, limit_key), 64))
-    if what in ("fam_scan", "fam_update"):
-        if model.fam_len:
-            model.compile_fam_updates(unit=what.removeprefix("fam_"), **kwargs)
-    else:
-        model.compile(**kwargs)
-    return model
 
 
 def build_model(cfg: RunConfig, *, load_init: bool = True) -> FamLM:
