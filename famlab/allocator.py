@@ -4,7 +4,7 @@ PyTorch's CPU tensors come from plain ``malloc``. glibc serves every block above
 (at most 32 MiB) with a fresh ``mmap`` and unmaps it on free, so at long sequence lengths, where
 activations are tens to hundreds of MiB, every training step page-faults its activations in again,
 the kernel zeroing each page. On this project's 2-core CPU that cost BSWA at T=16k a third of its
-step time (6.4 s -> 4.3 s with the setting below), full attention 10%, and nothing at T=1k.
+step time (6.1 s -> 4.0 s with the setting below), full attention 10%, and about 2% at T=4k.
 
 ``reuse_freed_memory()`` keeps big blocks on the heap (``M_MMAP_MAX=0``) and freed memory in the
 process (a high ``M_TRIM_THRESHOLD``), so later steps reuse it. The price: the process keeps its

@@ -249,7 +249,6 @@ def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
     libc = glibc()
     if libc is not None:
         libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the OS
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
     cfg = ModelConfig.from_dict(job["config"])
     model, inputs, targets = build(cfg, job["batch"], job["seq_len"], job["seed"], job["impl"])
     kb = 1024.0
