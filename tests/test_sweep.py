@@ -199,7 +199,8 @@ def test_killed_worker_trial_is_detected_and_rerun(tmp_path, start_workers):
         try:
             if victim_running(study.get_trials(deepcopy=False)):
                 return True
-        except sqlalchemy.exc.OperationalError:  # frozen while holding the SQLite write lock
+        # frozen while holding the SQLite write lock: "database is locked", which optuna may wrap
+        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
             pass
         victim.send_signal(signal.SIGCONT)
         return False
