@@ -42,6 +42,10 @@ Results: a Markdown table on stdout and in ``bench/results/latest.md``, and JSON
 ``bench/results/bench_<timestamp>.json``. Targets (PASS/FAIL): FAM fast-path tokens/s >= 0.90x
 BSWA's; FAM training step >= 50% of the measured matmul FLOP/s.
 
+With ``fam`` among the variants, layer 0's FAM scan (the sequential part) is also timed alone, on
+the arguments it receives in a real forward pass (:func:`time_fam_scan`): its time for all layers
+as a share of FAM's extra step time over BSWA, and its GFLOP/s (JSON key ``fam_scan``).
+
 ``--profile VARIANT`` instead profiles that variant's training step with ``torch.profiler`` and
 prints the ops sorted by self CPU time.
 """
@@ -216,6 +220,44 @@ def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: 
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     loss.backward()
     return float(loss.detach())  # .item() waits for the device, so wall time covers the whole step
+
+
+def time_fam_scan(model: FamLM, inputs: torch.Tensor, reps: int) -> list[float]:
+    """Seconds of one forward+backward of layer 0's FAM scan alone (``Layer.fam_scan``), ``reps`` times,
+    on the very arguments it gets in a forward pass of ``inputs`` (captured once) and random output
+    gradients. The scan is FAM's sequential part; this isolates it from the rest of the step."""
+    layer = model.layers[0]
+    own = layer.__dict__.get("fam_scan")  # a compiled scan is an instance attribute
+    captured: list[tuple] = []
+
+    def capture(*args):
+        captured.append(args)
+        return (own or type(layer).fam_scan.__get__(layer))(*args)
+
+    layer.fam_scan = capture
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        if own is None:
+            del layer.fam_scan
+        else:
+            layer.fam_scan = own
+    if not captured:
+        raise ValueError("time_fam_scan: the model ran no FAM scan (not a fam model, or T < block_size)")
+    fam, cos, sin, k_own, v_own, n_full, zero_first = captured[0]
+    fam, k_own, v_own = (t.detach().clone().requires_grad_() for t in (fam, k_own, v_own))
+    gen = torch.Generator(device=fam.device).manual_seed(0)
+    times = []
+    for _ in range(reps + 1):  # the first round warms up
+        t0 = time.perf_counter()
+        outs = layer.fam_scan(fam, cos, sin, k_own, v_own, n_full, zero_first)
+        grads = [torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype) for o in outs]
+        torch.autograd.backward(outs, grads)
+        if fam.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times[1:]
 
 
 def variant_config(base: ModelConfig, name: str) -> tuple[ModelConfig, str]:
@@ -417,6 +459,16 @@ def render_markdown(res: dict[str, Any]) -> str:
     lines += ["| matmul | batch | m | k | n | GFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
     for s in mm["shapes"]:
         lines.append(f"| {s['name']} | {s['batch']} | {s['m']} | {s['k']} | {s['n']} | {s['gflops']:.1f} |")
+    scan = res.get("fam_scan")
+    if scan:
+        share = scan["share_of_fam_extra"]
+        lines += [
+            "",
+            f"FAM scan alone (layer 0, forward+backward, median of {len(scan['layer_times_s'])}): "
+            f"{scan['layer_time_s'] * 1e3:.1f} ms per layer, {scan['step_time_s'] * 1e3:.0f} ms for all layers"
+            + (f" = {share:.0%} of FAM's extra step time over BSWA" if share is not None else "")
+            + f"; {scan['gflops']:.1f} GFLOP/s.",
+        ]
     lines += ["", "Targets:", ""]
     for t in res["targets"].values():
         lines.append(f"* {t['name']}: {t['value_text']} -> **{t['status']}**")
@@ -562,6 +614,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 if dev.startswith("cuda") and len(times[name]) == 1:  # the step's extra device memory
                     gpu_peak[name] = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
 
+    scan_times = None
+    if "fam" in setups and setups["fam"][0].effective_fam_len and base.block_size <= T:
+        scan_times = time_fam_scan(setups["fam"][2], setups["fam"][3], args.iters)
     mm_after = time_matmul(mm_size, mm_size, mm_size, mm_reps, device=dev, dtype=dtype)
     peak = statistics.median(mm_before + mm_after)
     shapes = []
@@ -647,6 +702,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         else f"{frac:.1%} ({fam['achieved_gflops']:.1f} of {peak / 1e9:.1f} GFLOP/s)",
         "status": "n/a" if frac is None else ("PASS" if frac >= FLOPS_TARGET else "FAIL"),
     }
+    scan = None
+    if scan_times is not None:
+        cfg_fam = variant_config(base, "fam")[0]
+        fl = forward_flops(cfg_fam, b, T)["computed"]
+        per_layer = statistics.median(scan_times)
+        extra = fam["step_time_s"] - bswa["step_time_s"] if fam and bswa else None
+        scan = {
+            "layer_times_s": scan_times,
+            "layer_time_s": per_layer,
+            "step_time_s": per_layer * cfg_fam.n_layers,
+            "share_of_fam_extra": per_layer * cfg_fam.n_layers / extra if extra and extra > 0 else None,
+            "gflops": 3 * (fl["fam_linear"] + fl["scan_attn"]) / cfg_fam.n_layers / per_layer / 1e9,
+        }
     mach["loadavg_end"] = list(os.getloadavg())
     config = {
         k: getattr(args, k) for k in ("seq_len", "batch_size", "warmup", "iters", "ref_iters", "quick", "seed", "stat")
@@ -667,6 +735,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "shapes": shapes,
         },
         "variants": variants,
+        "fam_scan": scan,
         "targets": targets,
     }
 
