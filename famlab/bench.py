@@ -704,16 +704,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     scan = None
     if scan_times is not None:
-        cfg_fam = variant_config(base, "fam")[0]
-        fl = forward_flops(cfg_fam, b, T)["computed"]
+        fl = fam["forward_flops"]["computed"]  # scan_times exist only when "fam" ran
         per_layer = statistics.median(scan_times)
         extra = fam["step_time_s"] - bswa["step_time_s"] if fam and bswa else None
         scan = {
             "layer_times_s": scan_times,
             "layer_time_s": per_layer,
-            "step_time_s": per_layer * cfg_fam.n_layers,
-            "share_of_fam_extra": per_layer * cfg_fam.n_layers / extra if extra and extra > 0 else None,
-            "gflops": 3 * (fl["fam_linear"] + fl["scan_attn"]) / cfg_fam.n_layers / per_layer / 1e9,
+            "step_time_s": per_layer * base.n_layers,
+            "share_of_fam_extra": per_layer * base.n_layers / extra if extra and extra > 0 else None,
+            "gflops": 3 * (fl["fam_linear"] + fl["scan_attn"]) / base.n_layers / per_layer / 1e9,
         }
     mach["loadavg_end"] = list(os.getloadavg())
     config = {
