@@ -46,6 +46,18 @@ def test_quick_bench_writes_expected_json(tmp_path, capsys):
     assert next(v for v in data["variants"] if v["name"] == "fam-ref")["impl"] == "reference"
     assert {"throughput", "flops"} == data["targets"].keys()
     assert all(t["status"] in ("PASS", "FAIL") for t in data["targets"].values())
+    for v in data["variants"]:  # the matmul ceiling: every FLOP at its shape's measured rate
+        assert v["ceiling_step_s"] > 0
+        assert v["ceiling_frac_peak"] == pytest.approx(
+            v["train_flops_computed"] / v["ceiling_step_s"] / (data["matmul"]["peak_gflops"] * 1e9)
+        )
+        assert v["frac_of_ceiling"] == pytest.approx(v["ceiling_step_s"] / v["step_time_s"])
+    by_name = {v["name"]: v for v in data["variants"]}
+    assert data["targets"]["throughput"]["ceiling"] == pytest.approx(
+        by_name["bswa"]["ceiling_step_s"] / by_name["fam"]["ceiling_step_s"]
+    )
+    assert data["targets"]["flops"]["ceiling"] == by_name["fam"]["ceiling_frac_peak"]
+    assert "ceiling" in out
     scan = data["fam_scan"]  # layer 0's scan alone, timed on the arguments of a real forward
     assert len(scan["layer_times_s"]) == 2 and scan["layer_time_s"] > 0 and scan["gflops"] > 0
     assert scan["step_time_s"] == pytest.approx(scan["layer_time_s"])  # one layer here
@@ -90,6 +102,30 @@ def _cfg(attention: str, **changes) -> ModelConfig:
     base = dict(vocab_size=64, d_model=32, n_heads=2, n_layers=2, block_size=16, mem_segment=1, fam_len=4)
     base.update(changes)
     return ModelConfig(attention=attention, random_pos_offset=False, rsp_prob=0.0, **base)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_matmul_ceiling_is_flops_over_each_components_measured_rate(impl):
+    cfg = ModelConfig(attention="fam", d_model=64, n_layers=2, n_heads=2, block_size=16, fam_len=4, vocab_size=32)
+    shapes = bench.model_matmul_shapes(cfg, batch=2, seq_len=64)
+    names = {s[0] for s in shapes}
+    fl = bench.forward_flops(cfg, 2, 64, impl)["computed"]
+    # one rate for every shape: the ceiling is the step's FLOPs at that rate
+    uniform = bench.matmul_ceiling_s(cfg, impl, fl, dict.fromkeys(names, 100.0))
+    assert uniform == pytest.approx(3 * fl["total"] / 100e9)
+    # the FAM scan's shapes 4x slower: only the FAM rows' components take longer, by 3x their time
+    slow_scan = {n: (25.0 if n.startswith("fam_scan_") else 100.0) for n in names}
+    fam_rows = fl["scan_attn"] + fl["init_linear"] + fl["init_attn"] + (fl["fam_linear"] if impl == "fast" else 0)
+    assert bench.matmul_ceiling_s(cfg, impl, fl, slow_scan) == pytest.approx(uniform + 3 * 3 * fam_rows / 100e9)
+    # the linear shapes weigh by their FLOPs: FF at half speed costs its share of the token FLOPs twice
+    d, ff = cfg.d_model, cfg.ff_dim
+    qkv_row = 2 * d * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
+    ff_share = 4 * d * ff / (qkv_row + 2 * d * d + 4 * d * ff)
+    slow_ff = {n: (50.0 if n in ("ff_in", "ff_out") else 100.0) for n in names}
+    linear = fl["token_linear"] + (fl["fam_linear"] if impl == "reference" else 0)
+    assert bench.matmul_ceiling_s(cfg, impl, fl, slow_ff) == pytest.approx(uniform + 3 * linear * ff_share / 100e9)
+    # a shape that was not measured: no ceiling rather than a wrong one
+    assert bench.matmul_ceiling_s(cfg, impl, fl, dict.fromkeys(names - {"fam_scan_values"}, 100.0)) is None
 
 
 def test_flops_by_hand_full_attention_one_block():
