@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres data test test-fast test-slow lint format bench bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install postgres data test test-fast test-slow lint format bench bench-d512 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test-slow: $(STAMP) ## run only the slow tests
 
 bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writes bench/results/)
 	$(BIN)/python -m famlab.bench $(BENCH_ARGS)
+
+bench-d512: $(STAMP) ## the same training-step benchmark at d_model=512 (8 heads): full, bswa, txl, fam
+	$(BIN)/python -m famlab.bench --d-model 512 --n-heads 8 --variants full,bswa,txl,fam $(BENCH_ARGS)
 
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
 	$(BIN)/python -m famlab.bench_stream $(BENCH_ARGS)
