@@ -19,7 +19,7 @@ WORKERS ?= 1
 .PHONY: help install postgres data test test-fast test-slow lint format bench bench-d512 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
