@@ -380,7 +380,8 @@ class FamLM(nn.Module):
 
         In training mode and with ``state=None``, each call draws the random position offset and
         (with probability ``rsp_prob``) starts from the FAM saved by the previous training call.
-        A given ``state`` (e.g. from a previous window of the same documents) is used as is.
+        A given ``state`` (e.g. from a previous window of the same documents) is used as is. Every
+        training call (with ``rsp_prob > 0``) ends by saving the final FAM of batch item 0 for RSP.
         """
         if impl not in IMPLS:
             raise ValueError(f"impl={impl!r} is not allowed: expected one of {', '.join(IMPLS)}")
@@ -396,8 +397,7 @@ class FamLM(nn.Module):
     ) -> tuple[Tensor, FamState | None]:
         """Layer stack on embeddings x [b, T, d] -> final hidden states [b, T, d] (before the last
         norm) and the state after them (None for the reference path)."""
-        fresh = state is None
-        if fresh:
+        if state is None:
             state = self._initial_state(x.shape[0], train_extras=self.training, dtype=x.dtype)
         if impl == "reference":
             if state.pos:
@@ -407,10 +407,10 @@ class FamLM(nn.Module):
         else:
             h, new_state = self._fast(x, state)
             final_fams = [ls.fam for ls in new_state.layers] if self.fam_len else []
-        if (
-            fresh and self.training and self.fam_len and self.cfg.rsp_prob > 0
-        ):  # saved also before a schedule turns RSP on
-            with torch.no_grad():  # random state passing: keep the final FAM of batch item 0
+        # random state passing: every training call ends by keeping the final FAM of batch item 0, also
+        # a call that continued a carried state (stateful training) and before a schedule turns RSP on
+        if self.training and self.fam_len and self.cfg.rsp_prob > 0:
+            with torch.no_grad():
                 self.rsp_state.copy_(torch.stack([f[0] for f in final_fams]))
                 self.rsp_valid.fill_(True)
         return h, new_state

@@ -272,6 +272,21 @@ def test_random_state_passing_only_in_training():
     assert torch.equal(model(toks), fresh)
 
 
+def test_random_state_passing_saves_the_final_fam_of_a_carried_window_too():
+    # stateful training: the second window continues the first's state; RSP keeps the FAM at the end
+    # of the latest training call (the spec: "at the end of each training step"), not the first's
+    cfg = tiny_cfg(attention="fam", rsp_prob=0.5, random_pos_offset=False)
+    model = make_model(cfg).train()
+    toks = tokens(cfg, 2, 2 * cfg.block_size)
+    torch.manual_seed(1)
+    _, first = model(toks, return_state=True)
+    assert torch.equal(model.rsp_state, torch.stack([ls.fam[0] for ls in first.layers]))
+    _, second = model(toks, state=first.detach(), return_state=True)
+    carried = torch.stack([ls.fam[0] for ls in second.layers])
+    assert not torch.allclose(carried, torch.stack([ls.fam[0] for ls in first.layers]))
+    assert torch.equal(model.rsp_state, carried) and not model.rsp_state.requires_grad
+
+
 # ---------------------------------------------------------------- 8. bad config
 
 
