@@ -155,6 +155,7 @@ TABLE_13_14 = PaperTable(
     name="Tables 13/14",
     title="Inference cost of BSWA and FAM by sequence length",
     index=("tokens",),
+    model="model size not stated",
     higher_is_better=False,
     unit="GB / s",
     columns=("BSWA memory GB", "FAM memory GB", "BSWA time s", "FAM time s"),
