@@ -217,7 +217,7 @@ class TrainConfig:
       first moment, step-dependent beta2 = 1 - t^-0.8, and ``lr`` is a *relative* step size scaled
       by each parameter's RMS, so ``betas``/``eps`` are ignored; the paper's Adafactor is T5X's).
     * ``schedule``: ``constant`` (the paper's) or ``cosine`` to ``min_lr_ratio * lr`` at ``max_steps``;
-      both start with ``warmup_steps`` of linear warm-up from 0. Stepped per optimizer step.
+      both start with ``warmup_steps`` of linear warm-up from lr/(warmup_steps+1). Stepped per optimizer step.
     * ``grad_clip``: global-norm clipping by the Trainer; 0 disables.
     * ``val_every``/``log_every``/``checkpoint_every``: in optimizer steps; 0 disables validation /
       periodic checkpoints (``last.ckpt`` is always written at the end and at every periodic save).

@@ -176,6 +176,8 @@ class FamLightningModule(pl.LightningModule):
         self.tokens_seen = 0  # input tokens over all ranks (saved in checkpoints)
         self.recent_losses: deque[float] = deque(maxlen=50)
         self.last_weight = torch.zeros(())  # sum of the loss weights of the last training batch
+        # sums over the micro-batches of the optimizer step in progress: (sum w*loss, sum w, its step)
+        self._acc_step: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._t_last: float | None = None
         self._step_tokens = 0
         self._val_sums: list[torch.Tensor] = []
@@ -235,6 +237,26 @@ class FamLightningModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._t_last = time.perf_counter()
+        self.apply_optimizer_config()
+
+    def apply_optimizer_config(self) -> None:
+        """Make the optimizer and LR schedule follow this run's config. On a resume Lightning restores
+        them from the checkpoint, with the old run's lr, weight decay, betas, eps and the old schedule's
+        current LR; ``resume=... train.lr=...`` or a new ``max_steps``/``warmup_steps``/``schedule``
+        must take effect from the first resumed step (the moments and the step count are kept)."""
+        if self._trainer is None or not self.trainer.optimizers:
+            return
+        t = self.cfg.train
+        opt = self.trainer.optimizers[0]
+        step = self.global_step  # optimizer steps done: the next one runs at factor(step)
+        for group, wanted in zip(opt.param_groups, self.param_groups(), strict=True):
+            group["weight_decay"] = wanted["weight_decay"]
+            group["initial_lr"] = t.lr
+            group["lr"] = t.lr * t.lr_factor_at(step)
+            if t.optimizer == "adamw":
+                group["betas"], group["eps"] = tuple(t.betas), t.eps
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [t.lr] * len(opt.param_groups)
 
     def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """One training micro-step's loss (no Trainer needed): applies the RSP schedule, draws the
@@ -258,9 +280,16 @@ class FamLightningModule(pl.LightningModule):
         opt = self.optimizers()
         # "step" is Lightning's reserved key for the x-axis: optimizer steps done after this one
         self.log("step", _f64(self.global_step + 1))
-        # a window without targets (possible when stateful) has loss 0 and train/weight 0
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/weight", self.last_weight)
+        # train/loss is the weighted mean over the optimizer step's micro-batches (gradient
+        # accumulation), train/weight their summed weight; a window without targets (possible when
+        # stateful) has weight 0
+        w = self.last_weight
+        if self._acc_step is None or self._acc_step[2] != self.global_step:
+            self._acc_step = (torch.zeros_like(w), torch.zeros_like(w), self.global_step)
+        lw_sum, w_sum = self._acc_step[0] + loss.detach() * w, self._acc_step[1] + w
+        self._acc_step = (lw_sum, w_sum, self.global_step)
+        self.log("train/loss", lw_sum / w_sum if w_sum > 0 else loss.detach(), prog_bar=True)
+        self.log("train/weight", w_sum)
         if self.last_weight > 0:
             self.recent_losses.append(float(loss.detach()))
         # float64: Lightning would store plain numbers as float32 (token counts > 2**24 would round)
@@ -362,12 +391,14 @@ class FamLightningModule(pl.LightningModule):
             "micro_step": int(self.micro_step),
             "tokens_seen": int(self.tokens_seen),
             "carried_state": state_to_dict(self.carried),
+            "recent_losses": list(self.recent_losses),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get(CKPT_KEY) or {}
         self.micro_step = int(extra.get("micro_step", 0))
         self.tokens_seen = int(extra.get("tokens_seen", 0))
+        self.recent_losses.extend(float(x) for x in extra.get("recent_losses", []))
         single = self._trainer is None or self.trainer.world_size == 1
         self.carried = state_from_dict(extra.get("carried_state")) if single else None
 

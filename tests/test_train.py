@@ -199,8 +199,56 @@ def test_resume_matches_uninterrupted(tmp_path, extra):
         assert rows_with(run, "val/loss")[6] == pytest.approx(rows_with(full, "val/loss")[6], rel=1e-6)
         last = load_checkpoint(run / "checkpoints" / "last.ckpt")
         assert last["global_step"] == 6 and last["FamDataModule"]["batches_served"] == 6
+        # the last-50-steps mean covers the steps before the stop too (kept in the checkpoint)
+        final = json.loads((run / "final_metrics.json").read_text())["train/loss_recent_mean"]
+        assert final == pytest.approx(json.loads((full / "final_metrics.json").read_text())["train/loss_recent_mean"])
     if "data.stateful=true" in extra:
         assert load_checkpoint(half / "checkpoints" / "last.ckpt")["famlab"]["carried_state"] is not None
+
+
+def test_resume_applies_the_new_optimizer_and_schedule_settings(tmp_path):
+    # `resume=RUN train.max_steps=N` with a cosine schedule (and here a new lr and weight decay): from the
+    # first resumed step on, the LR is the new config's schedule at that step, not the old run's value
+    common = ["train.schedule=cosine", "train.warmup_steps=1", "train.checkpoint_every=3", "train.val_every=0"]
+    half = train(tiny(tmp_path, *common, "train.lr=3e-3", "train.max_steps=3", "name=half"))
+    new = tiny(tmp_path, *common, "train.lr=1e-3", "train.weight_decay=0.0", "train.max_steps=6", "name=resumed")
+    resumed = train(
+        tiny(
+            tmp_path,
+            *common,
+            "train.lr=1e-3",
+            "train.weight_decay=0.0",
+            "train.max_steps=6",
+            "name=resumed",
+            f"resume={half}",
+        )
+    )
+    lrs = rows_with(resumed, "train/lr")
+    assert sorted(lrs) == [4, 5, 6]
+    for step in (4, 5, 6):  # logged step k ran at factor(k - 1)
+        assert lrs[step] == pytest.approx(1e-3 * new.train.lr_factor_at(step - 1), rel=1e-9), (step, lrs)
+    groups = load_checkpoint(resumed / "checkpoints" / "last.ckpt")["optimizer_states"][0]["param_groups"]
+    assert all(g["weight_decay"] == 0.0 and g["initial_lr"] == 1e-3 for g in groups)
+    assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_accumulated_steps_log_the_weighted_mean_of_their_micro_batches(tmp_path, monkeypatch):
+    seen = []
+    train_loss = FamLightningModule.train_loss
+
+    def spy(self, batch):
+        loss = train_loss(self, batch)
+        seen.append((float(loss.detach()), float(self.last_weight)))
+        return loss
+
+    monkeypatch.setattr(FamLightningModule, "train_loss", spy)
+    run = train(tiny(tmp_path, "train.accumulate_grad_batches=2", "train.max_steps=2", "train.val_every=0"))
+    assert len(seen) == 4
+    logged = train_losses(run)
+    for step, ((l1, w1), (l2, w2)) in zip((1, 2), (seen[0:2], seen[2:4])):
+        assert w1 > 0 and w2 > 0 and l1 != l2
+        assert logged[step] == pytest.approx((l1 * w1 + l2 * w2) / (w1 + w2), rel=1e-5)
+    assert rows_with(run, "train/weight")[2] == pytest.approx(seen[2][1] + seen[3][1])
 
 
 # ---------------------------------------------------------------- stateful training
