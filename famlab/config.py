@@ -501,7 +501,9 @@ def _check_user_keys(schema: Any, data: Any, source: str) -> None:
                 walk(value, full + ".")
             elif full not in all_keys:
                 pool = [k for k in all_keys if k.startswith(prefix)] if prefix else all_keys + sections
-                close = difflib.get_close_matches(full, pool, n=1, cutoff=0.6)
+                # a section's key given without its section ("lr=1" -> train.lr) before spelling matches
+                close = [] if prefix else [k for k in all_keys if k.endswith(f".{key}")][:1]
+                close = close or difflib.get_close_matches(full, pool, n=1, cutoff=0.6)
                 if not close and prefix:
                     close = difflib.get_close_matches(full, all_keys, n=1, cutoff=0.6)
                 if close and close[0] in sections and isinstance(value, dict) and value:
@@ -539,9 +541,32 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"override {item!r}: expected key=value (e.g. train.max_steps=300)")
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:  # a malformed value (e.g. an unclosed bracket)
         raise ConfigError(f"overrides {overrides!r}: {_one_line(e)}") from None
+    # YAML reads yes/no/on/off as booleans; a text-valued key keeps the text (name=yes, logger.wandb=off)
+    schema = _schema()
+    for item in overrides:
+        key, raw = (part.strip() for part in item.split("=", 1))
+        path = key.split(".")
+        parent = parsed
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and isinstance(parent.get(path[-1]), bool) and _is_text_key(schema, key):
+            parent[path[-1]] = raw
+    return parsed
+
+
+def _is_text_key(schema: Any, key: str) -> bool:
+    from omegaconf import OmegaConf
+    from omegaconf.nodes import StringNode
+
+    try:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(schema, parent_key) if parent_key else schema
+        return isinstance(parent._get_node(leaf), StringNode)
+    except Exception:  # not a schema key: the unknown-key check reports it
+        return False
 
 
 def _merge(layers: list[tuple[dict[str, Any], str]] | list[dict[str, Any]]) -> Any:

@@ -9,8 +9,8 @@
   holds the famlab package (falling back to the working directory); every value is None when
   there is no git or no repository. Git is called read-only with ``--no-optional-locks``, so it
   never rewrites the index of a checkout that another process is using.
-* ``packages``: versions of torch, pytorch-lightning, optuna, omegaconf, wandb, pandas, numpy and
-  famlab (None when one is missing).
+* ``packages``: versions of torch, pytorch-lightning, optuna, omegaconf, wandb, pandas, numpy,
+  famlab, transformers and peft (None when one is missing).
 * ``command``: ``sys.argv``; ``cwd``; ``seed``; ``host``; ``python``; ``platform``; ``time`` (local
   ISO 8601 with offset) and ``time_utc``; ``cuda`` (torch's CUDA version and device names, if any).
 """
@@ -37,6 +37,9 @@ PACKAGES = {
     "pandas": "pandas",
     "numpy": "numpy",
     "famlab": "famlab",
+    # the hf extra: pretrained conversion (model.init_from) and LoRA (lora.rank > 0)
+    "transformers": "transformers",
+    "peft": "peft",
 }
 MAX_DIFF_CHARS = 2_000_000  # a diff larger than this is cut (and says so)
 MAX_UNTRACKED_BYTES = 256_000  # untracked files up to this size are included in the diff

@@ -70,12 +70,24 @@ def test_overrides_apply():
         ("logger.projet=x", "logger.projet: unknown key; did you mean logger.project?"),
         ("sed=3", "sed: unknown key; did you mean seed?"),
         ("modl.fam_len=3", "modl.fam_len: unknown key; did you mean model.fam_len?"),
+        ("lr=1", "lr: unknown key; did you mean train.lr?"),  # a section's key without its section
+        ("fam_len=8", "fam_len: unknown key; did you mean model.fam_len?"),
     ],
 )
 def test_unknown_key_suggests_closest(override, message):
     with pytest.raises(ValueError) as err:
         load_run_config("tiny", [override])
     assert str(err.value) == message
+
+
+def test_yaml_boolean_words_stay_text_for_text_keys():
+    # YAML 1.1 reads yes/no/on/off as booleans; a text-valued key keeps the word as written
+    cfg = load_run_config("tiny", ["name=yes", "logger.group=no", "logger.project=on"])
+    assert (cfg.name, cfg.logger.group, cfg.logger.project) == ("yes", "no", "on")
+    assert load_run_config("tiny", ["train.deterministic=yes"]).train.deterministic is True  # booleans stay booleans
+    with pytest.raises(ValueError) as err:
+        load_run_config("tiny", ["logger.wandb=off"])
+    assert str(err.value).startswith("logger.wandb='off' is not allowed")
 
 
 def test_unknown_key_in_preset_file(tmp_path):

@@ -113,6 +113,7 @@ def test_run_directory_contents(learned):
         assert isinstance(prov["git"]["dirty"], bool) and isinstance(prov["git"]["diff"], str)
     for pkg in ("torch", "lightning", "optuna", "omegaconf", "wandb", "pandas", "numpy", "famlab"):
         assert prov["packages"][pkg], pkg
+    assert {"transformers", "peft"} <= prov["packages"].keys()  # the hf extra's, None where not installed
     assert prov["seed"] == cfg.seed and prov["host"] and prov["python"] and prov["time"] and prov["command"]
     assert prov["malloc"] in ("heap", "unavailable")  # a CPU run keeps freed memory for reuse (famlab.allocator)
     rows = read_metrics(run_dir)
