@@ -19,7 +19,9 @@ in ``vocab_size`` (checked when the task is built).
 example fits the row (``recall_gap_max = -1``: the longest gap that fits, the default); the rest
 of the row is padding (weight 0). With ``stateful``, one example spans the whole episode (all its
 windows): the pairs come in the first window, the queries in the last, so the state carried
-between windows is what must hold the pairs.
+between windows is what must hold the pairs. The carried state is detached (truncated
+backpropagation), so the query loss never reaches the window that stored the pairs: stateful recall
+trains reading from the state, not writing into it. Non-stateful rows hold both and train both.
 
 **Evaluation** (:func:`evaluate`). For each gap (``recall_eval_gaps`` multiples of seq_len, or
 ``gaps=`` in tokens), ``recall_eval_samples`` examples are streamed as one batch through
