@@ -305,6 +305,22 @@ def test_recall_layout_and_stateful_episode():
     assert windows[0]["input"][:, 0].ge(sdm.task.key_base).all()
 
 
+def test_stateful_recall_puts_every_query_in_the_last_window_by_default():
+    # default gaps (up to the longest that fits): the queries still come last, so the carried state must
+    # hold the pairs across the whole episode; a curriculum that changes the window length keeps that
+    for extra in ({"seq_len": 32}, {"seq_len": 48, "seq_len_schedule": [[0, 32], [1, 48]]}):
+        sdm = dm_for("recall", recall_num_pairs=4, stateful=True, episode_windows=3, batch_size=8, **extra)
+        for episode in range(3):
+            windows = [sdm.train_batch(3 * episode + w) for w in range(3)]
+            assert all(float(w["weight"].sum()) == 0.0 for w in windows[:2]), (extra, episode)
+            assert (windows[2]["weight"].sum(1) == 4).all()  # every row's 4 queries, in the last window
+            assert windows[0]["input"][:, 0].ge(sdm.task.key_base).all()  # the pairs open the episode
+    # without stateful the gap still spans its whole range (queries anywhere in the row)
+    dm = dm_for("recall", seq_len=256, recall_num_pairs=4, batch_size=64)
+    first_query = dm.train_batch(0)["weight"].argmax(1)
+    assert first_query.min() < 64 and first_query.max() > 192
+
+
 # ----------------------------------------------------------------------------------------------
 # evaluation through the streaming path
 

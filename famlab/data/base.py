@@ -57,8 +57,12 @@ class Task:
     def setup(self) -> None:
         """Load what :meth:`prepare` fetched (called on every process)."""
 
-    def episode(self, split: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """``batch_size`` rows of ``length`` tokens: tokens int64 [b, length], weights float32 [b, length]."""
+    def episode(
+        self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` rows of ``length`` tokens: tokens int64 [b, length], weights float32 [b, length].
+        ``windows``: the input lengths of the episode's stateful windows, in order (sum = length - 1;
+        empty when not stateful), for tasks that place content by window."""
         raise NotImplementedError
 
     # --- shared machinery ---
@@ -66,11 +70,14 @@ class Task:
         entropy = [int(seed), self.code, SPLIT_CODES[split], int(index)] + ([int(rank)] if rank else [])
         return np.random.default_rng(entropy)
 
-    def _episode_cached(self, split: str, seed: int, e: int, length: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (seed, e, length, rank)
+    def _episode_cached(
+        self, split: str, seed: int, e: int, windows: tuple[int, ...], rank: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key = (seed, e, windows, rank)
         hit = self._cache.get(split)
         if hit is None or hit[0] != key:
-            hit = (key, self.episode(split, self.rng(seed, split, e, rank), length))
+            stateful = windows if self.cfg.stateful else ()
+            hit = (key, self.episode(split, self.rng(seed, split, e, rank), sum(windows) + 1, stateful))
             self._cache[split] = hit
         return hit[1]
 
@@ -83,7 +90,7 @@ class Task:
         e, w = divmod(k, W)
         lengths = [seq_len(e * W + i) for i in range(W)]
         offset, T = sum(lengths[:w]), lengths[w]
-        tokens, weights = self._episode_cached(split, seed, e, sum(lengths) + 1, rank)
+        tokens, weights = self._episode_cached(split, seed, e, tuple(lengths), rank)
         out = {
             "input": torch.from_numpy(np.ascontiguousarray(tokens[:, offset : offset + T])),
             "target": torch.from_numpy(np.ascontiguousarray(tokens[:, offset + 1 : offset + T + 1])),

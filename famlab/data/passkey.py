@@ -249,7 +249,9 @@ class PasskeyTask(Task):
         lo = min(max(cfg.passkey_train_blocks_min * B, self.pieces.fixed_len("9" * cfg.passkey_key_digits)), hi)
         return lo, hi
 
-    def episode(self, split: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def episode(
+        self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
         tokens = np.full((cfg.batch_size, length), self.pieces.pad, dtype=np.int64)
         weights = np.zeros((cfg.batch_size, length), dtype=np.float32)

@@ -87,11 +87,15 @@ class RecallTask(Task):
         hi = fit if cfg.recall_gap_max == -1 else min(cfg.recall_gap_max, fit)
         return min(cfg.recall_gap_min, hi), hi
 
-    def episode(self, split: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def episode(
+        self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         b = self.cfg.batch_size
         tokens = np.full((b, length), PAD, dtype=np.int64)
         weights = np.zeros((b, length), dtype=np.float32)
         lo, hi = self.gap_range(length)
+        if len(windows) > 1:  # stateful: the queries start in the last window (as far as gap_max allows)
+            lo = min(max(lo, sum(windows[:-1]) - 2 * self.cfg.recall_num_pairs), hi)
         for r in range(b):
             t, w = self.example(rng, int(rng.integers(lo, hi + 1)))
             tokens[r, : len(t)] = t

@@ -213,7 +213,9 @@ class TextTask(Task):
             )
         self.docs = docs
 
-    def episode(self, split: str, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def episode(
+        self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         self.setup()
         cfg = self.cfg
         docs = [d for d in self.docs[split].values() if len(d) >= length]
