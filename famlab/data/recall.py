@@ -18,8 +18,9 @@ in ``vocab_size`` (checked when the task is built).
 **Training.** The gap is uniform in ``[recall_gap_min, recall_gap_max]`` tokens, capped so the
 example fits the row (``recall_gap_max = -1``: the longest gap that fits, the default); the rest
 of the row is padding (weight 0). With ``stateful``, one example spans the whole episode (all its
-windows): the pairs come in the first window, the queries in the last, so the state carried
-between windows is what must hold the pairs. The carried state is detached (truncated
+windows): the pairs come in the first window, the queries in the last (the gap's lower bound is
+raised so they start there, unless ``recall_gap_max`` forbids it), so the state carried between
+windows is what must hold the pairs. The carried state is detached (truncated
 backpropagation), so the query loss never reaches the window that stored the pairs: stateful recall
 trains reading from the state, not writing into it. Non-stateful rows hold both and train both.
 
