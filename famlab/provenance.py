@@ -12,7 +12,8 @@
 * ``packages``: versions of torch, pytorch-lightning, optuna, omegaconf, wandb, pandas, numpy,
   famlab, transformers and peft (None when one is missing).
 * ``command``: ``sys.argv``; ``cwd``; ``seed``; ``host``; ``python``; ``platform``; ``time`` (local
-  ISO 8601 with offset) and ``time_utc``; ``cuda`` (torch's CUDA version and device names, if any).
+  ISO 8601 with offset) and ``time_utc``; ``cuda`` (torch's CUDA version and device names, if any);
+  ``threads`` (torch's intra-op threads and ``OMP_NUM_THREADS``).
 """
 
 from __future__ import annotations
@@ -118,6 +119,17 @@ def cuda_info() -> dict[str, Any]:
     return info
 
 
+def thread_info() -> dict[str, Any]:
+    """torch's intra-op threads and the environment that set them (speed depends on both)."""
+    try:
+        import torch
+
+        torch_threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_threads = None
+    return {"torch": torch_threads, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
 def collect(*, seed: int | None = None, argv: list[str] | None = None, extra: dict[str, Any] | None = None) -> dict:
     """Everything above as one JSON-safe dict (``extra`` is merged in at the top level)."""
     now = _dt.datetime.now().astimezone()
@@ -134,6 +146,7 @@ def collect(*, seed: int | None = None, argv: list[str] | None = None, extra: di
         "time": now.isoformat(timespec="seconds"),
         "time_utc": now.astimezone(_dt.UTC).isoformat(timespec="seconds"),
         "cuda": cuda_info(),
+        "threads": thread_info(),
     }
     prov.update(extra or {})
     return prov

@@ -645,7 +645,12 @@ def _work_left(study: optuna.Study, spec: SweepSpec) -> tuple[bool, bool]:
     if spec.grid is not None:  # GridSampler stamps each trial with its grid point (retries keep it)
         started = {t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}
         return waiting or len(started) < len(spec.grid_points()), running
-    done = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    # a search point counts once it completed, was pruned, is running, or failed for good (its last
+    # retry failed too): otherwise a spec whose every run fails would start new points forever
+    gave_up = sum(
+        1 for t in trials if t.state == TrialState.FAIL and int(t.user_attrs.get("retry", 0)) >= spec.max_retries
+    )
+    done = gave_up + sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     return waiting or done < spec.n_trials, running
 
 
@@ -809,11 +814,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root)
     if args.action == "worker":
-        work(spec, storage, Path(args.out_root).resolve(), heartbeat=args.heartbeat, grace=args.grace)
+        threads = args.threads or 1
+        work(spec, storage, Path(args.out_root).resolve(), heartbeat=args.heartbeat, grace=args.grace, threads=threads)
         return 0
     if args.action == "run":
         run_sweep(
-            spec, storage, workers=args.workers, out_root=args.out_root, heartbeat=args.heartbeat, grace=args.grace
+            spec,
+            storage,
+            workers=args.workers,
+            out_root=args.out_root,
+            heartbeat=args.heartbeat,
+            grace=args.grace,
+            threads=args.threads,
         )
     print(status_table(spec, storage))
     table = ablation_table(spec, storage)

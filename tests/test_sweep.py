@@ -4,6 +4,7 @@ Every trial is a real (tiny) ``famlab train`` process, so these tests check the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,16 @@ import yaml
 from helpers import TINY
 from optuna.trial import TrialState
 
-from famlab.sweep import SWEEP_DIR, load_spec, main, make_storage, open_study, run_sweep, worker_command
+from famlab.sweep import (
+    SWEEP_DIR,
+    default_storage,
+    load_spec,
+    main,
+    make_storage,
+    open_study,
+    run_sweep,
+    worker_command,
+)
 
 
 def write_spec(tmp_path: Path, name: str = "t", **fields) -> str:
@@ -297,6 +307,31 @@ def test_trial_past_its_timeout_is_killed_and_failed(tmp_path):
     assert left == "", "the timed-out famlab train process is still alive"
 
 
+def test_search_whose_every_run_fails_stops_after_its_trials_and_retries(tmp_path):
+    """A search point that failed its last retry counts as done: a spec whose every run fails (here:
+    each run is past its trial_timeout) ends after n_trials x (1 + max_retries) runs, not never."""
+    path = write_spec(
+        tmp_path,
+        grid=None,
+        search={
+            "sampler": "random",
+            "n_trials": 2,
+            "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        },
+        overrides={"train.max_steps": 100_000, "train.val_every": 100_000},
+        trial_timeout=5,
+        max_retries=1,
+    )
+    spec = load_spec(path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    # in a process of its own: a runaway sweep fails this test instead of hanging the suite
+    cmd = [sys.executable, "-m", "famlab.sweep", "run", path, "--storage", url, "--out-root", str(tmp_path / "runs")]
+    subprocess.run(cmd, check=True, timeout=180, capture_output=True)
+    trials = load(url, spec).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 4  # 2 points, each tried twice
+    assert Counter(t.user_attrs.get("retry", 0) for t in trials) == {0: 2, 1: 2}
+
+
 def test_search_spec_reports_intermediate_values_and_prunes(tmp_path):
     path = write_spec(
         tmp_path,
@@ -325,8 +360,11 @@ def test_search_spec_reports_intermediate_values_and_prunes(tmp_path):
 def test_status_table_lists_trials(tmp_path, capsys):
     path = write_spec(tmp_path, grid={"model.attention": ["bswa", "fam"]})
     out_root = tmp_path / "runs"
-    assert main(["run", path, "--out-root", str(out_root)]) == 0
+    assert main(["run", path, "--out-root", str(out_root), "--threads", "2"]) == 0
     capsys.readouterr()
+    for t in load(default_storage(load_spec(path), out_root), load_spec(path)).trials:  # --threads reached each run
+        prov = json.loads((Path(t.user_attrs["run_dir"]) / "provenance.json").read_text())
+        assert prov["threads"] == {"torch": 2, "OMP_NUM_THREADS": "2"}
     assert main(["status", path, "--out-root", str(out_root)]) == 0
     out = capsys.readouterr().out
     assert "complete: 2" in out and "bswa" in out and "fam" in out
