@@ -1038,6 +1038,8 @@ def _flat(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     if isinstance(out.columns, pd.MultiIndex):
         out.columns = [" / ".join(str(x) for x in c if str(x) != "") for c in out.columns]
+    elif out.columns.name is not None:  # a named column axis ("val/loss by model.attention", "variant")
+        out.columns = [f"{out.columns.name}: {c}" for c in out.columns]
     if isinstance(out.index, pd.MultiIndex) or out.index.name is not None:
         out = out.reset_index()
         out.columns = [" / ".join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in out.columns]

@@ -269,6 +269,15 @@ def test_markdown_and_latex_export(tmp_path):
     tex = fa.to_latex(table, tmp_path / "t.tex", caption="FAM positions", label="tab:pos")
     assert "\\begin{tabular}" in tex and "\\caption{FAM positions}" in tex and "\\label{tab:pos}" in tex
     assert "model.fam\\_pos" in tex and "73.6" in tex and "\\multicolumn{2}{c}{famlab}" in tex
+    # a named column axis keeps its name in the Markdown headers (LaTeX has a header row for it)
+    wide = pd.DataFrame([[2.8, 2.6]], index=pd.Index([16], name="model.block_size"), columns=["bswa", "fam"])
+    wide.columns.name = "val/loss by model.attention"
+    header = fa.to_markdown(wide).splitlines()[0]
+    assert [c.strip() for c in header.split("|")[1:-1]] == [
+        "model.block_size",
+        "val/loss by model.attention: bswa",
+        "val/loss by model.attention: fam",
+    ]
     written = fa.export_tables(fa.all_tables(res), tmp_path / "out", prefix="fam_position")
     assert {p.name for p in written} >= {"fam_position_paper.md", "fam_position_paper.tex", "fam_position_claims.md"}
 
