@@ -425,6 +425,9 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 
 def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
+    """Create the spec's study, or open it to resume. A study keeps its objective direction and
+    (for a grid) its grid and seeds: a spec that changed either is refused with what to do, instead
+    of Optuna's error deep inside a trial."""
     study = optuna.create_study(
         study_name=spec.study_name,
         storage=storage,
@@ -433,11 +436,26 @@ def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
         direction=spec.direction,
         load_if_exists=True,
     )
+    if study.direction.name.lower() != spec.direction:
+        raise ValueError(
+            f"study {spec.study_name!r} was created to {study.direction.name.lower()} its objective; the spec now "
+            f"says direction={spec.direction!r}: use a new study name (the spec's `study:`) or another storage"
+        )
+    grid = {**spec.grid, "seed": list(spec.seeds)} if spec.grid is not None else None
+    stored = study.user_attrs.get("grid")
+    if grid is not None and stored is not None and stored != grid:
+        raise ValueError(
+            f"study {spec.study_name!r} was created with the grid {stored}; the spec now has {grid}. A grid "
+            "study cannot grow or change: use a new study name (the spec's `study:`) or another storage, and "
+            "combine the studies in the analysis (famlab.analysis.load_studies)"
+        )
     with contextlib.suppress(Exception):  # informational; a concurrent writer may race us
         if "spec" not in study.user_attrs:
             study.set_user_attr("spec", spec.path)
             study.set_user_attr("varied", spec.varied)
             study.set_user_attr("metric", spec.metric)
+        if grid is not None and stored is None:
+            study.set_user_attr("grid", grid)
     return study
 
 
@@ -813,6 +831,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root)
+    if args.action in ("run", "worker"):
+        try:  # a spec that no longer matches its stored study: one line, before any trial starts
+            open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.action == "worker":
         threads = args.threads or 1
         work(spec, storage, Path(args.out_root).resolve(), heartbeat=args.heartbeat, grace=args.grace, threads=threads)

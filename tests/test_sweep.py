@@ -307,6 +307,22 @@ def test_trial_past_its_timeout_is_killed_and_failed(tmp_path):
     assert left == "", "the timed-out famlab train process is still alive"
 
 
+def test_a_grid_study_refuses_a_changed_grid_or_direction(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study(load_spec(write_spec(tmp_path, grid={"model.mem_segment": [1, 2]})), make_storage(url))
+    open_study(load_spec(write_spec(tmp_path, grid={"model.mem_segment": [1, 2]})), make_storage(url))  # resume: fine
+    more_seeds = write_spec(tmp_path, grid={"model.mem_segment": [1, 2]}, seeds=[0, 1])
+    assert main(["run", more_seeds, "--storage", url, "--out-root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "was created with the grid" in err and "'seed': [0, 1]" in err and "new study name" in err
+    flipped = write_spec(
+        tmp_path, grid={"model.mem_segment": [1, 2]}, objective={"metric": "val/loss", "direction": "maximize"}
+    )
+    with pytest.raises(ValueError, match="created to minimize its objective"):
+        open_study(load_spec(flipped), make_storage(url))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))  # no trial ran
+
+
 def test_search_whose_every_run_fails_stops_after_its_trials_and_retries(tmp_path):
     """A search point that failed its last retry counts as done: a spec whose every run fails (here:
     each run is past its trial_timeout) ends after n_trials x (1 + max_retries) runs, not never."""
