@@ -184,3 +184,42 @@ def test_train_from_a_converted_folder_with_its_tokenizer(tok_dir, tmp_path):
     assert pd.read_csv(run_dir / "eval.csv")[["length", "accuracy", "digit_accuracy"]].equals(
         df[["length", "accuracy", "digit_accuracy"]]
     )
+
+
+@pytest.fixture(scope="module")
+def merged_digits_dir(tmp_path_factory):
+    """A byte-level BPE that merges digits (like GPT-2's): "9999" is a few tokens, other keys more."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<pad>"]
+    )
+    corpus = [INSTRUCTION, FILLER * 4, KEY_SENTENCE.format(key="9999"), QUESTION + "9999"]
+    bpe.train_from_iterator(corpus * 20, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>")
+    path = tmp_path_factory.mktemp("bpe_merged")
+    fast.save_pretrained(str(path))
+    return str(path)
+
+
+def test_keys_longer_in_tokens_than_the_all_nines_key_still_fit(merged_digits_dir):
+    pieces = Pieces(load_tokenizer(merged_digits_dir), instruction=False)
+    assert pieces.fixed_len("1357") > pieces.fixed_len("9999")  # the case: "9999" is no upper bound
+    for pack in (True, False):  # rows as short as the tokenizer allows, packed and one example per row
+        need = pieces.fixed_len("9999")
+        cfg = cfg_for(merged_digits_dir, seq_len=need + 8, passkey_instruction=False, passkey_pack=pack, batch_size=8)
+        dm = build_datamodule(cfg, vocab_size=VOCAB, block_size=16, seed=0)
+        for k in range(20):
+            batch = dm.train_batch(k)
+            assert (batch["weight"].sum(1) > 0).all()  # every row holds at least one scored answer
+    # evaluation at the shortest length allowed draws only keys that fit it
+    from famlab.config import ModelConfig
+    from famlab.model import FamLM
+
+    model = FamLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, block_size=16, fam_len=2)).eval()
+    cfg = cfg_for(merged_digits_dir, seq_len=64, passkey_instruction=False)
+    table = evaluate(model, cfg, block_size=16, seed=0, lengths=[pieces.fixed_len("9999")], samples=16)
+    assert len(table) and (table["n"] == 16).all()

@@ -261,9 +261,15 @@ class PasskeyTask(Task):
             pos = 0
             while length - pos >= need:  # one example, or (passkey_pack) as many as fit
                 n = min(int(rng.integers(lo, hi + 1)), length - pos)
-                ids, answer_len, _ = self.pieces.example(
-                    random_key(rng, cfg.passkey_key_digits), n, float(rng.random())
-                )
+                key = random_key(rng, cfg.passkey_key_digits)
+                # a tokenizer that merges digits can give another key more tokens than "99..9": the
+                # example grows to fit it, or (no room left in the row) another key is drawn
+                key_need = self.pieces.fixed_len(key)
+                while key_need > length - pos:
+                    key = random_key(rng, cfg.passkey_key_digits)
+                    key_need = self.pieces.fixed_len(key)
+                n = max(n, key_need)
+                ids, answer_len, _ = self.pieces.example(key, n, float(rng.random()))
                 tokens[r, pos : pos + n] = ids
                 weights[r, pos + n - answer_len : pos + n] = 1.0
                 pos += n
@@ -303,6 +309,8 @@ def evaluate(
                 groups: dict[int, tuple[list, list]] = {}  # answer length -> (prompts, answers)
                 for _ in range(n):
                     key = random_key(rng, d)
+                    while pieces.fixed_len(key) > length:  # a key whose tokens do not fit (merged digits)
+                        key = random_key(rng, d)
                     depth = (di + rng.random()) / D
                     ids, answer_len, _ = pieces.example(key, length, depth)
                     prompts, answers = groups.setdefault(answer_len, ([], []))
