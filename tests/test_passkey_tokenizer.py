@@ -9,6 +9,7 @@ offline and fast."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,25 +27,29 @@ from famlab.data.passkey import FILLER, INSTRUCTION, KEY_SENTENCE, QUESTION, Pie
 VOCAB = 512  # the model's vocabulary: >= the tokenizer's 256 byte symbols + merges + <pad>
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
+def train_bpe(folder: Path, *, split_digits: bool, key: str, vocab_size: int) -> str:
+    """A byte-level BPE trained on the PassKey sentences (with ``key``), saved as an HF folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    digits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([*digits, byte_level])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=480, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<pad>"]
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<pad>"]
     )
-    corpus = [INSTRUCTION, FILLER * 4, KEY_SENTENCE.format(key="8240"), QUESTION + "8240"]
+    corpus = [INSTRUCTION, FILLER * 4, KEY_SENTENCE.format(key=key), QUESTION + key]
     bpe.train_from_iterator(corpus * 20, trainer)
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>")
-    path = tmp_path_factory.mktemp("bpe")
-    fast.save_pretrained(str(path))
+    fast.save_pretrained(str(folder))
     assert len(fast) <= VOCAB
-    return str(path)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return train_bpe(tmp_path_factory.mktemp("bpe"), split_digits=True, key="8240", vocab_size=480)
 
 
 def cfg_for(tok_dir, **kw):
@@ -188,38 +193,31 @@ def test_train_from_a_converted_folder_with_its_tokenizer(tok_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def merged_digits_dir(tmp_path_factory):
-    """A byte-level BPE that merges digits (like GPT-2's): "9999" is a few tokens, other keys more."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<pad>"]
-    )
-    corpus = [INSTRUCTION, FILLER * 4, KEY_SENTENCE.format(key="9999"), QUESTION + "9999"]
-    bpe.train_from_iterator(corpus * 20, trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>")
-    path = tmp_path_factory.mktemp("bpe_merged")
-    fast.save_pretrained(str(path))
-    return str(path)
+    """A BPE that merges digits (like GPT-2's): "9999" is a few tokens, other keys more."""
+    return train_bpe(tmp_path_factory.mktemp("bpe_merged"), split_digits=False, key="9999", vocab_size=400)
 
 
 def test_keys_longer_in_tokens_than_the_all_nines_key_still_fit(merged_digits_dir):
     pieces = Pieces(load_tokenizer(merged_digits_dir), instruction=False)
-    assert pieces.fixed_len("1357") > pieces.fixed_len("9999")  # the case: "9999" is no upper bound
-    for pack in (True, False):  # rows as short as the tokenizer allows, packed and one example per row
-        need = pieces.fixed_len("9999")
-        cfg = cfg_for(merged_digits_dir, seq_len=need + 8, passkey_instruction=False, passkey_pack=pack, batch_size=8)
+    nines = pieces.fixed_len("9999")
+    assert pieces.fixed_len("1357") > nines  # the case: "9999" is no upper bound
+    rng = np.random.default_rng(0)
+    most = max(pieces.fixed_len(str(k)) for k in rng.integers(1000, 10000, size=200))
+    for pack in (True, False):  # rows just long enough for most keys, packed and one example per row
+        cfg = cfg_for(merged_digits_dir, seq_len=most + 4, passkey_instruction=False, passkey_pack=pack, batch_size=8)
         dm = build_datamodule(cfg, vocab_size=VOCAB, block_size=16, seed=0)
         for k in range(20):
             batch = dm.train_batch(k)
             assert (batch["weight"].sum(1) > 0).all()  # every row holds at least one scored answer
-    # evaluation at the shortest length allowed draws only keys that fit it
+    # rows that only keys like "9999" fit: a clear error, not an endless search
+    short = cfg_for(merged_digits_dir, seq_len=nines + 1, passkey_instruction=False, batch_size=8)
+    with pytest.raises(ValueError, match="fits too few 4-digit keys"):
+        build_datamodule(short, vocab_size=VOCAB, block_size=16, seed=0).train_batch(0)
+    # evaluation draws only keys that fit its length
     from famlab.config import ModelConfig
     from famlab.model import FamLM
 
     model = FamLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, block_size=16, fam_len=2)).eval()
     cfg = cfg_for(merged_digits_dir, seq_len=64, passkey_instruction=False)
-    table = evaluate(model, cfg, block_size=16, seed=0, lengths=[pieces.fixed_len("9999")], samples=16)
+    table = evaluate(model, cfg, block_size=16, seed=0, lengths=[most], samples=16)
     assert len(table) and (table["n"] == 16).all()

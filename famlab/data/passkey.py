@@ -249,6 +249,21 @@ class PasskeyTask(Task):
         lo = min(max(cfg.passkey_train_blocks_min * B, self.pieces.fixed_len("9" * cfg.passkey_key_digits)), hi)
         return lo, hi
 
+    def _key_that_fits(self, rng: np.random.Generator, room: int, first: bool) -> str | None:
+        """A random key whose example fits in ``room`` tokens. A tokenizer that merges digits can give
+        a key more tokens than "99..9" (from which the minimum length is computed): the first example
+        of a row draws again (a few times; the row is long enough for some keys), a packed one stops."""
+        for _ in range(100 if first else 1):
+            key = random_key(rng, self.cfg.passkey_key_digits)
+            if self.pieces.fixed_len(key) <= room:
+                return key
+        if not first:
+            return None
+        raise ValueError(
+            f"a passkey row of {room} tokens fits too few {self.cfg.passkey_key_digits}-digit keys with this "
+            "tokenizer (it merges digits): raise data.seq_len or lower data.passkey_key_digits"
+        )
+
     def episode(
         self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -261,14 +276,10 @@ class PasskeyTask(Task):
             pos = 0
             while length - pos >= need:  # one example, or (passkey_pack) as many as fit
                 n = min(int(rng.integers(lo, hi + 1)), length - pos)
-                key = random_key(rng, cfg.passkey_key_digits)
-                # a tokenizer that merges digits can give another key more tokens than "99..9": the
-                # example grows to fit it, or (no room left in the row) another key is drawn
-                key_need = self.pieces.fixed_len(key)
-                while key_need > length - pos:
-                    key = random_key(rng, cfg.passkey_key_digits)
-                    key_need = self.pieces.fixed_len(key)
-                n = max(n, key_need)
+                key = self._key_that_fits(rng, length - pos, first=pos == 0)
+                if key is None:  # packing: no room for this key's example, the row is full
+                    break
+                n = max(n, self.pieces.fixed_len(key))
                 ids, answer_len, _ = self.pieces.example(key, n, float(rng.random()))
                 tokens[r, pos : pos + n] = ids
                 weights[r, pos + n - answer_len : pos + n] = 1.0
@@ -309,8 +320,12 @@ def evaluate(
                 groups: dict[int, tuple[list, list]] = {}  # answer length -> (prompts, answers)
                 for _ in range(n):
                     key = random_key(rng, d)
-                    while pieces.fixed_len(key) > length:  # a key whose tokens do not fit (merged digits)
+                    for _ in range(100):  # a key whose tokens do not fit this length (merged digits): another
+                        if pieces.fixed_len(key) <= length:
+                            break
                         key = random_key(rng, d)
+                    else:
+                        raise ValueError(f"length {length} fits too few {d}-digit keys with this tokenizer")
                     depth = (di + rng.random()) / D
                     ids, answer_len, _ = pieces.example(key, length, depth)
                     prompts, answers = groups.setdefault(answer_len, ([], []))
