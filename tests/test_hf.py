@@ -112,6 +112,14 @@ def test_converted_folder_roundtrip(llama_dir, tmp_path):
     assert hf.compare_logits(full, make_hf("llama"), x) < 1e-5
     with pytest.raises(hf.ConversionError, match="d_model=128 differs"):
         hf.load_converted(out, d_model=128)
+    # another fam_len (a sweep over L_F from one FAM folder): the trained prompt cannot fit, a fresh one is
+    # used and the user is told; every other weight loads
+    with pytest.warns(UserWarning, match=r"another fam_len \(fam_prompt \[4, 64\] -> \[8, 64\]\)"):
+        longer = hf.load_converted(out, fam_len=8)
+    assert longer.fam_prompt.shape == (8, 64)
+    assert torch.equal(longer.layers[0].wqkv.weight, fam.layers[0].wqkv.weight)
+    with pytest.raises(hf.ConversionError, match="'bias' comes from the pretrained model"):
+        hf.convert(llama_dir, attention="full", bias=True)
 
 
 # ---------------------------------------------------------------- bad input
@@ -158,6 +166,11 @@ def test_qwen2_sliding_window_is_rejected():
     config = transformers.Qwen2Config(**SHAPE, use_sliding_window=True, sliding_window=16, max_window_layers=0)
     with pytest.raises(hf.ConversionError, match="sliding"):
         hf.model_config_from_hf(config)
+    # the flag on, but every layer below max_window_layers: all layers are full attention, nothing to reject
+    n = SHAPE["num_hidden_layers"]
+    config = transformers.Qwen2Config(**SHAPE, use_sliding_window=True, sliding_window=16, max_window_layers=n)
+    assert set(config.layer_types) == {"full_attention"}
+    assert hf.model_config_from_hf(config).n_layers == n
 
 
 # ---------------------------------------------------------------- LoRA
