@@ -170,6 +170,9 @@ def summarize_eval(df: Any) -> dict[str, float]:
     return {m: float(df[m].mean()) for m in metrics}
 
 
+SPLIT_KEYS = ("text_corpus", "text_val_docs", "text_test_docs")  # data keys that decide the text split
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -177,10 +180,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         run_dir = resolve_run_dir(args.run_dir)
+        trained = load_run_config_file(run_dir / "config.yaml")
         cfg = load_run_config_file(run_dir / "config.yaml", args.overrides)
         model, _ = load_model(args.checkpoint or run_dir)
     except (ValueError, FileNotFoundError) as e:
         return _error(str(e))
+    for key in SPLIT_KEYS:  # the held-out documents are the ones training never saw: keep its split
+        if cfg.data.task == "text" and getattr(cfg.data, key) != getattr(trained.data, key):
+            return _error(
+                f"data.{key}={getattr(cfg.data, key)!r} differs from the run's {getattr(trained.data, key)!r}: "
+                "the test documents would no longer be the ones held out from training"
+            )
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -84,6 +84,18 @@ def test_print_config(capsys):
     assert "fam_len: 16" in out and "preset: tiny" in out
 
 
+def test_eval_refuses_a_text_split_other_than_the_runs(tmp_path, capsys):
+    text = ["data.task=text", "data.seq_len=64", "data.batch_size=2", "data.val_batches=1"]
+    args = ["train", "preset=tiny", *text, f"out_dir={tmp_path}", "train.max_steps=1", "train.val_every=0", "name=t"]
+    assert main([*args, "logger.wandb=disabled"]) == 0
+    (run_dir,) = (tmp_path / "t").iterdir()
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "data.text_test_docs=5", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "data.text_test_docs=5 differs from the run's 3" in err and "held out from training" in err
+    assert not (run_dir / "eval.csv").exists()
+
+
 def test_train_eval_and_resume(tmp_path, capsys):
     assert main(["train", "preset=tiny", *TINY, f"out_dir={tmp_path}", "train.max_steps=2", "name=cli"]) == 0
     (run_dir,) = (tmp_path / "cli").iterdir()
