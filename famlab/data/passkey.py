@@ -195,6 +195,17 @@ def random_key(rng: np.random.Generator, digits: int) -> str:
     return first + "".join(str(d) for d in rng.integers(0, 10, size=digits - 1))
 
 
+def fitting_key(rng: np.random.Generator, pieces: Pieces, digits: int, room: int, tries: int) -> str | None:
+    """A random key whose example fits in ``room`` tokens, in at most ``tries`` draws (None if none did).
+    A tokenizer that merges digits can give a key more tokens than "99..9", from which the minimum
+    length is computed; byte, symbol and digit-splitting tokenizers fit every key at the first draw."""
+    for _ in range(tries):
+        key = random_key(rng, digits)
+        if pieces.fixed_len(key) <= room:
+            return key
+    return None
+
+
 def encode(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64)
 
@@ -249,21 +260,6 @@ class PasskeyTask(Task):
         lo = min(max(cfg.passkey_train_blocks_min * B, self.pieces.fixed_len("9" * cfg.passkey_key_digits)), hi)
         return lo, hi
 
-    def _key_that_fits(self, rng: np.random.Generator, room: int, first: bool) -> str | None:
-        """A random key whose example fits in ``room`` tokens. A tokenizer that merges digits can give
-        a key more tokens than "99..9" (from which the minimum length is computed): the first example
-        of a row draws again (a few times; the row is long enough for some keys), a packed one stops."""
-        for _ in range(100 if first else 1):
-            key = random_key(rng, self.cfg.passkey_key_digits)
-            if self.pieces.fixed_len(key) <= room:
-                return key
-        if not first:
-            return None
-        raise ValueError(
-            f"a passkey row of {room} tokens fits too few {self.cfg.passkey_key_digits}-digit keys with this "
-            "tokenizer (it merges digits): raise data.seq_len or lower data.passkey_key_digits"
-        )
-
     def episode(
         self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -276,9 +272,15 @@ class PasskeyTask(Task):
             pos = 0
             while length - pos >= need:  # one example, or (passkey_pack) as many as fit
                 n = min(int(rng.integers(lo, hi + 1)), length - pos)
-                key = self._key_that_fits(rng, length - pos, first=pos == 0)
-                if key is None:  # packing: no room for this key's example, the row is full
-                    break
+                # the first example of a row may draw again; a packed one that does not fit ends the row
+                key = fitting_key(rng, self.pieces, cfg.passkey_key_digits, length - pos, tries=1 if pos else 100)
+                if key is None:
+                    if pos:
+                        break
+                    raise ValueError(
+                        f"a passkey row of {length} tokens fits too few {cfg.passkey_key_digits}-digit keys with "
+                        "this tokenizer (it merges digits): raise data.seq_len or lower data.passkey_key_digits"
+                    )
                 n = max(n, self.pieces.fixed_len(key))
                 ids, answer_len, _ = self.pieces.example(key, n, float(rng.random()))
                 tokens[r, pos : pos + n] = ids
@@ -319,12 +321,8 @@ def evaluate(
                 rng = np.random.default_rng([int(seed), PasskeyTask.code, SPLIT_CODES["eval"], length, li, di, D])
                 groups: dict[int, tuple[list, list]] = {}  # answer length -> (prompts, answers)
                 for _ in range(n):
-                    key = random_key(rng, d)
-                    for _ in range(100):  # a key whose tokens do not fit this length (merged digits): another
-                        if pieces.fixed_len(key) <= length:
-                            break
-                        key = random_key(rng, d)
-                    else:
+                    key = fitting_key(rng, pieces, d, length, tries=100)
+                    if key is None:
                         raise ValueError(f"length {length} fits too few {d}-digit keys with this tokenizer")
                     depth = (di + rng.random()) / D
                     ids, answer_len, _ = pieces.example(key, length, depth)
