@@ -51,7 +51,7 @@ for T in $SEQ_LENS; do
     echo "== training-step benchmark, bf16, T=$T"
     # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
     timeout 120 "$PY" -m famlab.bench --device "$DEVICE" --dtype bfloat16 --seq-len "$T" --no-memory \
-        --variants full,bswa,txl,fam,fam-ref $BENCH_ARGS --out-dir "$WORK/bench_$T" 2>&1 | tee "$WORK/bench_$T.log" \
+        --variants full,bswa,txl,fam,fam-layer-major,fam-ref $BENCH_ARGS --out-dir "$WORK/bench_$T" 2>&1 | tee "$WORK/bench_$T.log" \
         || status=1
 done
 for T in $COMPILED_SEQ_LENS; do

@@ -48,9 +48,11 @@ Results: a Markdown table on stdout and in ``bench/results/latest.md``, and JSON
 ``bench/results/bench_<timestamp>.json``. Targets (PASS/FAIL): FAM fast-path tokens/s >= 0.90x
 BSWA's; FAM training step >= 50% of the measured matmul FLOP/s.
 
-With ``fam`` among the variants, layer 0's FAM scan (the sequential part) is also timed alone, on
-the arguments it receives in a real forward pass (:func:`time_fam_scan`): its time for all layers
-as a share of FAM's extra step time over BSWA, and its GFLOP/s (JSON key ``fam_scan``).
+``fam`` is the default fast path, which for FAM is the wavefront (``impl="wave"``: layers pipelined
+over blocks); ``fam-layer-major`` is the layer-major path with its sequential FAM scan. With either
+among the variants, layer 0's layer-major FAM scan is also timed alone, on the arguments it receives
+in a real forward pass (:func:`time_fam_scan`): its time for all layers as a share of
+``fam-layer-major``'s extra step time over BSWA, and its GFLOP/s (JSON key ``fam_scan``).
 
 ``--profile VARIANT`` instead profiles that variant's training step with ``torch.profiler`` and
 prints the ops sorted by self CPU time.
@@ -80,14 +82,15 @@ import torch.nn.functional as F
 
 from famlab.allocator import glibc, restore_default, reuse_freed_memory
 from famlab.config import ModelConfig
-from famlab.model import FamLM, compile_model
+from famlab.model import IMPLS, FamLM, compile_model
 
 # variant name -> (attention kind, impl)
 VARIANTS: dict[str, tuple[str, str]] = {
     "full": ("full", "fast"),
     "bswa": ("bswa", "fast"),
     "txl": ("txl", "fast"),
-    "fam": ("fam", "fast"),
+    "fam": ("fam", "fast"),  # the wavefront path (``impl="wave"``), which "fast" picks for FAM
+    "fam-layer-major": ("fam", "layer_major"),  # layer-major with its sequential FAM scan
     "fam-ref": ("fam", "reference"),
     "fam-compiled": ("fam", "compiled"),  # the fast path with FamLM.compile_fam_updates()
     # the same, compiled with mode="reduce-overhead": on a GPU the scan replays as CUDA graphs
@@ -98,7 +101,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "bswa-model-compiled": ("bswa", "model-compiled"),
     "fam-model-compiled": ("fam", "model-compiled"),
 }
-DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-ref"
+DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-layer-major,fam-ref"
 # compiled impls -> (train.compile, train.compile_mode)
 COMPILED = {
     "compiled": ("fam_scan", "default"),
@@ -134,6 +137,17 @@ def _memory_keys(cfg: ModelConfig, blk: int, row: int) -> int:
     return n
 
 
+def flop_path(cfg: ModelConfig, impl: str) -> str:
+    """The code path a bench impl runs, for FLOP counting: ``wave`` (what ``fast`` picks for FAM, also
+    under a whole-model compile), ``layer_major`` (every other model, and the compiled FAM scans) or
+    ``reference``."""
+    if impl in ("reference", "wave", "layer_major"):
+        return impl
+    if impl in ("fast", "model-compiled") and cfg.effective_fam_len:
+        return "wave"
+    return "layer_major"
+
+
 def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast") -> dict[str, Any]:
     """Analytic matmul FLOPs of one forward pass from a fresh state (see the module docstring).
 
@@ -141,7 +155,9 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
     out, FF of the block tokens), ``fam_linear`` (the same for FAM rows: the fast path's scan or
     the reference path's [F; X] rows), ``init_linear`` / ``init_attn`` (prompt pass and initial
     FAM keys), ``attn`` (block attention; in the reference path also the FAM rows' attention),
-    ``scan_attn`` (fast path: FAM queries over [F; block]), ``head`` and ``total``.
+    ``scan_attn`` (fast path: FAM queries over [F; block]), ``head`` and ``total``. The wavefront
+    path computes the FAM rows' attention with the block tokens' (in ``attn``, over the same keys) and
+    ``useful`` is that of the layer-major path.
     """
     b, T = batch, seq_len
     B, m, P, L_F = cfg.block_size, cfg.mem_segment, cfg.fam_prev_blocks, cfg.effective_fam_len
@@ -165,7 +181,8 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
             tok_useful += min(blk + 1, P) * L_F + _memory_keys(cfg, blk, r) + r + 1
     use["token_linear"] = nl * b * T * row
     use["attn"] = nl * b * tok_useful * pair
-    if impl == "fast" or impl in COMPILED:
+    path = flop_path(cfg, impl)
+    if path != "reference":
         if cfg.attention == "full":
             comp["token_linear"] = use["token_linear"]
             comp["attn"] = use["attn"]  # causal flash kernel: masked tiles are skipped
@@ -176,6 +193,11 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
         if L_F:
             comp["fam_linear"] = use["fam_linear"] = nl * b * L_F * ((n_full + 1) * qkv_row + n_full * finish_row)
             comp["scan_attn"] = use["scan_attn"] = nl * b * n_full * L_F * (L_F + B) * pair
+        if L_F and path == "wave":  # [F; X] of every block through each layer, plus the final F's keys
+            comp["fam_linear"] = nl * b * (n_blk * L_F * row + L_F * qkv_row)
+            Lk = (P - 1) * L_F + m * B + L_F + B
+            comp["attn"] = nl * b * n_blk * (L_F + B) * Lk * pair
+            comp["scan_attn"] = 0
     else:  # reference: per block and layer, [F; X] through the layer, naive (dense) attention
         comp["token_linear"] = use["token_linear"]
         comp["fam_linear"] = use["fam_linear"] = nl * b * n_blk * L_F * row
@@ -222,7 +244,7 @@ def train_step(model: FamLM, inputs: torch.Tensor, targets: torch.Tensor, impl: 
     if impl.startswith("graphs"):
         torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be reused
     with torch.autocast(inputs.device.type, dtype=low, enabled=low is not None):
-        logits = model(inputs, impl="reference" if impl == "reference" else "fast")
+        logits = model(inputs, impl=impl if impl in IMPLS else "fast")
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     loss.backward()
     return float(loss.detach())  # .item() waits for the device, so wall time covers the whole step
@@ -243,7 +265,7 @@ def time_fam_scan(model: FamLM, inputs: torch.Tensor, reps: int) -> list[float]:
     layer.fam_scan = capture
     try:
         with torch.no_grad():
-            model(inputs)
+            model(inputs, impl="layer_major")
     finally:
         if own is None:
             del layer.fam_scan
@@ -416,7 +438,7 @@ def _component_shapes(cfg: ModelConfig, impl: str) -> dict[str, list[tuple[str, 
         "head": [("lm_head", 1.0)],
         "attn": [("block_attn_scores", 1.0), ("block_attn_values", 1.0)],
         # the fast path runs FAM rows as batch x L_F-row matmuls; the reference loop as [F; X] rows
-        "fam_linear": linear if impl == "reference" else scan,
+        "fam_linear": linear if flop_path(cfg, impl) in ("reference", "wave") else scan,
         "scan_attn": scan_attn,
         "init_linear": scan,
         "init_attn": scan_attn,
@@ -525,7 +547,7 @@ def render_markdown(res: dict[str, Any]) -> str:
             "",
             f"FAM scan alone (layer 0, forward+backward, median of {len(scan['layer_times_s'])}): "
             f"{scan['layer_time_s'] * 1e3:.1f} ms per layer, {scan['step_time_s'] * 1e3:.0f} ms for all layers"
-            + (f" = {share:.0%} of FAM's extra step time over BSWA" if share is not None else "")
+            + (f" = {share:.0%} of fam-layer-major's extra step time over BSWA" if share is not None else "")
             + f"; {scan['gflops']:.1f} GFLOP/s.",
         ]
     lines += ["", "Targets:", ""]
@@ -674,8 +696,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     gpu_peak[name] = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
 
     scan_times = None
-    if "fam" in setups and setups["fam"][0].effective_fam_len and base.block_size <= T:
-        scan_times = time_fam_scan(setups["fam"][2], setups["fam"][3], args.iters)
+    scan_of = next((n for n in ("fam-layer-major", "fam") if n in setups), None)
+    if scan_of and setups[scan_of][0].effective_fam_len and base.block_size <= T:
+        scan_times = time_fam_scan(setups[scan_of][2], setups[scan_of][3], args.iters)
     mm_after = time_matmul(mm_size, mm_size, mm_size, mm_reps, device=dev, dtype=dtype)
     peak = statistics.median(mm_before + mm_after)
     shapes = []
@@ -778,9 +801,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     scan = None
     if scan_times is not None:
-        fl = fam["forward_flops"]["computed"]  # scan_times exist only when "fam" ran
+        lm = by_name.get("fam-layer-major")  # the scan is the layer-major path's sequential part
+        fl = forward_flops(base.replace(attention="fam"), b, T, "layer_major")["computed"]
         per_layer = statistics.median(scan_times)
-        extra = fam["step_time_s"] - bswa["step_time_s"] if fam and bswa else None
+        extra = lm["step_time_s"] - bswa["step_time_s"] if lm and bswa else None
         scan = {
             "layer_times_s": scan_times,
             "layer_time_s": per_layer,

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from famlab.config import ModelConfig
 
-IMPLS = ("fast", "reference")
+IMPLS = ("fast", "wave", "layer_major", "reference")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,6 +100,19 @@ def linear_plus(linear: nn.Module, x: Tensor, residual: Tensor | None) -> Tensor
         residual.expand(out_shape).reshape(-1, out_shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t()
     )
     return flat.view(out_shape)
+
+
+def _bmm(x: Tensor, w: Tensor, bias: Tensor | None, residual: Tensor | None = None) -> Tensor:
+    """x [L, rows, in] @ w [L, in, out] (+ bias [L, 1, out]) (+ residual [L, rows, out]): the layers'
+    linears of the wavefront path as one batched matmul, additions riding on it."""
+    add = residual if bias is None else (bias if residual is None else residual + bias)
+    return torch.bmm(x, w) if add is None else torch.baddbmm(add, x, w)
+
+
+def _norm(x: Tensor, eps: float, rms: bool) -> Tensor:
+    """RMSNorm or LayerNorm over the last dim without the affine part (the wavefront path folds that
+    into the next matmul, see ``FamLM._stacked_params``)."""
+    return F.rms_norm(x, x.shape[-1:], eps=eps) if rms else F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -405,7 +418,13 @@ class FamLM(nn.Module):
             h, final_fams = self._reference(x, state)
             new_state = None
         else:
-            h, new_state = self._fast(x, state)
+            wave = impl == "wave" or (impl == "fast" and self._wave_supported(x.shape[1]))
+            if impl == "wave" and not self._wave_supported(x.shape[1]):
+                raise ValueError(
+                    "impl='wave' needs FAM (fam_len > 0), T > 0, plain nn.Linear/norm layers and no compiled "
+                    "FAM updates; use impl='fast' or 'layer_major'"
+                )
+            h, new_state = self._wave(x, state) if wave else self._fast(x, state)
             final_fams = [ls.fam for ls in new_state.layers] if self.fam_len else []
         # random state passing: every training call ends by keeping the final FAM of batch item 0, also
         # a call that continued a carried state (stateful training) and before a schedule turns RSP on
@@ -522,6 +541,219 @@ class FamLM(nn.Module):
             new_layers.append(new)
         fresh = state.fam_fresh and n_full == 0
         return x[:, :T], FamState(state.pos + T, state.pos_offset, fresh, new_layers)
+
+    # --- the wavefront path: layers pipelined over blocks -----------------------------------------
+
+    def _wave_supported(self, T: int) -> bool:
+        """The wavefront path stacks the layers' weights, so it needs plain ``nn.Linear``/norm modules
+        (not peft's LoRA wrappers) and leaves compiled FAM updates (``compile_fam_updates``) to the
+        layer-major path they belong to."""
+        if not (self.fam_len and T):
+            return False
+        norm = nn.RMSNorm if self.cfg.norm == "rmsnorm" else nn.LayerNorm
+        for layer in self.layers:
+            if "fam_scan" in vars(layer) or "fam_update" in vars(layer):
+                return False
+            if any(type(lin) is not nn.Linear for lin in (layer.wqkv, layer.wo, layer.ff.up, layer.ff.down)):
+                return False
+            if any(type(nm) is not norm for nm in (layer.norm1, layer.norm2)):
+                return False
+        return True
+
+    def _stacked_params(self) -> dict[str, Tensor | None]:
+        """Every layer's weights stacked on a leading layer axis, matrices as [L, in, out] for ``bmm``,
+        biases as [L, 1, out] (None without biases). Built each call, so autograd routes the gradients
+        back to the layers' own parameters. The norms' affine parts are folded into the matmul that
+        follows them: (n(x) * g + c) @ W + b = n(x) @ (g W) + (c W + b), so the loop over waves runs a
+        plain normalization and no per-row scaling."""
+
+        def stack(get) -> Tensor | None:
+            ts = [get(layer) for layer in self.layers]
+            return None if ts[0] is None else torch.stack(ts)
+
+        out: dict[str, Tensor | None] = {}
+        for key, lin, norm in (
+            ("qkv", "wqkv", "norm1"),
+            ("o", "wo", None),
+            ("up", "ff.up", "norm2"),
+            ("down", "ff.down", None),
+        ):
+            weight = stack(lambda layer: layer.get_submodule(lin).weight).transpose(1, 2)  # [L, in, out]
+            bias = stack(lambda layer: layer.get_submodule(lin).bias)  # [L, out]
+            bias = None if bias is None else bias.unsqueeze(1)  # [L, 1, out]
+            if norm is not None:
+                norm_bias = stack(lambda layer: getattr(layer.get_submodule(norm), "bias", None))  # RMSNorm: none
+                if norm_bias is not None:  # c @ W, [L, 1, out]
+                    shift = torch.bmm(norm_bias.unsqueeze(1), weight)
+                    bias = shift if bias is None else bias + shift
+                weight = stack(lambda layer: layer.get_submodule(norm).weight).unsqueeze(2) * weight  # g W
+            out[key], out[key + "_b"] = weight, bias
+        return out
+
+    def _wave(self, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
+        """The same function as the reference, scheduled as a wavefront: at wave w, every layer l
+        with 0 <= w - l < n runs block i = w - l on [F; X] (its FAM input, then the block's tokens:
+        X is layer l-1's output for block i from wave w-1, F is layer l's own FAM output from wave
+        w-1). The L active layers run as one batch (``bmm`` over stacked weights, one SDPA call),
+        so the sequential chain is n + L - 1 waves of full-size work, where the layer-major path
+        has L * n small FAM updates. A partial last block is zero-padded (causal masking hides the
+        padding from its tokens) and produces no FAM, as everywhere else."""
+        cfg = self.cfg
+        b, T, d = x.shape
+        B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
+        H, G, D = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        L, Q = len(self.layers), L_F + B  # Q rows per block: [F; X]
+        if state.pos % B or state.layers[0].blk_k.shape[2]:
+            raise ValueError(
+                f"the parallel forward starts at a block boundary; state.pos={state.pos} is inside "
+                f"a block of {B}: use step() to continue from it"
+            )
+        g0, n, n_full = state.pos // B, -(-T // B), T // B
+        x = F.pad(x, (0, 0, 0, n * B - T))  # [b, n*B, d]
+        # RoPE tables per block for the rows [F; X]: [b|1, n, Q, D]
+        tok_cos, tok_sin = self._tok_cos_sin(state.pos, n * B, state.pos_offset, x.device, x.dtype)
+        fam_cos, fam_sin = self._fam_cos_sin(torch.arange(g0, g0 + n + 1, device=x.device), state.pos_offset, x.dtype)
+        cos = torch.cat([fam_cos[:, 0, : n * L_F].unflatten(1, (n, L_F)), tok_cos[:, 0].unflatten(1, (n, B))], 2)
+        sin = torch.cat([fam_sin[:, 0, : n * L_F].unflatten(1, (n, L_F)), tok_sin[:, 0].unflatten(1, (n, B))], 2)
+        mem_len = state.layers[0].mem_k.shape[2]
+        n_hist = state.layers[0].fam_k.shape[2] // L_F  # FAM states in the state (the last is F's)
+        masks = self._wave_masks(n, mem_len, n_hist, x.dtype, x.device)  # [n, Q, K] additive
+        # from block `steady` on, every older FAM state and memory block exists: one broadcast mask
+        steady = max(P - n_hist if P > 1 else 0, -(-(m * B - mem_len) // B) if m else 0, 0)
+        w_ = self._stacked_params()
+        # per layer: FAM input, pending block input, memory blocks (k, v), older FAM keys (k, v)
+        fams = [ls.fam for ls in state.layers]
+        xin: list[Tensor | None] = [None] * L
+        mems: list[list[tuple[Tensor, Tensor]]] = []
+        olds: list[list[tuple[Tensor, Tensor]]] = []
+        for ls in state.layers:
+            pad = ls.mem_k.new_zeros(b, G, m * B - mem_len, D)  # absent memory: zeros, masked out
+            mk, mv = torch.cat([pad, ls.mem_k], 2), torch.cat([pad, ls.mem_v], 2)  # [b, G, m*B, D]
+            mems.append(list(zip(mk.split(B, 2), mv.split(B, 2))) if m else [])
+            hk, hv = ls.fam_k[:, :, : (n_hist - 1) * L_F], ls.fam_v[:, :, : (n_hist - 1) * L_F]
+            fpad = hk.new_zeros(b, G, (P - n_hist) * L_F, D)  # absent older states, masked out
+            hk, hv = torch.cat([fpad, hk], 2), torch.cat([fpad, hv], 2)  # [b, G, (P-1)*L_F, D]
+            olds.append(list(zip(hk.split(L_F, 2), hv.split(L_F, 2))) if P > 1 else [])
+        blocks_in = x.unflatten(1, (n, B)).unbind(1)  # n x [b, B, d]
+        outs: list[Tensor | None] = [None] * n
+        zero_first = state.fam_fresh and cfg.fam_zero_residual
+        rms = cfg.norm == "rmsnorm"
+        part: list[tuple[Tensor, Tensor]] = [(x.new_zeros(b, G, 0, D),) * 2] * L  # partial block's k/v
+        for w in range(n + L - 1):
+            lo, hi = max(0, w - n + 1), min(L - 1, w)  # active layers; layer l runs block w - l
+            nl, act = hi - lo + 1, range(lo, hi + 1)
+            p = w_ if nl == L else {k: None if t is None else t[lo : hi + 1] for k, t in w_.items()}
+            blocks = list(range(w - lo, w - hi - 1, -1))  # the block each active layer runs
+            blk = torch.tensor(blocks, device=x.device)  # [nl], for indexing the tables
+            xin[0] = blocks_in[w] if lo == 0 else None
+            f_in = torch.stack([fams[l] for l in act])  # [nl, b, L_F, d]
+            z = torch.cat([f_in, torch.stack([xin[l] for l in act])], 2).flatten(1, 2)  # [nl, b*Q, d]
+            # --- attention: the layer's Q rows against [older FAM | memory | F | X]
+            qkv = _bmm(_norm(z, cfg.norm_eps, rms), p["qkv"], p["qkv_b"])
+            qkv = qkv.view(nl, b, Q, H + 2 * G, D).transpose(2, 3)  # [nl, b, H+2G, Q, D]
+            qk, v = qkv.split((H + G, G), dim=2)
+            c, s = (
+                cos[:, blk].transpose(0, 1).unsqueeze(2),
+                sin[:, blk].transpose(0, 1).unsqueeze(2),
+            )  # [nl, b|1, 1, Q, D]
+            q, k = apply_rope(qk, c, s).split((H, G), dim=2)
+            keys, vals = [], []
+            if P > 1:  # [nl, b, G, (P-1)*L_F, D]
+                keys.append(torch.stack([torch.cat([kv[0] for kv in olds[l]], 2) for l in act]))
+                vals.append(torch.stack([torch.cat([kv[1] for kv in olds[l]], 2) for l in act]))
+            if m:  # [nl, b, G, m*B, D]
+                mk = torch.stack([torch.cat([kv[0] for kv in mems[l]], 2) for l in act])
+                mv = torch.stack([torch.cat([kv[1] for kv in mems[l]], 2) for l in act])
+                if cfg.detach_memory:
+                    mk, mv = mk.detach(), mv.detach()
+                keys.append(mk)
+                vals.append(mv)
+            keys = torch.cat([*keys, k], 3).flatten(0, 1)  # [nl*b, G, K, D]
+            vals = torch.cat([*vals, v], 3).flatten(0, 1)
+            if blocks[-1] >= steady:
+                mask = masks[-1]  # [Q, K], broadcast over layers, batch and heads
+            else:
+                mask = masks[blk].unsqueeze(1).expand(nl, b, Q, -1).flatten(0, 1).unsqueeze(1)  # [nl*b, 1, Q, K]
+            attn = sdpa(q.flatten(0, 1), keys, vals, mask)  # [nl*b, H, Q, D]
+            attn = attn.view(nl, b, H, Q, D).permute(0, 1, 3, 2, 4).reshape(nl, b * Q, d)  # heads merged
+            # --- output projection and FF; the first update from a fresh FAM has a zero residual
+            resid = z
+            if zero_first and w <= hi:  # layer w runs block 0 now
+                f_res = torch.stack([torch.zeros_like(fams[l]) if l == w else fams[l] for l in act])
+                resid = torch.cat([f_res, z.view(nl, b, Q, d)[:, :, L_F:]], 2).flatten(1, 2)
+            a = _bmm(attn, p["o"], p["o_b"], resid)
+            h = _bmm(_norm(a, cfg.norm_eps, rms), p["up"], p["up_b"])
+            if cfg.ff == "swiglu":
+                gate, up = h.chunk(2, dim=-1)
+                h = F.silu(gate) * up
+            else:
+                h = F.gelu(h)
+            out = _bmm(h, p["down"], p["down_b"], a).view(nl, b, Q, d)
+            # --- hand the results on: F to this layer's next wave, X to the next layer
+            f_out, x_out = out.split((L_F, B), dim=2)
+            kf, kx = k.split((L_F, B), dim=3)
+            vf, vx = v.split((L_F, B), dim=3)
+            for l, i, fo, xo, kfl, vfl, kxl, vxl in zip(
+                act, blocks, f_out.unbind(0), x_out.unbind(0), kf.unbind(0), vf.unbind(0), kx.unbind(0), vx.unbind(0)
+            ):
+                if i < n_full:  # only a complete block produces the next FAM and becomes memory
+                    fams[l] = fo
+                    if m:
+                        mems[l] = [*mems[l][1:], (kxl, vxl)]
+                    if P > 1:
+                        olds[l] = [*olds[l][1:], (kfl, vfl)]
+                else:
+                    part[l] = (kxl[:, :, : T - n_full * B], vxl[:, :, : T - n_full * B])
+                if l + 1 < L:
+                    xin[l + 1] = xo
+                else:
+                    outs[i] = xo
+        # the state after the last token, as the layer-major path leaves it
+        keep = min(m * B, mem_len + n_full * B)
+        n_states = min(P, n_hist + n_full)
+        new_layers = []
+        fc, fs = fam_cos[:, :, n_full * L_F : (n_full + 1) * L_F], fam_sin[:, :, n_full * L_F : (n_full + 1) * L_F]
+        for l, layer in enumerate(self.layers):
+            mk = torch.cat([kv[0] for kv in mems[l]], 2) if m else x.new_zeros(b, G, 0, D)
+            mv = torch.cat([kv[1] for kv in mems[l]], 2) if m else x.new_zeros(b, G, 0, D)
+            _, fk, fv = layer.qkv(fams[l], fc, fs)  # keys of the final FAM state
+            ok = [kv[0] for kv in olds[l]] + [fk]
+            ov = [kv[1] for kv in olds[l]] + [fv]
+            new = LayerState(
+                mem_k=mk[:, :, m * B - keep :],
+                mem_v=mv[:, :, m * B - keep :],
+                blk_k=part[l][0],
+                blk_v=part[l][1],
+                fam=fams[l],
+                fam_k=torch.cat(ok, 2)[:, :, -n_states * L_F :],
+                fam_v=torch.cat(ov, 2)[:, :, -n_states * L_F :],
+            )
+            new_layers.append(new)
+        fresh = state.fam_fresh and n_full == 0
+        return torch.cat(outs, 1)[:, :T], FamState(state.pos + T, state.pos_offset, fresh, new_layers)
+
+    def _wave_masks(self, n: int, mem_len: int, n_hist: int, dtype, device) -> Tensor:
+        """Additive masks [n, Q, K] (0 = attend, -inf = not) of the wavefront path: block i's rows
+        [F (L_F) | X (B)] against keys [older FAM ((P-1)*L_F) | memory (m*B) | F | X], by the spec's
+        table (as in the reference): FAM rows see F and all of X; tokens see the older FAM states
+        and memory that exist, F, and X causally."""
+        cfg = self.cfg
+        B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
+        blk = torch.arange(n, device=device)[:, None, None]  # [n, 1, 1]
+        row = torch.arange(L_F + B, device=device)[None, :, None]  # [1, Q, 1]
+        is_tok = row >= L_F
+        parts = []
+        if P > 1:  # slot s holds S_{i-P+1+s}; the state holds S_{-(n_hist-1)} .. S_0
+            slot = torch.arange((P - 1) * L_F, device=device)[None, None, :] // L_F
+            parts.append(is_tok & (blk - P + 1 + slot >= -(n_hist - 1)))
+        if m:  # key j of block i sits at i*B + j of [zero pad; state memory; tokens]
+            j = torch.arange(m * B, device=device)[None, None, :]
+            parts.append(is_tok & (blk * B + j >= m * B - mem_len))
+        parts.append(torch.ones(1, 1, L_F, dtype=torch.bool, device=device))
+        j = torch.arange(B, device=device)[None, None, :]
+        parts.append(~is_tok | (j <= row - L_F))
+        ok = torch.cat([p.expand(n, L_F + B, -1) for p in parts], dim=-1)
+        return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill(~ok, float("-inf"))
 
     def _block_mask(self, n_blk: int, mem_len: int, n_hist: int, device) -> Tensor:
         """Boolean mask [n, B, Lk] for keys [FAM states (P*L_F) | memory (m*B) | own block (B)].

@@ -23,7 +23,7 @@ def _dense_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None
 def test_quick_bench_writes_expected_json(tmp_path, capsys):
     args = ["--quick", "--seq-len", "256", "--block-size", "64", "--fam-len", "4", "--d-model", "64"]
     args += ["--n-heads", "2", "--n-layers", "1", "--batch-size", "2", "--threads", "1", "--iters", "2"]
-    args += ["--matmul-size", "128", "--variants", "full,bswa,fam,fam-ref", "--out-dir", str(tmp_path)]
+    args += ["--matmul-size", "128", "--variants", "full,bswa,fam,fam-layer-major,fam-ref", "--out-dir", str(tmp_path)]
     res = bench.main(args)
     out = capsys.readouterr().out
     assert "| variant | impl |" in out and ("PASS" in out or "FAIL" in out)
@@ -36,7 +36,7 @@ def test_quick_bench_writes_expected_json(tmp_path, capsys):
     assert data["matmul"]["peak_gflops"] > 0
     assert all(s["gflops"] > 0 for s in data["matmul"]["shapes"])
     names = [v["name"] for v in data["variants"]]
-    assert names == ["full", "bswa", "fam", "fam-ref"]
+    assert names == ["full", "bswa", "fam", "fam-layer-major", "fam-ref"]
     for v in data["variants"]:
         for key in ("step_time_s", "tokens_per_s", "train_flops_computed", "train_flops_useful", "achieved_gflops"):
             assert v[key] > 0, (v["name"], key)
@@ -44,6 +44,7 @@ def test_quick_bench_writes_expected_json(tmp_path, capsys):
         assert v["train_flops_useful"] <= v["train_flops_computed"]
         assert v["tokens_per_s_vs_bswa"] > 0
     assert next(v for v in data["variants"] if v["name"] == "fam-ref")["impl"] == "reference"
+    assert next(v for v in data["variants"] if v["name"] == "fam-layer-major")["impl"] == "layer_major"
     assert {"throughput", "flops"} == data["targets"].keys()
     assert all(t["status"] in ("PASS", "FAIL") for t in data["targets"].values())
     for v in data["variants"]:  # the matmul ceiling: every FLOP at its shape's measured rate
@@ -94,7 +95,9 @@ def _counted(cfg: ModelConfig, T: int, impl: str) -> tuple[int, int]:
     with counter:
         model(tokens, impl=impl)
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
-    linear = counts.pop("aten.mm", 0) + counts.pop("aten.addmm", 0)
+    # the wavefront runs the layers' linears as batched matmuls; elsewhere bmm is the naive attention's
+    ops = ("mm", "addmm", "bmm", "baddbmm") if bench.flop_path(cfg, impl) == "wave" else ("mm", "addmm")
+    linear = sum(counts.pop(f"aten.{op}", 0) for op in ops)
     return linear, sum(counts.values())
 
 
@@ -104,7 +107,7 @@ def _cfg(attention: str, **changes) -> ModelConfig:
     return ModelConfig(attention=attention, random_pos_offset=False, rsp_prob=0.0, **base)
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "wave", "layer_major", "reference"])
 def test_matmul_ceiling_is_flops_over_each_components_measured_rate(impl):
     cfg = ModelConfig(attention="fam", d_model=64, n_layers=2, n_heads=2, block_size=16, fam_len=4, vocab_size=32)
     shapes = bench.model_matmul_shapes(cfg, batch=2, seq_len=64)
@@ -115,14 +118,18 @@ def test_matmul_ceiling_is_flops_over_each_components_measured_rate(impl):
     assert uniform == pytest.approx(3 * fl["total"] / 100e9)
     # the FAM scan's shapes 4x slower: only the FAM rows' components take longer, by 3x their time
     slow_scan = {n: (25.0 if n.startswith("fam_scan_") else 100.0) for n in names}
-    fam_rows = fl["scan_attn"] + fl["init_linear"] + fl["init_attn"] + (fl["fam_linear"] if impl == "fast" else 0)
+    path = bench.flop_path(cfg, impl)  # fast: the wavefront, whose FAM rows run with the block tokens
+    assert path == ("wave" if impl == "fast" else impl)
+    fam_rows = (
+        fl["scan_attn"] + fl["init_linear"] + fl["init_attn"] + (fl["fam_linear"] if path == "layer_major" else 0)
+    )
     assert bench.matmul_ceiling_s(cfg, impl, fl, slow_scan) == pytest.approx(uniform + 3 * 3 * fam_rows / 100e9)
     # the linear shapes weigh by their FLOPs: FF at half speed costs its share of the token FLOPs twice
     d, ff = cfg.d_model, cfg.ff_dim
     qkv_row = 2 * d * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
     ff_share = 4 * d * ff / (qkv_row + 2 * d * d + 4 * d * ff)
     slow_ff = {n: (50.0 if n in ("ff_in", "ff_out") else 100.0) for n in names}
-    linear = fl["token_linear"] + (fl["fam_linear"] if impl == "reference" else 0)
+    linear = fl["token_linear"] + (fl["fam_linear"] if path in ("reference", "wave") else 0)
     assert bench.matmul_ceiling_s(cfg, impl, fl, slow_ff) == pytest.approx(uniform + 3 * linear * ff_share / 100e9)
     # a shape that was not measured: no ceiling rather than a wrong one
     assert bench.matmul_ceiling_s(cfg, impl, fl, dict.fromkeys(names - {"fam_scan_values"}, 100.0)) is None
@@ -151,6 +158,9 @@ def test_flops_by_hand_full_attention_one_block():
         ("txl", "fast", 48, {}),
         ("fam", "fast", 40, {}),
         ("fam", "fast", 48, {"fam_prev_blocks": 2, "ff": "swiglu", "n_kv_heads": 1}),
+        ("fam", "wave", 40, {"mem_segment": 2, "fam_prev_blocks": 3}),
+        ("fam", "layer_major", 40, {}),
+        ("fam", "layer_major", 48, {"fam_prev_blocks": 2, "ff": "swiglu", "n_kv_heads": 1}),
         ("fam", "reference", 40, {}),
         ("fam", "reference", 48, {"fam_prev_blocks": 2}),
         ("bswa", "reference", 40, {"mem_segment": 2}),

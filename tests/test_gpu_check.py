@@ -32,7 +32,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     bench = res["bench"]["96"]
     assert bench["config"]["dtype"] == "bfloat16" and bench["config"]["device"] == "cpu"
     names = [v["name"] for v in bench["variants"]]
-    assert names == ["full", "bswa", "txl", "fam", "fam-ref"]
+    assert names == ["full", "bswa", "txl", "fam", "fam-layer-major", "fam-ref"]
     assert all(v["tokens_per_s"] > 0 for v in bench["variants"]) and "| fam |" in bench["markdown"]
     compiled = res["bench"]["64_compiled"]
     assert [v["name"] for v in compiled["variants"]] == [

@@ -17,11 +17,12 @@ from famlab.model import FamLM
 
 @pytest.mark.parametrize("attention", VARIANTS)
 @pytest.mark.parametrize("mem_segment", [0, 2])
-def test_fast_equals_reference(attention, mem_segment):
+@pytest.mark.parametrize("impl", ["fast", "layer_major"])  # fast: the wavefront for fam
+def test_fast_equals_reference(attention, mem_segment, impl):
     cfg = tiny_cfg(attention=attention, mem_segment=mem_segment, n_kv_heads=2, fam_prev_blocks=2, txl_window=5)
     model = make_model(cfg)
     toks = tokens(cfg, 2, 5 * cfg.block_size + 3)  # a partial last block
-    fast, ref = model(toks), model(toks, impl="reference")
+    fast, ref = model(toks, impl=impl), model(toks, impl="reference")
     assert_close(fast, ref, what="logits")
     g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
     for name in g_ref:
@@ -55,11 +56,13 @@ def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
     cfg = tiny_cfg(**sw)
     model = make_model(cfg, seed=seed)
     toks = tokens(cfg, 2, T, seed=seed)
-    fast, ref = model(toks), model(toks, impl="reference")
+    fast, ref, lm = model(toks), model(toks, impl="reference"), model(toks, impl="layer_major")
     assert_close(fast, ref, what=f"fast vs reference {sw}")
-    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
+    assert_close(lm, ref, what=f"layer-major vs reference {sw}")
+    g_fast, g_ref, g_lm = param_grads(model, fast), param_grads(model, ref), param_grads(model, lm)
     for name in g_ref:
         assert_close(g_fast[name], g_ref[name], what=f"grad {name} {sw}")
+        assert_close(g_lm[name], g_ref[name], what=f"layer-major grad {name} {sw}")
     assert_close(stream(model, toks, [chunk, chunk + 2]), fast, what=f"stream vs fast {sw}")
 
 
@@ -84,7 +87,7 @@ def test_training_extras_identical_in_fast_and_reference():
 
 
 @pytest.mark.parametrize("attention", VARIANTS)
-@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "layer_major", "reference"])
 def test_causal(attention, impl):
     cfg = tiny_cfg(attention=attention, mem_segment=1, fam_prev_blocks=2, n_layers=3)
     model = make_model(cfg, dtype=torch.float64)
@@ -321,7 +324,7 @@ def test_unknown_key_rejected_with_suggestion():
 
 def test_bad_impl_rejected():
     model = make_model(tiny_cfg())
-    with pytest.raises(ValueError, match="impl='slow'.*fast, reference"):
+    with pytest.raises(ValueError, match="impl='slow'.*fast, wave, layer_major, reference"):
         model(tokens(model.cfg, 1, 4), impl="slow")
 
 
@@ -358,3 +361,84 @@ def test_compiled_fam_scan_equals_eager(unit):
         assert_close(g_c[name], g_e[name], tol=1e-5, what=f"compiled scan grad {name}")
     with torch.no_grad():  # streaming runs fam_update once per completed block
         assert_close(stream(compiled, toks, [5]), out_e, tol=1e-5, what="compiled, streamed logits")
+
+
+# ---------------------------------------------------------------- the wavefront path
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("ff", ["gelu", "swiglu"])
+def test_wave_equals_reference_with_every_parameter_random(norm, bias, ff):
+    """The wavefront stacks the layers' weights and folds the norms' scale and shift into the next
+    matmul: with every parameter (norm weights and biases included) random, in training mode with a
+    random position offset, it matches the reference in logits and every gradient (fp64)."""
+    cfg = tiny_cfg(
+        attention="fam", norm=norm, bias=bias, ff=ff, n_layers=3, mem_segment=2, fam_prev_blocks=2, n_kv_heads=2
+    )
+    cfg = cfg.replace(random_pos_offset=True)
+    model = make_model(cfg, dtype=torch.float64).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    toks = tokens(cfg, 3, 6 * cfg.block_size + 5)
+    outs = {}
+    for impl in ("wave", "reference"):
+        torch.manual_seed(7)  # the same random position offset for both
+        outs[impl] = model(toks, impl=impl)
+    assert_close(outs["wave"], outs["reference"], tol=1e-10, what="logits")
+    g_wave, g_ref = param_grads(model, outs["wave"]), param_grads(model, outs["reference"])
+    assert g_wave.keys() == g_ref.keys()
+    for name in g_ref:
+        assert_close(g_wave[name], g_ref[name], tol=1e-10, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("m,P,first_blocks", [(1, 1, 1), (2, 3, 1), (3, 2, 2), (0, 2, 3)])
+def test_wave_continues_a_state_like_layer_major(m, P, first_blocks):
+    """From a state left by a first window (memory and FAM history still filling up), the wavefront
+    gives the layer-major path's logits and leaves the same state, field by field; streaming then
+    continues from it."""
+    cfg = tiny_cfg(attention="fam", mem_segment=m, fam_prev_blocks=P, n_layers=3)
+    model = make_model(cfg, dtype=torch.float64)
+    B = cfg.block_size
+    toks = tokens(cfg, 2, first_blocks * B + 4 * B + 3)
+    first, rest = toks[:, : first_blocks * B], toks[:, first_blocks * B :]
+    results = {}
+    for impl in ("wave", "layer_major"):
+        _, state = model(first, impl=impl, return_state=True)
+        logits, state = model(rest, impl=impl, state=state, return_state=True)
+        results[impl] = (logits, state)
+    (l_wave, s_wave), (l_lm, s_lm) = results["wave"], results["layer_major"]
+    assert_close(l_wave, l_lm, tol=1e-10, what="logits")
+    assert (s_wave.pos, s_wave.fam_fresh) == (s_lm.pos, s_lm.fam_fresh)
+    for i, (a, b) in enumerate(zip(s_wave.layers, s_lm.layers)):
+        for field in ("mem_k", "mem_v", "blk_k", "blk_v", "fam", "fam_k", "fam_v"):
+            ta, tb = getattr(a, field), getattr(b, field)
+            assert ta.shape == tb.shape, f"layer {i} {field}: {tuple(ta.shape)} != {tuple(tb.shape)}"
+            if ta.numel():
+                assert_close(ta, tb, tol=1e-10, what=f"layer {i} {field}")
+    more = tokens(cfg, 2, B + 2, seed=5)
+    assert_close(model.step(more, s_wave)[0], model.step(more, s_lm)[0], tol=1e-10, what="streamed on")
+
+
+def test_fast_picks_the_wavefront_for_fam_only_where_it_applies(monkeypatch):
+    calls = []
+    real = FamLM._wave
+    monkeypatch.setattr(FamLM, "_wave", lambda self, x, state: calls.append(1) or real(self, x, state))
+    fam = make_model(tiny_cfg(attention="fam"))
+    toks = tokens(fam.cfg, 1, 20)
+    fam(toks)
+    assert calls == [1]
+    for attention in ("bswa", "txl", "full"):
+        make_model(tiny_cfg(attention=attention))(toks)
+    make_model(tiny_cfg(attention="fam", fam_len=0))(toks)
+    assert calls == [1]
+    # a wrapped linear (as peft's LoRA makes) keeps FAM on the layer-major path, as does a compiled scan
+    wrapped = make_model(tiny_cfg(attention="fam"))
+    wrapped.layers[0].wo = torch.nn.Sequential(wrapped.layers[0].wo)
+    wrapped(toks)
+    assert calls == [1]
+    with pytest.raises(ValueError, match="impl='wave' needs FAM"):
+        wrapped(toks, impl="wave")
+    with pytest.raises(ValueError, match="impl='wave' needs FAM"):
+        make_model(tiny_cfg(attention="bswa"))(toks, impl="wave")
