@@ -567,8 +567,8 @@ class FamLM(nn.Module):
         follows them: (n(x) * g + c) @ W + b = n(x) @ (g W) + (c W + b), so the loop over waves runs a
         plain normalization and no per-row scaling."""
 
-        def stack(get) -> Tensor | None:
-            ts = [get(layer) for layer in self.layers]
+        def stack(path: str, attr: str) -> Tensor | None:
+            ts = [getattr(layer.get_submodule(path), attr, None) for layer in self.layers]
             return None if ts[0] is None else torch.stack(ts)
 
         out: dict[str, Tensor | None] = {}
@@ -578,15 +578,15 @@ class FamLM(nn.Module):
             ("up", "ff.up", "norm2"),
             ("down", "ff.down", None),
         ):
-            weight = stack(lambda layer: layer.get_submodule(lin).weight).transpose(1, 2)  # [L, in, out]
-            bias = stack(lambda layer: layer.get_submodule(lin).bias)  # [L, out]
+            weight = stack(lin, "weight").transpose(1, 2)  # [L, in, out]
+            bias = stack(lin, "bias")  # [L, out]
             bias = None if bias is None else bias.unsqueeze(1)  # [L, 1, out]
             if norm is not None:
-                norm_bias = stack(lambda layer: getattr(layer.get_submodule(norm), "bias", None))  # RMSNorm: none
+                norm_bias = stack(norm, "bias")  # RMSNorm and bias-free LayerNorm: none
                 if norm_bias is not None:  # c @ W, [L, 1, out]
                     shift = torch.bmm(norm_bias.unsqueeze(1), weight)
                     bias = shift if bias is None else bias + shift
-                weight = stack(lambda layer: layer.get_submodule(norm).weight).unsqueeze(2) * weight  # g W
+                weight = stack(norm, "weight").unsqueeze(2) * weight  # g W
             out[key], out[key + "_b"] = weight, bias
         return out
 
