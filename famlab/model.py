@@ -109,6 +109,11 @@ def _bmm(x: Tensor, w: Tensor, bias: Tensor | None, residual: Tensor | None = No
     return torch.bmm(x, w) if add is None else torch.baddbmm(add, x, w)
 
 
+def _cat(parts: list[Tensor], dim: int) -> Tensor:
+    """``torch.cat`` that does not copy a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
 def _norm(x: Tensor, eps: float, rms: bool) -> Tensor:
     """RMSNorm or LayerNorm over the last dim without the affine part (the wavefront path folds that
     into the next matmul, see ``FamLM._stacked_params``)."""
@@ -618,6 +623,9 @@ class FamLM(nn.Module):
         mem_len = state.layers[0].mem_k.shape[2]
         n_hist = state.layers[0].fam_k.shape[2] // L_F  # FAM states in the state (the last is F's)
         masks = self._wave_masks(n, mem_len, n_hist, x.dtype, x.device)  # [n, Q, K] additive
+        # tables in reverse block order: a wave's layers lo..hi run blocks w-lo down to w-hi, which
+        # is then the slice [n-1-(w-lo), n-(w-hi)) in layer order (a view, no gather)
+        cos, sin, masks_rev = cos.flip(1), sin.flip(1), masks.flip(0)
         # from block `steady` on, every older FAM state and memory block exists: one broadcast mask
         steady = max(P - n_hist if P > 1 else 0, -(-(m * B - mem_len) // B) if m else 0, 0)
         w_ = self._stacked_params()
@@ -644,7 +652,7 @@ class FamLM(nn.Module):
             nl, act = hi - lo + 1, range(lo, hi + 1)
             p = w_ if nl == L else {k: None if t is None else t[lo : hi + 1] for k, t in w_.items()}
             blocks = list(range(w - lo, w - hi - 1, -1))  # the block each active layer runs
-            blk = torch.tensor(blocks, device=x.device)  # [nl], for indexing the tables
+            rev = slice(n - 1 - (w - lo), n - (w - hi))  # those blocks in the reversed tables
             xin[0] = blocks_in[w] if lo == 0 else None
             f_in = torch.stack([fams[l] for l in act])  # [nl, b, L_F, d]
             z = torch.cat([f_in, torch.stack([xin[l] for l in act])], 2).flatten(1, 2)  # [nl, b*Q, d]
@@ -652,18 +660,15 @@ class FamLM(nn.Module):
             qkv = _bmm(_norm(z, cfg.norm_eps, rms), p["qkv"], p["qkv_b"])
             qkv = qkv.view(nl, b, Q, H + 2 * G, D).transpose(2, 3)  # [nl, b, H+2G, Q, D]
             qk, v = qkv.split((H + G, G), dim=2)
-            c, s = (
-                cos[:, blk].transpose(0, 1).unsqueeze(2),
-                sin[:, blk].transpose(0, 1).unsqueeze(2),
-            )  # [nl, b|1, 1, Q, D]
+            c, s = cos[:, rev].transpose(0, 1).unsqueeze(2), sin[:, rev].transpose(0, 1).unsqueeze(2)  # [nl,b|1,1,Q,D]
             q, k = apply_rope(qk, c, s).split((H, G), dim=2)
             keys, vals = [], []
             if P > 1:  # [nl, b, G, (P-1)*L_F, D]
-                keys.append(torch.stack([torch.cat([kv[0] for kv in olds[l]], 2) for l in act]))
-                vals.append(torch.stack([torch.cat([kv[1] for kv in olds[l]], 2) for l in act]))
+                keys.append(torch.stack([_cat([kv[0] for kv in olds[l]], 2) for l in act]))
+                vals.append(torch.stack([_cat([kv[1] for kv in olds[l]], 2) for l in act]))
             if m:  # [nl, b, G, m*B, D]
-                mk = torch.stack([torch.cat([kv[0] for kv in mems[l]], 2) for l in act])
-                mv = torch.stack([torch.cat([kv[1] for kv in mems[l]], 2) for l in act])
+                mk = torch.stack([_cat([kv[0] for kv in mems[l]], 2) for l in act])
+                mv = torch.stack([_cat([kv[1] for kv in mems[l]], 2) for l in act])
                 if cfg.detach_memory:
                     mk, mv = mk.detach(), mv.detach()
                 keys.append(mk)
@@ -673,7 +678,7 @@ class FamLM(nn.Module):
             if blocks[-1] >= steady:
                 mask = masks[-1]  # [Q, K], broadcast over layers, batch and heads
             else:
-                mask = masks[blk].unsqueeze(1).expand(nl, b, Q, -1).flatten(0, 1).unsqueeze(1)  # [nl*b, 1, Q, K]
+                mask = masks_rev[rev].unsqueeze(1).expand(nl, b, Q, -1).flatten(0, 1).unsqueeze(1)  # [nl*b,1,Q,K]
             attn = sdpa(q.flatten(0, 1), keys, vals, mask)  # [nl*b, H, Q, D]
             attn = attn.view(nl, b, H, Q, D).permute(0, 1, 3, 2, 4).reshape(nl, b * Q, d)  # heads merged
             # --- output projection and FF; the first update from a fresh FAM has a zero residual
