@@ -55,8 +55,8 @@ test-slow: $(STAMP) ## run only the slow tests
 bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writes bench/results/)
 	$(BIN)/python -m famlab.bench $(BENCH_ARGS)
 
-bench-d512: $(STAMP) ## the same training-step benchmark at d_model=512 (8 heads): full, bswa, txl, fam
-	$(BIN)/python -m famlab.bench --d-model 512 --n-heads 8 --variants full,bswa,txl,fam $(BENCH_ARGS)
+bench-d512: $(STAMP) ## the same training-step benchmark at d_model=512 (8 heads): full, bswa, txl, fam (wavefront), fam-layer-major
+	$(BIN)/python -m famlab.bench --d-model 512 --n-heads 8 --variants full,bswa,txl,fam,fam-layer-major $(BENCH_ARGS)
 
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
 	$(BIN)/python -m famlab.bench_stream $(BENCH_ARGS)
