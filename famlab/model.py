@@ -1,13 +1,19 @@
 """FamLM: a decoder-only transformer with full, BSWA, TransformerXL-style or FAM attention.
 
-The method is specified in ``../shared/spec/transformerfam.md``. Three implementations of the same
+The method is specified in ``../shared/spec/transformerfam.md``. These implementations of the same
 function live here, and the tests hold them equal:
 
 * ``impl="reference"``: a block-by-block loop over ``[F; X]`` through all layers, with a naive
   softmax attention and masks written cell by cell from the spec's table. Obviously right, slow.
-* ``impl="fast"`` (default): layer-major. Per layer: QKV of all tokens at once; a sequential scan
-  over blocks that updates only the L_F FAM rows; then every block's attention in one SDPA call
-  (each block against [its FAM keys | its memory segment | itself]).
+* ``impl="layer_major"``: per layer, QKV of all tokens at once; a sequential scan over blocks that
+  updates only the L_F FAM rows; then every block's attention in one SDPA call (each block against
+  [its FAM keys | its memory segment | itself]).
+* ``impl="wave"`` (FAM only): the reference's [F; X] rows, scheduled as a wavefront over (layer,
+  block): at wave w layer l runs block w - l, and all active layers run as one batch (``bmm`` over
+  stacked weights, one SDPA call). n + L - 1 sequential steps of full-size work instead of the
+  layer-major scan's L * n updates of batch x L_F rows.
+* ``impl="fast"`` (default): the wavefront where it applies (FAM, plain linear and norm layers, no
+  compiled FAM updates), layer-major otherwise.
 * ``step``: streaming. Chunks of any length; per layer the state holds the memory-segment ring
   of K/V, the current partial block's K/V and the FAM hidden state, so memory does not grow with
   the number of tokens consumed (except for ``full``, whose KV cache grows by design).
