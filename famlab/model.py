@@ -432,8 +432,9 @@ class FamLM(nn.Module):
             wave = impl == "wave" or (impl == "fast" and self._wave_supported(x.shape[1]))
             if impl == "wave" and not self._wave_supported(x.shape[1]):
                 raise ValueError(
-                    "impl='wave' needs FAM (fam_len > 0), T > 0, plain nn.Linear/norm layers and no compiled "
-                    "FAM updates; use impl='fast' or 'layer_major'"
+                    "impl='wave' needs FAM (fam_len > 0), T > 0, the layers as FamLM builds them (plain "
+                    "nn.Linear/norm modules without hooks) and no compiled FAM updates; use impl='fast' or "
+                    "'layer_major'"
                 )
             h, new_state = self._wave(x, state) if wave else self._fast(x, state)
             final_fams = [ls.fam for ls in new_state.layers] if self.fam_len else []
@@ -556,20 +557,35 @@ class FamLM(nn.Module):
     # --- the wavefront path: layers pipelined over blocks -----------------------------------------
 
     def _wave_supported(self, T: int) -> bool:
-        """The wavefront path stacks the layers' weights, so it needs plain ``nn.Linear``/norm modules
-        (not peft's LoRA wrappers) and leaves compiled FAM updates (``compile_fam_updates``) to the
-        layer-major path they belong to."""
+        """The wavefront path reads the layers' weights and stacks them instead of calling the
+        modules, so it needs every layer built as ``FamLM`` builds it: plain ``nn.Linear`` and norm
+        modules (not peft's LoRA wrappers or parametrizations), no hooks (pruning and weight norm
+        recompute ``weight`` in a pre-hook), norms with weights and ``cfg.norm_eps``, and biases on
+        all layers or none. Compiled FAM updates (``compile_fam_updates``) belong to the layer-major
+        path, which then runs instead."""
         if not (self.fam_len and T):
             return False
+        global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+        if any(getattr(nn.modules.module, name, None) for name in global_hooks):
+            return False
         norm = nn.RMSNorm if self.cfg.norm == "rmsnorm" else nn.LayerNorm
+        hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        has_bias: set[bool] = set()
         for layer in self.layers:
             if "fam_scan" in vars(layer) or "fam_update" in vars(layer):
                 return False
-            if any(type(lin) is not nn.Linear for lin in (layer.wqkv, layer.wo, layer.ff.up, layer.ff.down)):
+            linears = (layer.wqkv, layer.wo, layer.ff.up, layer.ff.down)
+            norms = (layer.norm1, layer.norm2)
+            if any(type(lin) is not nn.Linear for lin in linears) or any(type(nm) is not norm for nm in norms):
                 return False
-            if any(type(nm) is not norm for nm in (layer.norm1, layer.norm2)):
+            for module in (layer, layer.ff, *linears, *norms):
+                if any(getattr(module, name, None) for name in hook_dicts):
+                    return False
+            if any(nm.weight is None or nm.eps != self.cfg.norm_eps for nm in norms):
                 return False
-        return True
+            has_bias.update(lin.bias is not None for lin in linears)
+            has_bias.update(getattr(nm, "bias", None) is not None for nm in norms if isinstance(nm, nn.LayerNorm))
+        return len(has_bias) <= 1
 
     def _stacked_params(self) -> dict[str, Tensor | None]:
         """Every layer's weights stacked on a leading layer axis, matrices as [L, in, out] for ``bmm``,

@@ -672,6 +672,14 @@ def _work_left(study: optuna.Study, spec: SweepSpec) -> tuple[bool, bool]:
     return waiting or done < spec.n_trials, running
 
 
+def _taken_over(study: optuna.Study, number: int | None) -> bool:
+    """Whether trial ``number`` is already finished in the storage (failed by another worker)."""
+    if number is None:
+        return False
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    return trial is not None and trial.state.is_finished()
+
+
 def work(
     spec: SweepSpec,
     storage_url: str,
@@ -686,7 +694,10 @@ def work(
     storage = make_storage(storage_url, heartbeat=heartbeat, grace=grace)
     study = open_study(spec, storage)
 
+    current: dict[str, int] = {}  # the number of the trial this worker runs now
+
     def objective(trial: optuna.Trial) -> float:
+        current["number"] = trial.number
         try:
             return run_trial(trial, spec, out_root, threads=threads)
         except TrialFailed as err:
@@ -697,7 +708,20 @@ def work(
         fail_stale_trials(study)
         start_now, others_running = _work_left(study, spec)
         if start_now:
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_retry_failed(spec)])
+            current.clear()
+            try:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_retry_failed(spec)])
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                if not _taken_over(study, current.get("number")):
+                    raise
+                # Another worker failed this trial as stale (its heartbeat came late: a busy machine,
+                # a database locked by a frozen process) and queued its point again, so optuna can no
+                # longer record it ("Cannot tell a FAIL trial"). The training child is killed; go on.
+                warnings.warn(
+                    f"trial {current['number']} was failed as stale by another worker while this one ran "
+                    "it (late heartbeats); its point runs again as a retry",
+                    stacklevel=1,
+                )
         elif others_running:
             time.sleep(max(1.0, heartbeat / 2))
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from helpers import VARIANTS, assert_close, make_model, param_grads, stream, tiny_cfg, tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -440,5 +441,23 @@ def test_fast_picks_the_wavefront_for_fam_only_where_it_applies(monkeypatch):
     assert calls == [1]
     with pytest.raises(ValueError, match="impl='wave' needs FAM"):
         wrapped(toks, impl="wave")
+    # the wavefront reads weights instead of calling modules: hooks (pruning and weight norm recompute
+    # the weight in a pre-hook), a norm without weights or layers that disagree on biases fall back
+    for change in ("hook", "prune", "norm_without_weight", "one_norm_bias"):
+        model = make_model(tiny_cfg(attention="fam", n_layers=2), dtype=torch.float64)
+        layer = model.layers[1]
+        if change == "hook":
+            layer.wqkv.register_forward_hook(lambda mod, inp, out: 1.5 * out)
+        elif change == "prune":
+            torch.nn.utils.prune.random_unstructured(layer.ff.up, "weight", amount=0.5)
+        elif change == "norm_without_weight":
+            layer.norm1 = torch.nn.LayerNorm(model.cfg.d_model, elementwise_affine=False, dtype=torch.float64)
+        else:
+            layer.norm2 = torch.nn.LayerNorm(model.cfg.d_model, dtype=torch.float64)
+            torch.nn.init.normal_(layer.norm2.bias)
+        assert_close(model(toks), model(toks, impl="reference"), tol=1e-10, what=change)
+        with pytest.raises(ValueError, match="impl='wave' needs FAM"):
+            model(toks, impl="wave")
+    assert calls == [1]
     with pytest.raises(ValueError, match="impl='wave' needs FAM"):
         make_model(tiny_cfg(attention="bswa"))(toks, impl="wave")

@@ -229,6 +229,34 @@ def test_killed_worker_trial_is_detected_and_rerun(tmp_path, start_workers):
     assert {n: after[n] for n in before} == before  # completed results untouched
 
 
+def test_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, start_workers):
+    """A worker whose heartbeat came late (here: frozen past the grace period) finds its trial
+    failed as stale by another process. It used to crash with optuna's "Cannot tell a FAIL trial";
+    it must drop that trial, run the retry, and finish the grid."""
+    spec = load_spec(write_spec(tmp_path, grid={"model.attention": ["bswa"]}, overrides={"train.max_steps": 60}))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name=spec.study_name, storage=make_storage(url), load_if_exists=True)
+    (worker,) = start_workers(spec, url, tmp_path / "runs", 1, heartbeat=1, grace=3)
+    study = optuna.load_study(study_name=spec.study_name, storage=make_storage(url, heartbeat=1, grace=3))
+
+    def running():
+        return any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+    _wait(running, what="a running trial")
+    worker.send_signal(signal.SIGSTOP)  # no heartbeats now; its training child runs on
+    try:
+        time.sleep(5)  # past the grace period
+        optuna.storages.fail_stale_trials(study)  # what any other worker does before its next trial
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    assert worker.wait(timeout=300) == 0
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].number == 0, [(t.number, t.state) for t in trials]
+    retry = assert_grid_done_once(study, spec)
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry[0]) == 0  # re-queued
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_trial_killed_before_its_first_heartbeat_goes_stale_and_is_rerun(tmp_path):
     """A worker killed between creating its trial (RUNNING) and starting its heartbeat thread
