@@ -559,14 +559,12 @@ class FamLM(nn.Module):
     def _wave_supported(self, T: int) -> bool:
         """The wavefront path reads the layers' weights and stacks them instead of calling the
         modules, so it needs every layer built as ``FamLM`` builds it: plain ``nn.Linear`` and norm
-        modules (not peft's LoRA wrappers or parametrizations), no hooks (pruning and weight norm
-        recompute ``weight`` in a pre-hook), norms with weights and ``cfg.norm_eps``, and biases on
+        modules (not peft's LoRA wrappers or parametrizations), no hooks on them (pruning and weight
+        norm recompute ``weight`` in a pre-hook; global hooks, which tools such as FlopCounterMode
+        register to observe every module, are not looked at), norms with weights and ``cfg.norm_eps``, and biases on
         all layers or none. Compiled FAM updates (``compile_fam_updates``) belong to the layer-major
         path, which then runs instead."""
         if not (self.fam_len and T):
-            return False
-        global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
-        if any(getattr(nn.modules.module, name, None) for name in global_hooks):
             return False
         norm = nn.RMSNorm if self.cfg.norm == "rmsnorm" else nn.LayerNorm
         hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
