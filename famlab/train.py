@@ -178,6 +178,7 @@ class FamLightningModule(pl.LightningModule):
         self.last_weight = torch.zeros(())  # sum of the loss weights of the last training batch
         # sums over the micro-batches of the optimizer step in progress: (sum w*loss, sum w, its step)
         self._acc_step: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self.skipped_steps = 0  # optimizer steps without any target, which changed no weight
         self._t_last: float | None = None
         self._step_tokens = 0
         self._val_sums: list[torch.Tensor] = []
@@ -310,6 +311,16 @@ class FamLightningModule(pl.LightningModule):
             grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
             if grads:
                 self.log("train/grad_norm", torch.stack(grads).norm())
+        # An optimizer step whose micro-batches hold no targets on any rank (stateful training: in
+        # stateful recall every window before an episode's last) must change no weight. Its gradients
+        # are zeros, but AdamW would still move the weights by its momentum and decay them. Without
+        # gradients the optimizers skip every parameter; the LR schedule still counts the step.
+        acc = self._acc_step
+        if acc is not None and acc[2] == self.global_step:
+            total = self.trainer.strategy.reduce(acc[1].detach().float().clone(), reduce_op="sum")  # all ranks agree
+            if float(total) <= 0:
+                optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -392,6 +403,7 @@ class FamLightningModule(pl.LightningModule):
             "tokens_seen": int(self.tokens_seen),
             "carried_state": state_to_dict(self.carried),
             "recent_losses": list(self.recent_losses),
+            "skipped_steps": int(self.skipped_steps),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -399,6 +411,7 @@ class FamLightningModule(pl.LightningModule):
         self.micro_step = int(extra.get("micro_step", 0))
         self.tokens_seen = int(extra.get("tokens_seen", 0))
         self.recent_losses.extend(float(x) for x in extra.get("recent_losses", []))
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
         single = self._trainer is None or self.trainer.world_size == 1
         self.carried = state_from_dict(extra.get("carried_state")) if single else None
 
@@ -783,6 +796,7 @@ def final_metrics(cfg: RunConfig, module: FamLightningModule, trainer: pl.Traine
     out: dict[str, Any] = {
         "step": int(trainer.global_step),
         "tokens": int(module.tokens_seen),
+        "skipped_steps": int(module.skipped_steps),  # optimizer steps without targets: no weight changed
         "train/loss": cb.get("train/loss"),
         "train/loss_recent_mean": (sum(module.recent_losses) / len(module.recent_losses))
         if module.recent_losses

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from famlab.config import load_run_config, load_run_config_file
@@ -295,6 +296,30 @@ def test_stateful_state_is_carried_detached_and_reset(tmp_path):
         module.carried = None
         fresh, _, _ = module._run(batches[1], None, True)
     assert not torch.allclose(carried, fresh / batches[1]["weight"].sum())
+
+
+def test_steps_without_targets_change_no_weight(tmp_path):
+    """Stateful recall, two windows per episode: window 0 of each episode has no targets. Step 3
+    (episode 2's first window) follows a step with targets, so AdamW has momentum and decays the
+    weights; a step without targets must still leave every weight as it was."""
+    base = [*RECALL, "data.stateful=true", "data.episode_windows=2", "model.rsp_prob=0"]
+    base += ["train.warmup_steps=0", "train.schedule=constant", "train.weight_decay=0.1", "train.optimizer=adamw"]
+    base += ["train.val_every=0"]  # the same LR at every step of the 1-, 2- and 3-step runs
+    weights, finals = {}, {}
+    for steps in (1, 2, 3):
+        cfg = tiny(tmp_path / str(steps), *base, f"train.max_steps={steps}")
+        run_dir = train(cfg)
+        model, _ = load_model(run_dir)
+        weights[steps] = {k: v.clone() for k, v in model.state_dict().items()}
+        finals[steps] = json.loads((run_dir / "final_metrics.json").read_text())
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does before building the model
+    init = FamLightningModule(cfg).model.state_dict()
+    params = [k for k in init if not k.startswith("rsp_")]
+    assert all(torch.equal(weights[1][k], init[k]) for k in params), "a step without targets moved a weight"
+    assert any(not torch.equal(weights[2][k], weights[1][k]) for k in params), "the step with targets did nothing"
+    assert all(torch.equal(weights[3][k], weights[2][k]) for k in params), "a step without targets moved a weight"
+    assert [finals[s]["skipped_steps"] for s in (1, 2, 3)] == [1, 1, 2]
+    assert [finals[s]["step"] for s in (1, 2, 3)] == [1, 2, 3]
 
 
 def test_weighted_ce():
