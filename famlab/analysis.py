@@ -485,9 +485,25 @@ class SweepResults:
 
     @property
     def complete(self) -> pd.DataFrame:
+        """The COMPLETE trials, one per setting and seed: where two completed the same point and
+        seed (workers racing on a retried point), the first (lowest trial number) counts, with a
+        warning, so no point weighs twice in a mean or its confidence interval."""
         if self.trials.empty:
             return self.trials
         done = self.trials[self.trials["state"] == "COMPLETE"].copy()
+        keys = [c for c in [*self.params, "seed"] if c in done.columns]
+        if keys:
+            if "number" in done.columns:
+                done = done.sort_values("number", kind="stable")
+            dup = done.duplicated(subset=keys, keep="first")
+            if dup.any():
+                extra = done.loc[dup, "number"].tolist() if "number" in done.columns else int(dup.sum())
+                warnings.warn(
+                    f"study {self.study_name}: trials {extra} repeat a completed setting and seed; "
+                    "only the first of each counts",
+                    stacklevel=2,
+                )
+                done = done[~dup]
         done.attrs = dict(self.trials.attrs)
         return done
 

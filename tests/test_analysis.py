@@ -181,6 +181,22 @@ def _synthetic(spec_name: str, rows: list[dict], params: list[str]) -> fa.SweepR
     return fa.SweepResults(load_spec(spec_name, "tiny", validate_runs=False), "sqlite:///x.db", df, params=params)
 
 
+def test_a_repeated_setting_and_seed_counts_once():
+    """Two COMPLETE trials of the same point and seed (a retried point both workers finished) must
+    not weigh twice: the first counts, with a warning naming the repeat."""
+    rows = [
+        {"number": 0, "model.fam_pos": "last", "seed": 0, "objective": 2.0, "val/loss": 2.0},
+        {"number": 1, "model.fam_pos": "last", "seed": 1, "objective": 2.2, "val/loss": 2.2},
+        {"number": 2, "model.fam_pos": "zero", "seed": 0, "objective": 2.5, "val/loss": 2.5},
+        {"number": 3, "model.fam_pos": "last", "seed": 1, "objective": 9.0, "val/loss": 9.0},  # the repeat
+    ]
+    res = _synthetic("fam_position", rows, ["model.fam_pos"])
+    with pytest.warns(UserWarning, match=r"trials \[3\] repeat a completed setting and seed"):
+        table = fa.ablation_table(res)
+    assert table.loc["last", ("val/loss", "n")] == 2
+    assert table.loc["last", ("val/loss", "mean")] == pytest.approx(2.1)
+
+
 def test_agreement_with_table_11_by_hand():
     losses = {"M0": 3.0, "M1": 2.5, "M2": 2.6, "FAM": 2.4}
     res = _synthetic(
