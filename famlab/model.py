@@ -477,17 +477,21 @@ class FamLM(nn.Module):
 
     # --- the fast, layer-major path -------------------------------------------------------------
 
+    def _check_block_aligned(self, state: FamState) -> None:
+        """The parallel paths start at a block boundary; a state inside a block continues with ``step``."""
+        if state.pos % self.cfg.block_size or state.layers[0].blk_k.shape[2]:
+            raise ValueError(
+                f"the parallel forward starts at a block boundary; state.pos={state.pos} is inside "
+                f"a block of {self.cfg.block_size}: use step() to continue from it"
+            )
+
     def _fast(self, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
         if self.cfg.attention == "full":
             return self._fast_full(x, state)
         cfg = self.cfg
         b, T, d = x.shape
         B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
-        if state.pos % B or state.layers[0].blk_k.shape[2]:
-            raise ValueError(
-                f"the parallel forward starts at a block boundary; state.pos={state.pos} is inside "
-                f"a block of {B}: use step() to continue from it"
-            )
+        self._check_block_aligned(state)
         g0 = state.pos // B  # absolute index of the first block
         n_blk = -(-T // B)  # blocks, the last one possibly partial
         n_full = T // B  # complete blocks: only these update the FAM
@@ -561,9 +565,9 @@ class FamLM(nn.Module):
         modules, so it needs every layer built as ``FamLM`` builds it: plain ``nn.Linear`` and norm
         modules (not peft's LoRA wrappers or parametrizations), no hooks on them (pruning and weight
         norm recompute ``weight`` in a pre-hook; global hooks, which tools such as FlopCounterMode
-        register to observe every module, are not looked at), norms with weights and ``cfg.norm_eps``, and biases on
-        all layers or none. Compiled FAM updates (``compile_fam_updates``) belong to the layer-major
-        path, which then runs instead."""
+        register to observe every module, are not looked at), norms with weights and
+        ``cfg.norm_eps``, and biases on all layers or none. Compiled FAM updates
+        (``compile_fam_updates``) belong to the layer-major path, which then runs instead."""
         if not (self.fam_len and T):
             return False
         norm = nn.RMSNorm if self.cfg.norm == "rmsnorm" else nn.LayerNorm
@@ -628,11 +632,7 @@ class FamLM(nn.Module):
         B, m, L_F, P = cfg.block_size, cfg.mem_segment, self.fam_len, cfg.fam_prev_blocks
         H, G, D = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         L, Q = len(self.layers), L_F + B  # Q rows per block: [F; X]
-        if state.pos % B or state.layers[0].blk_k.shape[2]:
-            raise ValueError(
-                f"the parallel forward starts at a block boundary; state.pos={state.pos} is inside "
-                f"a block of {B}: use step() to continue from it"
-            )
+        self._check_block_aligned(state)
         g0, n, n_full = state.pos // B, -(-T // B), T // B
         x = F.pad(x, (0, 0, 0, n * B - T))  # [b, n*B, d]
         # RoPE tables per block for the rows [F; X]: [b|1, n, Q, D]
