@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench: $(STAMP) ## training-step throughput, peak memory and matmul FLOP/s (writ
 
 bench-d512: $(STAMP) ## the same training-step benchmark at d_model=512 (8 heads): full, bswa, txl, fam (wavefront), fam-layer-major
 	$(BIN)/python -m famlab.bench --d-model 512 --n-heads 8 --variants full,bswa,txl,fam,fam-layer-major $(BENCH_ARGS)
+
+bench-b8: $(STAMP) ## the training-step benchmark at batch 8 (32k tokens a step): bswa, fam (wavefront), fam-layer-major
+	$(BIN)/python -m famlab.bench --batch-size 8 --variants bswa,fam,fam-layer-major --no-memory $(BENCH_ARGS)
 
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
 	$(BIN)/python -m famlab.bench_stream $(BENCH_ARGS)
