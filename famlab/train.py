@@ -315,8 +315,9 @@ class FamLightningModule(pl.LightningModule):
         # stateful recall every window before an episode's last) must change no weight. Its gradients
         # are zeros, but AdamW would still move the weights by its momentum and decay them. Without
         # gradients the optimizers skip every parameter; the LR schedule still counts the step.
+        # Only stateful windows can lack targets: other runs pay no extra collective or sync here.
         acc = self._acc_step
-        if acc is not None and acc[2] == self.global_step:
+        if self.cfg.data.stateful and acc is not None and acc[2] == self.global_step:
             total = self.trainer.strategy.reduce(acc[1].detach().float().clone(), reduce_op="sum")  # all ranks agree
             if float(total) <= 0:
                 optimizer.zero_grad(set_to_none=True)
