@@ -217,6 +217,11 @@ class Layer(nn.Module):
 # streaming state
 
 
+def _own_storage(t: Tensor) -> Tensor:
+    """``t``, or a copy of it if ``t`` is a view holding a larger storage alive."""
+    return t.clone(memory_format=torch.contiguous_format) if t.untyped_storage().nbytes() > t.nbytes else t
+
+
 @dataclass
 class LayerState:
     """What one layer remembers between chunks. K/V are stored with RoPE applied."""
@@ -244,6 +249,12 @@ class FamState:
     def clone(self) -> FamState:
         """A copy of the state in memory of its own."""
         return self._map(Tensor.clone)
+
+    def compact(self) -> FamState:
+        """The same state, each tensor that is a view into larger storage copied (autograd keeps
+        its graph). The parallel paths slice the state out of per-layer K/V of the whole chunk;
+        without this, a kept state (a prefill, a carried training window) would hold those alive."""
+        return self._map(_own_storage)
 
     def _map(self, fn) -> FamState:
         def f(t: Tensor | None) -> Tensor | None:
@@ -414,7 +425,9 @@ class FamLM(nn.Module):
         x = self.tok_emb(tokens)  # [b, T, d]
         h, new_state = self.forward_embeds(x, impl=impl, state=state)
         logits = self.logits(h)
-        return (logits, new_state) if return_state else logits
+        if not return_state:
+            return logits
+        return logits, None if new_state is None else new_state.compact()
 
     def forward_embeds(
         self, x: Tensor, *, impl: str = "fast", state: FamState | None = None

@@ -201,6 +201,27 @@ def test_parallel_then_step_continues(attention):
     assert_close(torch.cat([first, rest], 1), whole, what="parallel + parallel")
 
 
+@pytest.mark.parametrize("attention,impl", [(a, "fast") for a in VARIANTS] + [("fam", "layer_major")])
+def test_returned_state_holds_only_its_own_memory(attention, impl):
+    """A state returned by a parallel forward (a prefill, a carried training window) holds its
+    tensors' bytes and no more: no slice of the chunk's per-layer K/V keeps the whole chunk alive."""
+    cfg = tiny_cfg(attention=attention, mem_segment=1)
+    model = make_model(cfg)
+    toks = tokens(cfg, 2, 30 * cfg.block_size + 2)
+    logits, state = model(toks, impl=impl, return_state=True)
+    held = {}
+    for ls in state.layers:
+        for t in vars(ls).values():
+            if isinstance(t, torch.Tensor):
+                held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                assert t.untyped_storage().nbytes() == t.nbytes, (attention, t.shape)
+    own = sum(t.nbytes for ls in state.layers for t in vars(ls).values() if isinstance(t, torch.Tensor))
+    assert sum(held.values()) <= own
+    rest, _ = model.step(toks[:, :5], state)  # the compacted state still continues exactly
+    whole = model(torch.cat([toks, toks[:, :5]], 1))
+    assert_close(torch.cat([logits, rest], 1), whole, what="compacted state + step")
+
+
 @pytest.mark.parametrize("attention", ["bswa", "txl", "fam"])
 def test_streaming_state_size_is_constant(attention):
     cfg = tiny_cfg(attention=attention, mem_segment=2)
