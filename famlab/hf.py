@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from famlab.config import ModelConfig
+from famlab.config import ModelConfig, config_error
 from famlab.model import FamLM
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -459,6 +459,17 @@ def add_lora(
     and the FAM prompt/prefix. ``alpha`` None = ``rank`` (scale 1). Returns the same FamLM."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    # peft skips a target that matches nothing as long as another one matches: refuse it instead
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for target in targets:
+        if not any(name == target or name.endswith("." + target) for name in linears):
+            why = " (with model.tie_embeddings=true the output layer is the embedding)" if target == "head" else ""
+            raise config_error(
+                "lora",
+                "targets",
+                list(targets),
+                f"names of linear layers this model has; {target!r} matches none{why}",
+            )
     config = LoraConfig(
         r=int(rank),
         lora_alpha=float(rank if alpha is None else alpha),

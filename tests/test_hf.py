@@ -209,6 +209,20 @@ def test_lora_trains_only_adapters_and_fam_prompt_then_merges_exactly(llama_dir)
     assert (merged - hf.convert(llama_dir, attention="full")(x)).abs().max() > 0  # the adapters did something
 
 
+def test_lora_target_that_matches_no_layer_is_refused(llama_dir):
+    """With tied embeddings there is no ``head`` linear: a ``head`` target is a config error, not skipped."""
+    untied = hf.convert(llama_dir, attention="bswa", block_size=8, mem_segment=1)
+    hf.add_lora(untied, rank=2, targets=["wo", "head"])
+    from peft.tuners.lora import LoraLayer
+
+    assert isinstance(untied.head, LoraLayer) and isinstance(untied.layers[0].wo, LoraLayer)
+    tied = hf.convert(make_hf("llama-tied-bias"), attention="bswa", block_size=8, mem_segment=1)
+    assert tied.head is None
+    with pytest.raises(ValueError, match=r"lora\.targets=\['wo', 'head'\].*'head' matches none.*tie_embeddings"):
+        hf.add_lora(tied, rank=2, targets=["wo", "head"])
+    assert not hf.has_lora(tied)  # refused before any adapter went in
+
+
 def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
     cfg = load_run_config(
         "paper_lora",
