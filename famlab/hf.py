@@ -25,8 +25,10 @@ biases the checkpoint lacks are zeros, so the function is unchanged.
 Not supported (a :class:`ConversionError` says what was found and what is supported): other model
 types, activations other than SiLU, RoPE scaling (``rope_type`` other than ``default``), partial
 rotary factors, a ``head_dim`` other than ``hidden_size / num_attention_heads``, sliding-window
-layers (Qwen2 ``use_sliding_window``). Mistral's ``sliding_window`` is recorded but not applied:
-the converted ``full`` model equals the original for sequences up to that window.
+layers (Qwen2 ``use_sliding_window``). Mistral's ``sliding_window`` W is a per-token window, which
+famlab's ``txl`` attention computes exactly: ``convert(src, **sliding_window_switches(W))`` equals the
+original at any length (tested). Converted with ``attention="full"``, it equals the original for
+sequences up to W tokens only, and ``convert`` warns.
 
 A converted folder holds ``model.safetensors`` (the FamLM state dict, without the RSP buffers),
 ``famlab.json`` (``{"format": "famlab-converted", "model": ModelConfig dict, "source": {...}}``)
@@ -315,6 +317,24 @@ def load_famlab_state(model: FamLM, state: dict[str, torch.Tensor], source: str 
 # conversion
 
 
+def sliding_window_switches(window: int, block_size: int | None = None) -> dict[str, Any]:
+    """The ``txl`` switches that compute Mistral's sliding-window attention exactly: a token sees the keys
+    at distances 0 .. ``window`` - 1. famlab's ``txl`` shows a token its own block causally and the memory
+    within ``txl_window``, so it needs ``block_size`` <= ``window`` (default: ``window``) and a memory
+    segment reaching back ``window`` - 1 tokens."""
+    if not (isinstance(window, int) and window >= 1):
+        raise config_error("sliding_window", "window", window, "an integer >= 1")
+    block_size = window if block_size is None else block_size
+    if not (isinstance(block_size, int) and 1 <= block_size <= window):
+        raise config_error("sliding_window", "block_size", block_size, f"an integer in [1, window={window}]")
+    return {
+        "attention": "txl",
+        "block_size": block_size,
+        "mem_segment": -(-(window - 1) // block_size),
+        "txl_window": window - 1,
+    }
+
+
 def convert(
     src: Any, attention: str = "fam", *, gguf_file: str | None = None, dtype=torch.float32, **switches
 ) -> FamLM:
@@ -331,6 +351,14 @@ def convert(
     model = FamLM(cfg).to(dtype)
     load_famlab_state(model, fam_state, f"the {hf.config.model_type} checkpoint")
     model._hf_source = _source_info(hf, src, gguf_file)
+    window = model._hf_source["sliding_window"]
+    if window is not None and cfg.attention == "full":
+        warnings.warn(
+            f"{hf.config.model_type}: sliding_window={window} is not applied by attention='full': the converted "
+            f"model equals the original only for sequences up to {window} tokens; "
+            f"famlab.hf.sliding_window_switches({window}) = {sliding_window_switches(window)} reproduces it at any length",
+            stacklevel=2,
+        )
     return model.eval()
 
 
@@ -613,4 +641,5 @@ __all__ = [
     "read_converted",
     "resolve_model_config",
     "save_converted",
+    "sliding_window_switches",
 ]

@@ -88,6 +88,27 @@ def test_full_attention_logits_equal_original(kind, tmp_path):
     assert torch.allclose(logits, ref(input_ids=x).logits, atol=1e-5)
 
 
+def test_mistral_sliding_window_is_exact_as_txl():
+    """Mistral's sliding window (keys at distances < W) is famlab's txl with txl_window = W - 1, blocks of
+    at most W and memory back W - 1 tokens; 'full' equals it only up to W tokens, and says so."""
+    W = 7
+    ref = make_hf("mistral", sliding_window=W)
+    x = tokens(T=41)  # six windows long
+    for block_size in (None, 4, 3):
+        switches = hf.sliding_window_switches(W, block_size)
+        model = hf.convert(ref, **switches)
+        assert hf.compare_logits(model, ref, x) < 1e-5, switches
+    with pytest.warns(UserWarning, match=r"sliding_window=7 is not applied.*up to 7 tokens"):
+        full = hf.convert(ref, attention="full")
+    assert hf.compare_logits(full, ref, x[:, :W]) < 1e-5 and hf.compare_logits(full, ref, x) > 1e-2
+    near = hf.convert(ref, attention="txl", block_size=8, mem_segment=1, txl_window=W - 1)  # block > W
+    assert hf.compare_logits(near, ref, x) > 1e-2
+    with pytest.raises(
+        ValueError, match=r"sliding_window\.block_size=8 is not allowed: expected an integer in \[1, window=7\]"
+    ):
+        hf.sliding_window_switches(W, 8)
+
+
 def test_block_attention_within_one_block_equals_original():
     ref = make_hf("llama")
     x = tokens(T=30)
