@@ -385,13 +385,18 @@ def save_converted(
     extra_files_from: str | Path | None = None,
 ) -> Path:
     """Write a converted folder: ``model.safetensors``, ``famlab.json``, and the tokenizer if given (or the
-    tokenizer files of the converted folder ``extra_files_from``, e.g. the base of a fine-tuned model).
+    tokenizer files of the converted folder ``extra_files_from``, e.g. the base of a fine-tuned model;
+    by default the folder the model's weights were loaded from, so a re-saved model keeps its tokenizer).
     A model with LoRA adapters is saved merged (``model`` itself is changed: see :func:`merge_lora`)."""
     import shutil
 
     from safetensors.torch import save_file
 
     path = Path(path)
+    if extra_files_from is None and tokenizer is None:
+        extra_files_from = getattr(model, "_converted_from", None)
+    if extra_files_from and Path(extra_files_from).expanduser().resolve() == path.resolve():
+        extra_files_from = None  # saved over its own folder: its files are already there
     path.mkdir(parents=True, exist_ok=True)
     model = merge_lora(model) if has_lora(model) else model
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith(SKIPPED_KEYS)}
@@ -459,6 +464,7 @@ def init_weights_from(model: FamLM, path: str | Path) -> FamLM:
     state = load_file(str(path / WEIGHTS_FILE))
     dtype = model.tok_emb.weight.dtype
     load_famlab_state(model, {k: v.to(dtype) for k, v in state.items()}, f"converted folder {str(path)!r}")
+    model._converted_from = path  # save_converted carries this folder's tokenizer files over
     return model
 
 

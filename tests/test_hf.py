@@ -143,6 +143,22 @@ def test_converted_folder_roundtrip(llama_dir, tmp_path):
         hf.convert(llama_dir, attention="full", bias=True)
 
 
+def test_resaved_folder_keeps_the_tokenizer_files(llama_dir, tmp_path):
+    """A model loaded from a converted folder and saved again (e.g. after fine-tuning) keeps the folder's
+    tokenizer files and records where it came from; saving over its own folder works too."""
+    first = hf.save_converted(hf.convert(llama_dir, attention="full"), tmp_path / "base")
+    (first / "tokenizer.json").write_text('{"version": "1.0"}')
+    model = hf.load_converted(first, attention="bswa", block_size=8, mem_segment=1)
+    again = hf.save_converted(model, tmp_path / "again")
+    assert (again / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    meta = json.loads((again / "famlab.json").read_text())
+    assert meta["source"]["fine_tuned_from"] == str(first) and meta["source"]["model_type"] == "llama"
+    assert hf.save_converted(model, first) == first and (first / "tokenizer.json").is_file()
+    assert torch.equal(
+        hf.load_converted(again, attention="bswa", block_size=8, mem_segment=1)(tokens()), model(tokens())
+    )
+
+
 # ---------------------------------------------------------------- bad input
 
 
