@@ -250,6 +250,7 @@ class FamState:
         """A copy of the state in memory of its own."""
         return self._map(Tensor.clone)
 
+    @torch.compiler.disable  # storage sizes are not traceable: a compiled forward breaks its graph here
     def compact(self) -> FamState:
         """The same state, each tensor that is a view into larger storage copied (autograd keeps
         its graph). The parallel paths slice the state out of per-layer K/V of the whole chunk;

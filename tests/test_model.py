@@ -222,6 +222,28 @@ def test_returned_state_holds_only_its_own_memory(attention, impl):
     assert_close(torch.cat([logits, rest], 1), whole, what="compacted state + step")
 
 
+@pytest.mark.parametrize("attention", ["bswa", "fam"])
+def test_compiled_forward_returns_a_compact_state(attention):
+    """Stateful training with the whole model compiled (train.compile=model) asks for the state of every
+    window: the compaction runs outside the graph, and the windows equal the eager ones."""
+    cfg = tiny_cfg(attention=attention, mem_segment=1)
+    eager, compiled = make_model(cfg), make_model(cfg)
+    compiled.compile(backend="aot_eager")
+    toks = tokens(cfg, 2, 6 * cfg.block_size)
+    states = {"eager": None, "compiled": None}
+    for w in range(3):
+        window = toks[:, w * 2 * cfg.block_size : (w + 1) * 2 * cfg.block_size]
+        outs = {}
+        for name, model in (("eager", eager), ("compiled", compiled)):
+            outs[name], state = model(window, state=states[name], return_state=True)
+            states[name] = state.detach()
+        assert_close(outs["compiled"], outs["eager"], what=f"window {w}")
+        for ls in states["compiled"].layers:
+            assert all(
+                t.untyped_storage().nbytes() == t.nbytes for t in vars(ls).values() if isinstance(t, torch.Tensor)
+            )
+
+
 @pytest.mark.parametrize("attention", ["bswa", "txl", "fam"])
 def test_streaming_state_size_is_constant(attention):
     cfg = tiny_cfg(attention=attention, mem_segment=2)
