@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from famlab.config import ModelConfig, config_error
+from famlab.config import ConfigError, ModelConfig, config_error
 from famlab.model import FamLM
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -351,15 +351,21 @@ def convert(
     model = FamLM(cfg).to(dtype)
     load_famlab_state(model, fam_state, f"the {hf.config.model_type} checkpoint")
     model._hf_source = _source_info(hf, src, gguf_file)
-    window = model._hf_source["sliding_window"]
+    _warn_unapplied_window(cfg, model._hf_source)
+    return model.eval()
+
+
+def _warn_unapplied_window(cfg: ModelConfig, source: dict[str, Any] | None) -> None:
+    """A model that claims the original's function (``attention="full"``) from a source with a sliding
+    window (Mistral) equals it only up to that window: say so, and what reproduces it."""
+    window = (source or {}).get("sliding_window")
     if window is not None and cfg.attention == "full":
         warnings.warn(
-            f"{hf.config.model_type}: sliding_window={window} is not applied by attention='full': the converted "
-            f"model equals the original only for sequences up to {window} tokens; "
+            f"{source.get('model_type')}: sliding_window={window} is not applied by attention='full': the model "
+            f"equals the original only for sequences up to {window} tokens; "
             f"famlab.hf.sliding_window_switches({window}) = {sliding_window_switches(window)} reproduces it at any length",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return model.eval()
 
 
 def _source_info(hf: nn.Module, src: Any, gguf_file: str | None) -> dict[str, Any]:
@@ -395,8 +401,18 @@ def save_converted(
     path = Path(path)
     if extra_files_from is None and tokenizer is None:
         extra_files_from = getattr(model, "_converted_from", None)
-    if extra_files_from and Path(extra_files_from).expanduser().resolve() == path.resolve():
-        extra_files_from = None  # saved over its own folder: its files are already there
+    base = Path(extra_files_from).expanduser().resolve() if extra_files_from else None
+    if base is not None and not base.is_dir():
+        warnings.warn(
+            f"save_converted: {str(base)!r} (extra files) is not a folder: no tokenizer files copied", stacklevel=2
+        )
+    base_meta = read_converted(base) if base is not None and (base / CONFIG_FILE).is_file() else None
+    same_folder = base is not None and base == path.expanduser().resolve()
+    if source is None and base_meta is not None:  # over its own folder: that folder's record stays
+        base_source = base_meta.get("source")
+        source = base_source if same_folder else {**(base_source or {}), "fine_tuned_from": str(base)}
+    elif source is None:
+        source = getattr(model, "_hf_source", None)
     path.mkdir(parents=True, exist_ok=True)
     model = merge_lora(model) if has_lora(model) else model
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith(SKIPPED_KEYS)}
@@ -406,16 +422,12 @@ def save_converted(
         "version": 1,
         "model": model.cfg.to_dict(),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "source": source if source is not None else getattr(model, "_hf_source", None),
+        "source": source,
     }
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
-    if extra_files_from:
-        base = Path(extra_files_from).expanduser()
-        if source is None and (base / CONFIG_FILE).is_file():
-            meta["source"] = {"fine_tuned_from": str(base), **(read_converted(base).get("source") or {})}
-            (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if base is not None and not same_folder:  # the base's tokenizer (and other) files
         for f in base.iterdir() if base.is_dir() else []:
             if f.is_file() and f.name not in (WEIGHTS_FILE, CONFIG_FILE):
                 shutil.copy2(f, path / f.name)
@@ -459,12 +471,13 @@ def init_weights_from(model: FamLM, path: str | Path) -> FamLM:
     """Load the weights of a converted folder into ``model`` (same shape; any attention kind)."""
     from safetensors.torch import load_file
 
-    path = Path(path).expanduser()
-    read_converted(path)
+    path = Path(path).expanduser().resolve()
+    meta = read_converted(path)
     state = load_file(str(path / WEIGHTS_FILE))
     dtype = model.tok_emb.weight.dtype
     load_famlab_state(model, {k: v.to(dtype) for k, v in state.items()}, f"converted folder {str(path)!r}")
     model._converted_from = path  # save_converted carries this folder's tokenizer files over
+    _warn_unapplied_window(model.cfg, meta.get("source"))
     return model
 
 
@@ -493,17 +506,16 @@ def add_lora(
     and the FAM prompt/prefix. ``alpha`` None = ``rank`` (scale 1). Returns the same FamLM."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    if has_lora(model):
+        raise ValueError("add_lora: the model already has LoRA adapters; merge_lora(model) first to add new ones")
+    targets = [targets] if isinstance(targets, str) else list(targets)  # a str would be a regex to peft
     # peft skips a target that matches nothing as long as another one matches: refuse it instead
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for target in targets:
         if not any(name == target or name.endswith("." + target) for name in linears):
             why = " (with model.tie_embeddings=true the output layer is the embedding)" if target == "head" else ""
-            raise config_error(
-                "lora",
-                "targets",
-                list(targets),
-                f"names of linear layers this model has; {target!r} matches none{why}",
-            )
+            allowed = f"names of linear layers this model has; {target!r} matches none{why}"
+            raise ConfigError(str(config_error("lora", "targets", targets, allowed)))
     config = LoraConfig(
         r=int(rank),
         lora_alpha=float(rank if alpha is None else alpha),

@@ -429,6 +429,9 @@ class JsonlLogger(Logger):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / filename
+        if rank_zero_only.rank == 0:  # there even if nothing is logged (a run shorter than log_every)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
 
     @property
     def name(self) -> str:
@@ -782,6 +785,8 @@ def build_model(cfg: RunConfig, *, load_init: bool = True) -> FamLM:
         from famlab import hf
 
         hf.init_weights_from(model, cfg.model.init_from)
+    elif cfg.model.init_from:  # weights from a checkpoint; hf.save_converted copies the base's tokenizer files
+        model._converted_from = Path(cfg.model.init_from).expanduser().resolve()
     if cfg.lora.rank:
         from famlab import hf
 

@@ -88,7 +88,7 @@ def test_full_attention_logits_equal_original(kind, tmp_path):
     assert torch.allclose(logits, ref(input_ids=x).logits, atol=1e-5)
 
 
-def test_mistral_sliding_window_is_exact_as_txl():
+def test_mistral_sliding_window_is_exact_as_txl(tmp_path):
     """Mistral's sliding window (keys at distances < W) is famlab's txl with txl_window = W - 1, blocks of
     at most W and memory back W - 1 tokens; 'full' equals it only up to W tokens, and says so."""
     W = 7
@@ -100,6 +100,10 @@ def test_mistral_sliding_window_is_exact_as_txl():
         assert hf.compare_logits(model, ref, x) < 1e-5, switches
     with pytest.warns(UserWarning, match=r"sliding_window=7 is not applied.*up to 7 tokens"):
         full = hf.convert(ref, attention="full")
+    with pytest.warns(UserWarning, match=r"sliding_window=7 is not applied"):  # the folder records the window
+        hf.load_converted(hf.save_converted(full, tmp_path / "mistral"))
+    exact = hf.load_converted(tmp_path / "mistral", **hf.sliding_window_switches(W))
+    assert hf.compare_logits(exact, ref, x) < 1e-5
     assert hf.compare_logits(full, ref, x[:, :W]) < 1e-5 and hf.compare_logits(full, ref, x) > 1e-2
     near = hf.convert(ref, attention="txl", block_size=8, mem_segment=1, txl_window=W - 1)  # block > W
     assert hf.compare_logits(near, ref, x) > 1e-2
@@ -143,17 +147,25 @@ def test_converted_folder_roundtrip(llama_dir, tmp_path):
         hf.convert(llama_dir, attention="full", bias=True)
 
 
-def test_resaved_folder_keeps_the_tokenizer_files(llama_dir, tmp_path):
+def test_resaved_folder_keeps_the_tokenizer_files(llama_dir, tmp_path, monkeypatch):
     """A model loaded from a converted folder and saved again (e.g. after fine-tuning) keeps the folder's
-    tokenizer files and records where it came from; saving over its own folder works too."""
+    tokenizer files and records where it came from, also along a chain of re-saves and after the working
+    directory changed; saved over its own folder, the folder keeps its files and its record."""
     first = hf.save_converted(hf.convert(llama_dir, attention="full"), tmp_path / "base")
     (first / "tokenizer.json").write_text('{"version": "1.0"}')
-    model = hf.load_converted(first, attention="bswa", block_size=8, mem_segment=1)
+    monkeypatch.chdir(tmp_path)
+    model = hf.load_converted("base", attention="bswa", block_size=8, mem_segment=1)  # a relative path
+    monkeypatch.chdir(first)
     again = hf.save_converted(model, tmp_path / "again")
     assert (again / "tokenizer.json").read_text() == '{"version": "1.0"}'
     meta = json.loads((again / "famlab.json").read_text())
-    assert meta["source"]["fine_tuned_from"] == str(first) and meta["source"]["model_type"] == "llama"
+    assert meta["source"]["fine_tuned_from"] == str(first.resolve()) and meta["source"]["model_type"] == "llama"
+    third = hf.save_converted(hf.load_converted(again), tmp_path / "third")
+    source = json.loads((third / "famlab.json").read_text())["source"]
+    assert source["fine_tuned_from"] == str(again.resolve()) and (third / "tokenizer.json").is_file()
+    before = json.loads((first / "famlab.json").read_text())["source"]
     assert hf.save_converted(model, first) == first and (first / "tokenizer.json").is_file()
+    assert json.loads((first / "famlab.json").read_text())["source"] == before
     assert torch.equal(
         hf.load_converted(again, attention="bswa", block_size=8, mem_segment=1)(tokens()), model(tokens())
     )
@@ -258,6 +270,22 @@ def test_lora_target_that_matches_no_layer_is_refused(llama_dir):
     with pytest.raises(ValueError, match=r"lora\.targets=\['wo', 'head'\].*'head' matches none.*tie_embeddings"):
         hf.add_lora(tied, rank=2, targets=["wo", "head"])
     assert not hf.has_lora(tied)  # refused before any adapter went in
+    hf.add_lora(tied, rank=2, targets="wo")  # one name, not a regex or its letters
+    assert isinstance(tied.layers[1].wo, LoraLayer) and not isinstance(tied.layers[1].ff.up, LoraLayer)
+    with pytest.raises(ValueError, match="already has LoRA adapters; merge_lora"):
+        hf.add_lora(tied, rank=2, targets=["ff.up"])
+
+
+def test_lora_target_error_from_the_command_line_is_one_line(tmp_path, capsys):
+    """famlab train with a LoRA target the pretrained model lacks: exit status 2 and one error line."""
+    from famlab.cli import main
+
+    tied = hf.save_converted(hf.convert(make_hf("llama-tied-bias"), attention="full"), tmp_path / "tied")
+    argv = ["train", "preset=tiny", f"model.init_from={tied}", "lora.rank=2", "lora.targets=[wo,head]"]
+    argv += [f"out_dir={tmp_path / 'runs'}", "logger.wandb=disabled", "train.max_steps=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lora.targets=['wo', 'head'] is not allowed" in err[0] and "'head' matches none" in err[0]
 
 
 def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
@@ -303,6 +331,8 @@ def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
     assert not torch.equal(base_sd["layers.0.wqkv.weight"], tuned_sd["layers.0.wqkv.weight"])
     assert torch.equal(base_sd["tok_emb.weight"], tuned_sd["tok_emb.weight"])  # not a LoRA target
     assert torch.equal(base_sd["layers.1.norm1.weight"], tuned_sd["layers.1.norm1.weight"])
+    resaved = json.loads((hf.save_converted(model, tmp_path / "resaved") / "famlab.json").read_text())
+    assert resaved["source"]["fine_tuned_from"] == str(converted_dir.resolve())  # the run's base folder
 
 
 def test_sweep_over_one_pretrained_base(converted_dir, tmp_path):

@@ -370,6 +370,16 @@ def test_wandb_offline_writes_run_files(no_wandb_network, tmp_path):
     assert (run_dir / "metrics.jsonl").exists()  # written with or without wandb
 
 
+def test_metrics_file_exists_when_nothing_was_logged(tmp_path):
+    """A run shorter than log_every, with no validation on the way, still has its metrics.jsonl (the
+    analysis finds run directories by it)."""
+    from famlab.analysis import load_runs
+
+    run_dir = train(tiny(tmp_path, "train.max_steps=1", "train.log_every=50", "name=short"))
+    assert (run_dir / "metrics.jsonl").is_file() and read_metrics(run_dir) == []
+    assert str(run_dir.resolve()) in set(load_runs(tmp_path)["run_dir"])
+
+
 # ---------------------------------------------------------------- DDP
 
 
