@@ -286,6 +286,7 @@ def test_lora_target_error_from_the_command_line_is_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lora.targets=['wo', 'head'] is not allowed" in err[0] and "'head' matches none" in err[0]
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
 
 
 def test_train_from_pretrained_with_lora(converted_dir, tmp_path):
