@@ -406,6 +406,7 @@ def save_converted(
         warnings.warn(
             f"save_converted: {str(base)!r} (extra files) is not a folder: no tokenizer files copied", stacklevel=2
         )
+        base = None
     base_meta = read_converted(base) if base is not None and (base / CONFIG_FILE).is_file() else None
     same_folder = base is not None and base == path.expanduser().resolve()
     if source is None and base_meta is not None:  # over its own folder: that folder's record stays
@@ -428,7 +429,7 @@ def save_converted(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     if base is not None and not same_folder:  # the base's tokenizer (and other) files
-        for f in base.iterdir() if base.is_dir() else []:
+        for f in base.iterdir():
             if f.is_file() and f.name not in (WEIGHTS_FILE, CONFIG_FILE):
                 shutil.copy2(f, path / f.name)
     return path
@@ -476,8 +477,14 @@ def init_weights_from(model: FamLM, path: str | Path) -> FamLM:
     state = load_file(str(path / WEIGHTS_FILE))
     dtype = model.tok_emb.weight.dtype
     load_famlab_state(model, {k: v.to(dtype) for k, v in state.items()}, f"converted folder {str(path)!r}")
-    model._converted_from = path  # save_converted carries this folder's tokenizer files over
+    remember_base(model, path)
     _warn_unapplied_window(model.cfg, meta.get("source"))
+    return model
+
+
+def remember_base(model: FamLM, path: str | Path) -> FamLM:
+    """Record the converted folder ``model`` comes from: :func:`save_converted` copies its tokenizer files."""
+    model._converted_from = Path(path).expanduser().resolve()
     return model
 
 

@@ -781,12 +781,13 @@ def build_model(cfg: RunConfig, *, load_init: bool = True) -> FamLM:
     """The FamLM of a run: pretrained weights from ``model.init_from`` (if ``load_init``), then LoRA adapters
     (``lora.rank`` > 0; only adapters and the FAM prompt/prefix train)."""
     model = FamLM(cfg.model)
-    if cfg.model.init_from and load_init:
+    if cfg.model.init_from:
         from famlab import hf
 
-        hf.init_weights_from(model, cfg.model.init_from)
-    elif cfg.model.init_from:  # weights from a checkpoint; hf.save_converted copies the base's tokenizer files
-        model._converted_from = Path(cfg.model.init_from).expanduser().resolve()
+        if load_init:
+            hf.init_weights_from(model, cfg.model.init_from)
+        else:  # the weights come from a checkpoint; the base folder still holds the tokenizer files
+            hf.remember_base(model, cfg.model.init_from)
     if cfg.lora.rank:
         from famlab import hf
 
