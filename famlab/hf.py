@@ -664,6 +664,7 @@ __all__ = [
     "load_hf",
     "merge_lora",
     "read_converted",
+    "remember_base",
     "resolve_model_config",
     "save_converted",
     "sliding_window_switches",
