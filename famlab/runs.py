@@ -1,0 +1,236 @@
+"""RunDir: the one owner of a run directory and the files in it.
+
+``famlab train`` makes ``<out_dir>/<name>/<YYYYmmdd-HHMMSS>/`` holding::
+
+    config.yaml          the resolved RunConfig
+    provenance.json      git commit, packages, machine, command line
+    metrics.jsonl        one JSON object per logging event (``step`` = optimizer steps)
+    final_metrics.json   written when training ends; ``famlab eval`` adds an ``eval`` section
+    eval.csv             ``famlab eval``'s table
+    checkpoints/last.ckpt (and periodic ones)
+
+Everything that reads or writes these files (training, ``famlab eval``, sweep workers, analysis) goes
+through :class:`RunDir`, so the layout is written down once. No torch here: analysis and sweeps import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+PROVENANCE_FILE = "provenance.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_METRICS_FILE = "final_metrics.json"
+EVAL_FILE = "eval.csv"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"eval": {"accuracy": 1}}`` -> ``{"eval/accuracy": 1}``; only scalars (and None) are kept."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float | str | bool) or value is None:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"fam_len": 4}}`` -> ``{"model.fam_len": 4}``; lists become tuples (hashable, so
+    they can group rows)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory. ``RunDir(path)`` wraps an existing or future directory; the class methods find one."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path).expanduser())
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # --- the files --------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def provenance_path(self) -> Path:
+        return self.path / PROVENANCE_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def final_metrics_path(self) -> Path:
+        return self.path / FINAL_METRICS_FILE
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / EVAL_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / LAST_CHECKPOINT
+
+    def is_run(self) -> bool:
+        """A run directory is one that holds its config.yaml."""
+        return self.config_path.is_file()
+
+    def is_complete(self) -> bool:
+        """Training finished: final_metrics.json exists."""
+        return self.final_metrics_path.is_file()
+
+    # --- finding runs -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, out_dir: str | Path, run_name: str) -> RunDir:
+        """A new ``<out_dir>/<run_name>/<YYYYmmdd-HHMMSS>`` (with ``-1``, ``-2``... if that exists)."""
+        base = Path(out_dir).expanduser() / run_name
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):
+            path = base / (stamp if i == 0 else f"{stamp}-{i}")
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"could not make a run directory under {base}")
+
+    @classmethod
+    def resolve(cls, path: str | Path) -> RunDir:
+        """A run directory, or a run-name directory (its newest run) -> that run."""
+        p = Path(path).expanduser()
+        if (p / CONFIG_FILE).is_file():
+            return cls(p)
+        if p.is_dir():
+            runs = sorted(d for d in p.iterdir() if (d / CONFIG_FILE).is_file())
+            if runs:
+                return cls(runs[-1])
+        raise FileNotFoundError(f"{str(path)!r} is not a run directory (no config.yaml)")
+
+    @staticmethod
+    def resolve_checkpoint(path: str | Path) -> Path:
+        """A checkpoint file, a run directory (its ``checkpoints/last.ckpt``) or a run-name directory
+        (the newest run in it) -> the checkpoint file."""
+        p = Path(path).expanduser()
+        if p.is_file():
+            return p
+        last = Path(CHECKPOINT_DIR) / LAST_CHECKPOINT
+        if (p / last).is_file():
+            return p / last
+        if p.is_dir():
+            runs = sorted(d for d in p.iterdir() if (d / last).is_file())
+            if runs:
+                return runs[-1] / last
+        raise FileNotFoundError(f"resume={str(path)!r}: no checkpoint there (expected a .ckpt file or a run directory)")
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
+        """The run a checkpoint file belongs to (``<run>/checkpoints/<file>``)."""
+        return cls(Path(checkpoint).expanduser().parent.parent)
+
+    @classmethod
+    def newest_under(cls, root: str | Path) -> RunDir | None:
+        """The newest run directory anywhere below ``root`` (a sweep trial's folder holds exactly one)."""
+        found = sorted(Path(root).glob(f"**/{CONFIG_FILE}"))
+        return cls(found[-1].parent) if found else None
+
+    @classmethod
+    def all_under(cls, root: str | Path) -> list[RunDir]:
+        """``root`` itself if it is a run, else every run below it that started logging (has metrics.jsonl)."""
+        root = Path(root)
+        if (root / CONFIG_FILE).exists():
+            return [cls(root)]
+        found = {p.parent for p in root.glob(f"**/{CONFIG_FILE}") if (p.parent / METRICS_FILE).exists()}
+        return [cls(p) for p in sorted(found)]
+
+    # --- reading and writing ----------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a nested dict ({} if missing)."""
+        if not self.config_path.exists():
+            return {}
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(self.config_path), resolve=True)
+
+    def read_flat_config(self) -> dict[str, Any]:
+        """config.yaml flattened to dotted keys (``model.fam_len``); {} if missing."""
+        return flatten_config(self.read_config())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every row of metrics.jsonl ([] if missing)."""
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def read_new_metrics(self, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The complete rows of metrics.jsonl after byte ``offset`` and the offset after them, for
+        following a run while it writes (a half-written last line waits for the next call)."""
+        if not self.metrics_path.exists():
+            return [], offset
+        with self.metrics_path.open() as f:
+            f.seek(offset)
+            data = f.read()
+        complete = data[: data.rfind("\n") + 1]
+        rows = []
+        for line in complete.splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        return rows, offset + len(complete)
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append one JSON row to metrics.jsonl."""
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read_final_metrics(self) -> dict[str, Any]:
+        """final_metrics.json as written ({} if missing)."""
+        if not self.final_metrics_path.exists():
+            return {}
+        return json.loads(self.final_metrics_path.read_text())
+
+    def read_flat_final_metrics(self) -> dict[str, Any]:
+        """final_metrics.json flattened the way sweeps store it (``eval/accuracy``)."""
+        return flatten_metrics(self.read_final_metrics())
+
+    def write_final_metrics(self, metrics: dict[str, Any]) -> None:
+        """Replace final_metrics.json (through a temporary file, so a reader never sees half of it)."""
+        tmp = self.final_metrics_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.replace(self.final_metrics_path)
+
+    def update_final_metrics(self, **sections: Any) -> dict[str, Any]:
+        """Set top-level entries of final_metrics.json (e.g. ``eval={...}``), keeping the rest."""
+        metrics = self.read_final_metrics()
+        metrics.update(sections)
+        self.write_final_metrics(metrics)
+        return metrics
