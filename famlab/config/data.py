@@ -14,15 +14,14 @@ profile that changes ``seq_len`` evaluates at the same relative lengths).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from famlab.config.errors import (
+    CheckedDataclass,
     check_choice,
     check_flag,
     check_int,
-    check_keys,
     check_number,
     config_error,
     is_int,
@@ -36,7 +35,7 @@ OWNER = "DataConfig"  # the owner its errors name (the run loader rewrites it to
 
 
 @dataclass
-class DataConfig:
+class DataConfig(CheckedDataclass):
     # --- common ---
     task: str = "passkey"  # passkey | text | recall
     batch_size: int = 32
@@ -227,18 +226,6 @@ class DataConfig:
     @property
     def num_queries(self) -> int:
         return self.recall_num_queries or self.recall_num_pairs
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        """Build from a mapping, rejecting unknown keys with a suggestion."""
-        check_keys(cls, data)
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> DataConfig:
-        return DataConfig.from_dict({**self.to_dict(), **changes})
 
 
 def as_data_config(cfg: Any) -> DataConfig:

@@ -7,9 +7,10 @@ The run loader rewrites class-name owners to the section's dotted key and raises
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import fields
-from typing import Any
+from typing import Any, Self
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,23 @@ def check_keys(cls: type, data: dict[str, Any]) -> None:
     for key in data:
         if key not in valid:
             raise unknown_key_error(cls.__name__, key, valid)
+
+
+class CheckedDataclass:
+    """Base of a config dataclass built from mappings: unknown keys are rejected with a suggestion."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a mapping, rejecting unknown keys with a suggestion."""
+        check_keys(cls, data)
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Self:
+        """A checked copy with ``changes``; list fields are copied, not shared."""
+        return self.from_dict({**self.to_dict(), **changes})
 
 
 def is_int(value: Any) -> bool:

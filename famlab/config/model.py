@@ -10,11 +10,9 @@ structured config; :meth:`ModelConfig.__post_init__` checks them.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from famlab.config.errors import check_choice, check_int, check_keys, config_error
+from famlab.config.errors import CheckedDataclass, check_choice, check_int, config_error
 
 ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
 FAM_POSITIONS = ("last", "float", "zero")
@@ -24,7 +22,7 @@ NORM_KINDS = ("layernorm", "rmsnorm")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(CheckedDataclass):
     # --- shape ---
     vocab_size: int = 256
     d_model: int = 256
@@ -120,16 +118,3 @@ class ModelConfig:
         if self.attention != "txl":
             return None
         return self.mem_segment * self.block_size if self.txl_window is None else self.txl_window
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a mapping, rejecting unknown keys with a suggestion."""
-        check_keys(cls, data)
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        check_keys(type(self), changes)
-        return dataclasses.replace(self, **changes)
