@@ -1,6 +1,6 @@
 """famlab's typed configuration: plain dataclasses (no torch, no model), loaded and merged with OmegaConf.
 
-* :mod:`~famlab.config.errors`: the one error format (``config_error``), ``ConfigError``, the shared field checks
+* :mod:`~famlab.config.errors`: the one error format (``config_error``), ``ConfigError``, the shared checks
 * :mod:`~famlab.config.model`: :class:`ModelConfig`, every switch of the method
 * :mod:`~famlab.config.data`: :class:`DataConfig`, every data and evaluation setting
 * :mod:`~famlab.config.run`: :class:`RunConfig` and its training, logger and LoRA sections

@@ -1,4 +1,5 @@
-"""The one error format of famlab's configuration, and the small checks every config class shares.
+"""The one error format of famlab's configuration, and what every config class shares: the field checks and
+:class:`CheckedDataclass` (``from_dict``/``to_dict``/``replace`` that reject unknown keys).
 
 A bad value raises ``ValueError("<owner>.<key>=<value>!r is not allowed: expected <allowed>")``; the owner
 is a class name (``ModelConfig``, ``DataConfig``) or a run section (``train``, ``logger``, ``lora``, ``run``).
