@@ -224,7 +224,7 @@ def cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.data_command != "fetch":
         parser.parse_args(["data", "--help"])
         return 2
-    from famlab.data.config import DataConfig
+    from famlab.config import DataConfig
     from famlab.data.text import fetch
 
     path = fetch(args.cache_dir or DataConfig().cache_dir, quiet=False)

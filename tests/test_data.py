@@ -65,19 +65,7 @@ def dm_for(task: str, cache_dir: str | None = None, seed: int = 0, block_size: i
 # config
 
 
-def test_config_errors_name_key_value_and_allowed():
-    with pytest.raises(ValueError, match=re.escape("DataConfig.task='foo' is not allowed: expected one of passkey")):
-        DataConfig(task="foo")
-    with pytest.raises(ValueError, match="DataConfig.batch_size=0 is not allowed: expected an integer >= 1"):
-        DataConfig(batch_size=0)
-    with pytest.raises(ValueError, match="DataConfig.seq_len_schedule=.*steps strictly increasing from 0"):
-        DataConfig(seq_len=128, seq_len_schedule=[[5, 64], [10, 128]])
-    with pytest.raises(ValueError, match="DataConfig.seq_len_schedule=.*last seq_len equal to seq_len=256"):
-        DataConfig(seq_len_schedule=[[0, 64], [10, 128]])
-    with pytest.raises(ValueError, match="DataConfig.stateful=True is not allowed"):
-        DataConfig(task="passkey", stateful=True)
-    with pytest.raises(ValueError, match="DataConfig has no key 'seq_length' \\(did you mean 'seq_len'\\?\\)"):
-        DataConfig.from_dict({"seq_length": 3})
+def test_task_config_errors_name_key_value_and_allowed():  # DataConfig's own: tests/test_config_data.py
     with pytest.raises(ValueError, match="DataConfig.recall_noise_vocab\\+recall_key_vocab\\+recall_value_vocab"):
         build_datamodule(DataConfig(task="recall"), vocab_size=100, block_size=16, seed=0)
     with pytest.raises(ValueError, match="DataConfig.seq_len=64 is not allowed: expected every seq_len >= "):

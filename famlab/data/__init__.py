@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from famlab.config import TASKS, DataConfig, as_data_config
 from famlab.data.base import FamDataModule, Task
-from famlab.data.config import TASKS, DataConfig, as_data_config
 from famlab.data.text import fetch
 
 __all__ = ["TASKS", "DataConfig", "FamDataModule", "Task", "as_data_config", "build_datamodule", "evaluate", "fetch"]

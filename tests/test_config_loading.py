@@ -1,20 +1,20 @@
-"""Run configuration: presets, overrides, one-line errors for unknown keys, bad types and ranges."""
+"""famlab.config.loading: presets, overrides, run files; one-line errors for unknown keys, bad types and ranges."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
 from famlab.config import (
+    PRESET_DIR,
     ConfigError,
-    LoggerConfig,
     ModelConfig,
     RunConfig,
-    TrainConfig,
     load_run_config,
+    load_run_config_dict,
     load_run_config_file,
+    parse_overrides,
     preset_names,
+    preset_path,
     run_config_to_yaml,
 )
 
@@ -152,24 +152,32 @@ def test_yaml_roundtrip(tmp_path):
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_lr_schedule():
-    t = TrainConfig(max_steps=110, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
-    assert t.lr_factor_at(0) == pytest.approx(1 / 11) and t.lr_factor_at(9) == pytest.approx(10 / 11)
-    assert t.lr_factor_at(10) == pytest.approx(1.0)
-    assert t.lr_factor_at(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert t.lr_factor_at(110) == pytest.approx(0.1) and t.lr_factor_at(500) == pytest.approx(0.1)
-    c = TrainConfig(schedule="constant", warmup_steps=0)
-    assert all(c.lr_factor_at(s) == 1.0 for s in (0, 5, 10_000))
+def test_presets_are_found_by_name_or_path(tmp_path):
+    path = preset_path("tiny")
+    assert path.name == "tiny.yaml" and path.is_file() and sorted(PRESET_DIR.glob("*.yaml"))
+    mine = tmp_path / "mine.yml"
+    mine.write_text("model:\n  fam_len: 3\n")
+    assert preset_path(str(mine)) == mine
+    cfg = load_run_config(str(mine))
+    assert cfg.model.fam_len == 3 and cfg.preset == "mine"
+    with pytest.raises(ConfigError, match="no such preset"):
+        preset_path(str(tmp_path / "missing.yaml"))
 
 
-def test_rsp_schedule_function():
-    t = TrainConfig(rsp_start_step=100, rsp_ramp_steps=50)
-    assert t.rsp_prob_at(0, 0.8) == 0.0 and t.rsp_prob_at(99, 0.8) == 0.0
-    assert 0.0 < t.rsp_prob_at(100, 0.8) < t.rsp_prob_at(120, 0.8) < 0.8
-    assert t.rsp_prob_at(149, 0.8) == pytest.approx(0.8) and t.rsp_prob_at(10_000, 0.8) == pytest.approx(0.8)
-    assert TrainConfig(rsp_start_step=5).rsp_prob_at(5, 0.8) == 0.8  # no ramp: at once
+def test_overrides_parse_as_yaml_and_must_be_key_value():
+    parsed = parse_overrides(["train.lr=1e-3", "model.attention=fam", "logger.tags=[a,b]", "name=no"])
+    assert parsed == {
+        "train": {"lr": 1e-3},
+        "model": {"attention": "fam"},
+        "logger": {"tags": ["a", "b"]},
+        "name": "no",
+    }
+    with pytest.raises(ConfigError, match=r"^override '=3': expected key=value"):
+        parse_overrides(["=3"])
 
 
-def test_logger_config_defaults():
-    lc = LoggerConfig()
-    assert lc.wandb == "auto" and lc.project == "famlab" and lc.tags == []
+def test_checkpoint_config_dict_names_its_source():
+    cfg = load_run_config("tiny")
+    assert load_run_config_dict(cfg.to_dict(), ["seed=3"]).seed == 3
+    with pytest.raises(ConfigError, match=r"^model.fam_lenn: unknown key; did you mean model.fam_len\? \(in ckpt\)$"):
+        load_run_config_dict({"model": {"fam_lenn": 1}}, source="ckpt")

@@ -14,31 +14,28 @@ profile that changes ``seq_len`` evaluates at the same relative lengths).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from famlab.config.errors import (
+    CheckedDataclass,
+    check_choice,
+    check_flag,
+    check_int,
+    check_number,
+    config_error,
+    is_int,
+    is_number,
+)
 
 TASKS = ("passkey", "text", "recall")
 TEXT_CORPORA = ("shakespeare",)
 TEXT_SPLITS = ("train", "val", "test")
-
-
-def config_error(key: str, value: Any, allowed: str) -> ValueError:
-    """The project's error format for bad config values: names the key, the value and what is allowed."""
-    return ValueError(f"DataConfig.{key}={value!r} is not allowed: expected {allowed}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+OWNER = "DataConfig"  # the owner its errors name (the run loader rewrites it to `data.`)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(CheckedDataclass):
     # --- common ---
     task: str = "passkey"  # passkey | text | recall
     batch_size: int = 32
@@ -90,26 +87,13 @@ class DataConfig:
     recall_eval_samples: int = 32  # examples per gap, streamed as one batch
 
     def __post_init__(self) -> None:
-        def integer(key: str, minimum: int) -> None:
-            value = getattr(self, key)
-            if not (_is_int(value) and value >= minimum):
-                raise config_error(key, value, f"an integer >= {minimum}")
-
-        def choice(key: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, key) not in allowed:
-                raise config_error(key, getattr(self, key), "one of " + ", ".join(allowed))
-
         def number_list(key: str, minimum: float, nonempty: bool = True) -> None:
             value = getattr(self, key)
-            ok = isinstance(value, list | tuple) and all(_is_number(v) and v >= minimum for v in value)
+            ok = isinstance(value, list | tuple) and all(is_number(v) and v >= minimum for v in value)
             if not ok or (nonempty and not value):
-                raise config_error(key, value, f"a non-empty list of numbers >= {minimum}")
+                raise config_error(OWNER, key, value, f"a non-empty list of numbers >= {minimum}")
 
-        def flag(key: str) -> None:
-            if not isinstance(getattr(self, key), bool):
-                raise config_error(key, getattr(self, key), "true or false")
-
-        choice("task", TASKS)
+        check_choice(OWNER, self, "task", TASKS)
         for key, minimum in [
             ("batch_size", 1),
             ("seq_len", 1),
@@ -134,27 +118,32 @@ class DataConfig:
             ("recall_gap_max", -1),
             ("recall_eval_samples", 1),
         ]:
-            integer(key, minimum)
+            check_int(OWNER, self, key, minimum)
         for key in ("stateful", "passkey_instruction", "passkey_pack"):
-            flag(key)
+            check_flag(OWNER, self, key)
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
-            raise config_error("cache_dir", self.cache_dir, "a non-empty path string")
+            raise config_error(OWNER, "cache_dir", self.cache_dir, "a non-empty path string")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise config_error(
-                "tokenizer", self.tokenizer, "'bytes', 'symbols', 'init_from' or a folder with HF tokenizer files"
+                OWNER,
+                "tokenizer",
+                self.tokenizer,
+                "'bytes', 'symbols', 'init_from' or a folder with HF tokenizer files",
             )
         if self.tokenizer != "bytes" and self.task != "passkey":
             raise config_error(
-                "tokenizer", self.tokenizer, f"'bytes' for task={self.task!r} (symbols and HF tokenizers: passkey only)"
+                OWNER,
+                "tokenizer",
+                self.tokenizer,
+                f"'bytes' for task={self.task!r} (symbols and HF tokenizers: passkey only)",
             )
-        choice("text_corpus", TEXT_CORPORA)
-        choice("text_eval_split", TEXT_SPLITS)
-        if not (_is_number(self.text_repeat_weight) and self.text_repeat_weight >= 0):
-            raise config_error("text_repeat_weight", self.text_repeat_weight, "a number >= 0")
+        check_choice(OWNER, self, "text_corpus", TEXT_CORPORA)
+        check_choice(OWNER, self, "text_eval_split", TEXT_SPLITS)
+        check_number(OWNER, self, "text_repeat_weight", 0)
         number_list("passkey_eval_lengths", 0)
         number_list("recall_eval_gaps", 0)
         if 0 in self.passkey_eval_lengths:
-            raise config_error("passkey_eval_lengths", self.passkey_eval_lengths, "multiples of seq_len > 0")
+            raise config_error(OWNER, "passkey_eval_lengths", self.passkey_eval_lengths, "multiples of seq_len > 0")
 
         # the curriculum: [[step, seq_len], ...], converted to plain lists of ints
         sched = self.seq_len_schedule
@@ -163,53 +152,59 @@ class DataConfig:
             f"the last seq_len equal to seq_len={self.seq_len}"
         )
         if not isinstance(sched, list | tuple):
-            raise config_error("seq_len_schedule", sched, allowed)
+            raise config_error(OWNER, "seq_len_schedule", sched, allowed)
         pairs = []
         for entry in sched:
-            if not (isinstance(entry, list | tuple) and len(entry) == 2 and all(_is_int(v) for v in entry)):
-                raise config_error("seq_len_schedule", sched, allowed)
+            if not (isinstance(entry, list | tuple) and len(entry) == 2 and all(is_int(v) for v in entry)):
+                raise config_error(OWNER, "seq_len_schedule", sched, allowed)
             pairs.append([int(entry[0]), int(entry[1])])
         if pairs:
             steps = [p[0] for p in pairs]
             if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])) or any(p[1] < 1 for p in pairs):
-                raise config_error("seq_len_schedule", sched, allowed)
+                raise config_error(OWNER, "seq_len_schedule", sched, allowed)
             if pairs[-1][1] != self.seq_len:
-                raise config_error("seq_len_schedule", sched, allowed)
+                raise config_error(OWNER, "seq_len_schedule", sched, allowed)
         self.seq_len_schedule = pairs
 
         if self.stateful and self.task == "passkey":
-            raise config_error("stateful", self.stateful, "false for task='passkey' (stateful is for text and recall)")
+            raise config_error(
+                OWNER, "stateful", self.stateful, "false for task='passkey' (stateful is for text and recall)"
+            )
         if self.stateful and self.text_repeat_segment and self.task == "text":
             raise config_error(
+                OWNER,
                 "text_repeat_segment",
                 self.text_repeat_segment,
                 "0 when stateful=true (the copy would break the stream)",
             )
         if self.text_repeat_segment and 2 * self.text_repeat_segment > self.min_seq_len + 1:
             raise config_error(
+                OWNER,
                 "text_repeat_segment",
                 self.text_repeat_segment,
                 f"at most (shortest seq_len + 1) // 2 = {(self.min_seq_len + 1) // 2}",
             )
         if self.passkey_train_blocks_max and self.passkey_train_blocks_max < self.passkey_train_blocks_min:
             raise config_error(
+                OWNER,
                 "passkey_train_blocks_max",
                 self.passkey_train_blocks_max,
                 f"0 (no cap) or >= passkey_train_blocks_min={self.passkey_train_blocks_min}",
             )
         if self.recall_num_pairs > self.recall_key_vocab:
             raise config_error(
-                "recall_num_pairs", self.recall_num_pairs, f"at most recall_key_vocab={self.recall_key_vocab}"
+                OWNER, "recall_num_pairs", self.recall_num_pairs, f"at most recall_key_vocab={self.recall_key_vocab}"
             )
         if self.recall_num_queries > self.recall_num_pairs:
             raise config_error(
+                OWNER,
                 "recall_num_queries",
                 self.recall_num_queries,
                 f"0 (all pairs) or at most recall_num_pairs={self.recall_num_pairs}",
             )
         if self.recall_gap_max != -1 and self.recall_gap_max < self.recall_gap_min:
             raise config_error(
-                "recall_gap_max", self.recall_gap_max, f"-1 (fill) or >= recall_gap_min={self.recall_gap_min}"
+                OWNER, "recall_gap_max", self.recall_gap_max, f"-1 (fill) or >= recall_gap_min={self.recall_gap_min}"
             )
 
     # --- derived values ---
@@ -231,23 +226,6 @@ class DataConfig:
     @property
     def num_queries(self) -> int:
         return self.recall_num_queries or self.recall_num_pairs
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        """Build from a mapping, rejecting unknown keys with a suggestion."""
-        valid = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"DataConfig has no key {key!r}{hint}; valid keys: {', '.join(valid)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> DataConfig:
-        return DataConfig.from_dict({**self.to_dict(), **changes})
 
 
 def as_data_config(cfg: Any) -> DataConfig:

@@ -1,0 +1,120 @@
+"""ModelConfig: every switch of the method as a plain field.
+
+Every switch of the method (see ``../shared/spec/transformerfam.md``) is a plain field of
+:class:`ModelConfig`; defaults follow the paper (B=1024, m=3, L_F=64, RPO on, P(RSP)=0.8) except
+the model shape, which defaults to a small CPU-sized model.
+
+Choice-valued fields are ``str`` (not ``Literal``) so the dataclass also works as an OmegaConf
+structured config; :meth:`ModelConfig.__post_init__` checks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from famlab.config.errors import CheckedDataclass, check_choice, check_int, config_error
+
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
+FAM_POSITIONS = ("last", "float", "zero")
+FAM_INITS = ("prompt", "prefix")
+FF_KINDS = ("gelu", "swiglu")
+NORM_KINDS = ("layernorm", "rmsnorm")
+
+
+@dataclass
+class ModelConfig(CheckedDataclass):
+    # --- shape ---
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads
+    d_ff: int | None = None  # None = 4 * d_model (gelu) or 8/3 * d_model rounded to 64 (swiglu)
+    ff: str = "gelu"  # gelu: Linear-GELU-Linear (GPT-2); swiglu: gated SiLU (Llama)
+    norm: str = "layernorm"  # layernorm | rmsnorm (pre-LN either way)
+    norm_eps: float = 1e-5
+    bias: bool = False
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    # --- attention ---
+    attention: str = "fam"  # full | bswa | txl | fam
+    block_size: int = 1024  # B: tokens per block
+    mem_segment: int = 3  # m: cached previous blocks each block attends (no per-token window)
+    fam_len: int = 64  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`)
+    stop_grad: bool = False  # detach the memory-segment keys/values (TransformerXL practice; not `full`)
+    txl_window: int | None = None  # txl: per-token window over the memory; None = mem_segment*block_size
+    # --- FAM switches ---
+    fam_pos: str = "last"  # last | float | zero: RoPE positions of the FAM rows
+    fam_init: str = "prompt"  # prompt: one learned prompt run through the stack; prefix: per-layer
+    fam_prev_blocks: int = 1  # how many previous FAM states block tokens attend
+    fam_zero_residual: bool = True  # first update from the initial FAM uses a zero residual
+    # --- training-only extras ---
+    random_pos_offset: bool = True  # RPO: random offset added to every position, per sequence
+    rsp_prob: float = 0.8  # random state passing: P(start from the saved FAM of the last step)
+    # --- pretrained weights ---
+    init_from: str | None = None  # a converted folder (famlab.hf): weights and shape keys come from it
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "block_size", "fam_prev_blocks"):
+            check_int(name, self, key, 1, "an integer > 0")
+        for key in ("mem_segment", "fam_len"):
+            check_int(name, self, key, 0)
+        for key in ("n_kv_heads", "d_ff"):  # None = derived (see the fields)
+            if getattr(self, key) is not None:
+                check_int(name, self, key, 1, "an integer > 0")
+        if self.txl_window is not None:
+            check_int(name, self, "txl_window", 0)
+        check_choice(name, self, "attention", ATTENTION_KINDS)
+        check_choice(name, self, "fam_pos", FAM_POSITIONS)
+        check_choice(name, self, "fam_init", FAM_INITS)
+        check_choice(name, self, "ff", FF_KINDS)
+        check_choice(name, self, "norm", NORM_KINDS)
+        if self.d_model % self.n_heads:
+            raise config_error(name, "n_heads", self.n_heads, f"a divisor of d_model={self.d_model}")
+        if (self.d_model // self.n_heads) % 2:
+            raise config_error(
+                name, "n_heads", self.n_heads, f"a value giving an even head size (d_model={self.d_model})"
+            )
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
+        if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):
+            raise config_error(name, "rsp_prob", self.rsp_prob, "a probability in [0, 1]")
+        if not self.rope_base > 0:
+            raise config_error(name, "rope_base", self.rope_base, "a number > 0")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise config_error(name, "init_from", self.init_from, "a converted folder (famlab.hf) or null")
+
+    # --- derived values ---
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.ff == "swiglu":
+            return 64 * ((8 * self.d_model // 3 + 63) // 64)
+        return 4 * self.d_model
+
+    @property
+    def effective_fam_len(self) -> int:
+        """FAM rows actually used: only the `fam` attention kind has any."""
+        return self.fam_len if self.attention == "fam" else 0
+
+    @property
+    def detach_memory(self) -> bool:
+        """stop_grad acts on the memory segment, which `full` attention does not have."""
+        return self.stop_grad and self.attention != "full"
+
+    @property
+    def window(self) -> int | None:
+        """Per-token window over the memory segment (txl only); None means no window."""
+        if self.attention != "txl":
+            return None
+        return self.mem_segment * self.block_size if self.txl_window is None else self.txl_window
