@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -120,3 +121,19 @@ def synthetic_trials(spec) -> pd.DataFrame:
             row["objective"] = row.get(spec.metric, value)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_bench_file(path: Path, ts: str, seq_len: int, times: dict[str, float], mem: dict[str, float] | None) -> None:
+    """A famlab.bench JSON result with one entry per variant (step times in seconds, memory in MB)."""
+    variants = [
+        {"name": v, "attention": v, "impl": "fast", "step_time_median_s": t, "step_time_s": t, "tokens_per_s": 1 / t}
+        | {"peak_mem_mb": (mem or {}).get(v)}
+        for v, t in times.items()
+    ]
+    cfg = {"seq_len": seq_len, "batch_size": 2, "d_model": 64, "n_layers": 2, "block_size": 64}
+    data = {
+        "timestamp": ts,
+        "config": {**cfg, "mem_segment": 1, "fam_len": 4, "dtype": "float32"},
+        "variants": variants,
+    }
+    path.write_text(json.dumps(data))

@@ -58,7 +58,7 @@ def load_bench(paths: str | Path | Iterable[str | Path] = "bench/results") -> pd
     df = pd.DataFrame(rows)
     for c in ("step_time_s", "step_time_min_s", "tokens_per_s", "peak_mem_mb", "achieved_gflops"):
         if c in df.columns:
-            df[c] = pd.toall_numeric(df[c], errors="coerce")
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
 

@@ -110,7 +110,7 @@ def plot_ablation(res: SweepResults, metric: str | None = None, task: str | None
     jitter = 0.0 if numeric else 0.08
     ax.scatter(
         [pos[s] + jitter for s in done[key]],
-        pd.toall_numeric(done[metric], errors="coerce"),
+        pd.to_numeric(done[metric], errors="coerce"),
         s=14,
         color="C1",
         alpha=0.7,
