@@ -3,6 +3,9 @@ synthetic results where the numbers are known."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -147,3 +150,21 @@ def test_nothing_to_plot_is_none(tmp_path):
     assert fa.plot_ablation(res) is None and fa.plot_eval(res) is None and fa.plot_curves(res) is None
     assert fa.plot_grid(fam_position()) is None  # one varied parameter: no grid
     assert fa.plot_eval(fam_position()) is None  # no evaluation rows
+
+
+SPECS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml") if p.stem != "lr_search")
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_spec_plots_each_setting(name):
+    spec = load_spec(name, "tiny", validate_runs=False)
+    df = synthetic_trials(spec)
+    df.attrs["params"] = spec.varied
+    res = fa.SweepResults(spec, "sqlite:///synthetic.db", df, params=spec.varied)
+    fig = fa.plot_ablation(res)
+    means = [c.lines[0] for ax in fig.axes for c in ax.containers]  # every errorbar's data line
+    assert sum(len(line.get_xdata()) for line in means) == math.prod(len(v) for v in spec.grid.values())
+    if spec.evaluate:
+        (ax,) = fa.plot_eval(res).axes
+        drawn = [line for line in ax.lines if not line.get_label().startswith("training length")]
+        assert len(drawn) == len(fa.eval_table(res).columns)

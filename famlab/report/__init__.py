@@ -91,4 +91,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {Path(args.out) / 'index.html'}")
     return 0 if all(e.ok for e in entries) else 1
-
