@@ -6,8 +6,8 @@ Hwang, Wang, Huo, Sim, Mengibar, "TransformerFAM: Feedback attention is working 
 
 Each table is a :class:`PaperTable`: a DataFrame with the settings down (named after the famlab
 parameter they correspond to: ``model.fam_len``, ``variant``, ``model.fam_pos``, ...) and the
-tasks across. :data:`BY_STUDY` maps sweep studies (``sweeps/*.yaml``) to the table they reproduce,
-and :data:`CLAIMS` holds the paper's qualitative findings for studies the paper shows only as figures.
+tasks across. :data:`BY_STUDY` maps sweep studies (``sweeps/*.yaml``) to the table they reproduce.
+The paper's qualitative findings are declared where each study is: the ``claims:`` of its spec YAML.
 """
 
 from __future__ import annotations
@@ -182,36 +182,6 @@ BY_STUDY = {
     "fam_position": TABLE_7,
     "txl_vs_bswa": TABLE_8,
     "fam_prev_blocks": TABLE_6,
-}
-
-# the paper's qualitative findings (figures, text) per study, in words; famlab.analysis checks them
-CLAIMS: dict[str, list[str]] = {
-    "fam_length": ["L_F has an interior optimum (Table 5: 64 of 4..1024 is best on the mean over tasks)"],
-    "memory_segment": [
-        "FAM beats every BSWA memory segment (Table 11)",
-        "more memory segments help BSWA only up to a point: the best m (Table 11: on the mean over tasks) is "
-        "neither the smallest nor the largest",
-    ],
-    "passkey": [
-        "FAM (m=0) retrieves the key at the longest length at least as well as every BSWA variant (PassKey figure)",
-        "M1 with stop-gradient is no better than M1 beyond the training length (PassKey figure)",
-    ],
-    "stop_gradient": ["stop-gradient on the memory segment lowers PassKey accuracy beyond the training length"],
-    "fam_position": ["'last' positions are at least as good as 'float' and 'zero' (Table 7)"],
-    "position_offset": ["FAM with random position offset beats FAM without (ablation figure)"],
-    "state_passing": [
-        "P(RSP) = 0.8 is best (P(RSP) figure)",
-        "random state passing helps: P(RSP) = 0 is worse than the best P(RSP)",
-    ],
-    "txl_vs_bswa": [
-        "BSWA and TransformerXL are about equal (Table 8: no task further apart than the paper's largest gap, "
-        "Qasper's 2%)"
-    ],
-    "fam_prev_blocks": [
-        "the number of previous FAM states block tokens attend has no real effect (Table 6: no wider spread "
-        "than the paper's, 7% of the mean)"
-    ],
-    "block_size": [],
 }
 
 

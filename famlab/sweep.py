@@ -79,6 +79,7 @@ SPEC_KEYS = (
     "table",
     "evaluate",
     "eval_overrides",
+    "claims",
 )
 PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles"))
 SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")

@@ -1,0 +1,114 @@
+"""Analysis of famlab sweeps and runs: tidy frames, seed aggregates, paper-shaped tables, claims, plots.
+
+Typical use (the notebooks in ``analysis/`` are thin wrappers around this)::
+
+    from famlab import analysis as fa
+    res = fa.load_sweep("fam_length", "tiny")          # default store runs/sweeps/fam_length/tiny.db
+    res = fa.load_sweep("passkey", "paper", storage="postgresql://...")
+    fa.ablation_table(res)        # mean, std, 95% t-interval and n over seeds, per setting
+    fa.paper_table(res)           # famlab's metrics beside the paper's numbers, in the paper's shape
+    fa.paper_agreement(res)       # does famlab order the settings as the paper does (Spearman, signs)
+    fa.paper_claims(res)          # the paper's findings (the spec's ``claims:``), checked on famlab's numbers
+    fa.eval_table(res)            # evaluation tables (PassKey accuracy by length x variant, ...)
+    fa.to_markdown(t), fa.to_latex(t)
+
+The modules: ``frames`` (the only reader of Optuna storages and run directories), ``results``
+(a sweep's trials with its spec), ``stats``, ``tables``, ``evals``, ``claims``, ``plots``,
+``export`` and ``cost`` (bench results).
+"""
+
+from famlab.analysis.claims import (
+    CHECKS,
+    ClaimResult,
+    NotTestable,
+    check_claim,
+    check_kind,
+    evaluate_claims,
+    paper_claims,
+    spec_claims,
+)
+from famlab.analysis.cost import bench_summary, cost_table, load_bench, paper_cost_table, plot_cost
+from famlab.analysis.evals import EVAL_ROW_KEYS, EVAL_VALUE_KEYS, eval_aggregate, eval_long, eval_table, eval_values
+from famlab.analysis.export import all_tables, export_tables, to_latex, to_markdown
+from famlab.analysis.frames import (
+    eval_frame,
+    load_runs,
+    load_studies,
+    load_study,
+    read_curves,
+    run_config,
+    status_table,
+    study_names,
+    trials_frame,
+)
+from famlab.analysis.plots import METRIC_LABELS, PARAM_LABELS, plot_ablation, plot_curves, plot_eval, plot_grid
+from famlab.analysis.results import SweepResults, load_sweep, run_setting, storage_for
+from famlab.analysis.stats import STATS, aggregate, lower_is_better, mean_ci, spearman, t_cdf, t_ppf
+from famlab.analysis.tables import (
+    ablation_table,
+    ablation_text,
+    format_mean_ci,
+    paper_agreement,
+    paper_reference,
+    paper_table,
+    trial_table,
+)
+
+__all__ = [
+    "CHECKS",
+    "EVAL_ROW_KEYS",
+    "EVAL_VALUE_KEYS",
+    "METRIC_LABELS",
+    "PARAM_LABELS",
+    "STATS",
+    "ClaimResult",
+    "NotTestable",
+    "SweepResults",
+    "ablation_table",
+    "ablation_text",
+    "aggregate",
+    "all_tables",
+    "bench_summary",
+    "check_claim",
+    "check_kind",
+    "cost_table",
+    "eval_aggregate",
+    "eval_frame",
+    "eval_long",
+    "eval_table",
+    "eval_values",
+    "evaluate_claims",
+    "export_tables",
+    "format_mean_ci",
+    "load_bench",
+    "load_runs",
+    "load_studies",
+    "load_study",
+    "load_sweep",
+    "lower_is_better",
+    "mean_ci",
+    "paper_agreement",
+    "paper_claims",
+    "paper_cost_table",
+    "paper_reference",
+    "paper_table",
+    "plot_ablation",
+    "plot_cost",
+    "plot_curves",
+    "plot_eval",
+    "plot_grid",
+    "read_curves",
+    "run_config",
+    "run_setting",
+    "spearman",
+    "spec_claims",
+    "status_table",
+    "storage_for",
+    "study_names",
+    "t_cdf",
+    "t_ppf",
+    "to_latex",
+    "to_markdown",
+    "trial_table",
+    "trials_frame",
+]

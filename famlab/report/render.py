@@ -1,0 +1,194 @@
+"""Executing the analysis notebooks with papermill and rendering them to HTML, with an index page."""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from famlab.report.notebooks import COST_NOTEBOOK, KERNEL, NOTEBOOKS, NotebookSpec, write_notebooks
+from famlab.resources import notebook_dir as default_notebook_dir
+
+
+@dataclass
+class Entry:
+    name: str
+    title: str
+    status: str  # one line: what the notebook found
+    ok: bool  # executed without an error
+    html: str = ""
+    ipynb: str = ""
+    seconds: float = 0.0
+
+
+def status_line(nb: NotebookSpec, params: dict[str, Any]) -> str:
+    """The index line of one notebook: what its sweep (or bench folder) holds."""
+    from famlab import analysis as fa
+
+    if nb is COST_NOTEBOOK:
+        return fa.bench_summary(fa.load_bench(params["bench_dir"]), params["bench_dir"])
+    res = fa.load_sweep(params["spec"], params["profile"], storage=params["storage"], root=params["runs_root"])
+    return res.summary()
+
+
+def to_html(notebook_path: str | Path, html_path: str | Path) -> Path:
+    """Render an executed notebook to standalone HTML (images embedded as data URIs)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nb)
+    Path(html_path).write_text(body, encoding="utf-8")
+    return Path(html_path)
+
+
+def kernel_manager_class(log_path: Path) -> type:
+    """A kernel manager whose kernel writes its stdout/stderr (ipykernel's start-up and shutdown
+    chatter, crashes) to ``log_path`` instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggingKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+                kw.setdefault("stdout", log)
+                kw.setdefault("stderr", log)
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggingKernelManager
+
+
+def execute(
+    nb_path: str | Path, out_path: str | Path, params: dict[str, Any], timeout: int = 600, log: Path | None = None
+) -> None:
+    """Execute a notebook with papermill (parameters injected after its ``parameters`` cell)."""
+    import papermill as pm
+
+    extra = {"kernel_manager_class": kernel_manager_class(log)} if log is not None else {}
+    pm.execute_notebook(
+        str(nb_path),
+        str(out_path),
+        parameters=params,
+        kernel_name=KERNEL["name"],
+        progress_bar=False,
+        log_output=False,
+        execution_timeout=timeout,
+        cwd=os.getcwd(),
+        **extra,
+    )
+
+
+def build_report(
+    out: str | Path = "reports",
+    *,
+    storage: str | None = None,
+    profile: str = "tiny",
+    runs_root: str | Path = "runs",
+    bench_dir: str | Path = "bench/results",
+    only: list[str] | None = None,
+    notebook_dir: str | Path | None = None,
+    timeout: int = 600,
+    quiet: bool = False,
+) -> list[Entry]:
+    """Execute the notebooks (all, or ``only`` these names), render HTML and the index. The
+    notebooks come from ``notebook_dir`` (default :func:`famlab.resources.notebook_dir`; built from the templates when
+    that folder does not exist, e.g. for an installed package)."""
+    import tempfile
+
+    chosen = [nb for nb in NOTEBOOKS if only is None or nb.name in only]
+    unknown = sorted(set(only or []) - {nb.name for nb in NOTEBOOKS})
+    if unknown:
+        raise ValueError(
+            f"unknown notebook(s) {', '.join(unknown)}: expected some of {', '.join(n.name for n in NOTEBOOKS)}"
+        )
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    tables, logs = out / "tables", out / "logs"
+    src = Path(notebook_dir) if notebook_dir else default_notebook_dir()
+    tmp = None
+    if not src.is_dir():
+        tmp = tempfile.TemporaryDirectory()
+        src = Path(tmp.name)
+        write_notebooks(src)
+    entries = []
+    try:
+        for nb in chosen:
+            if nb is COST_NOTEBOOK:
+                params = {"bench_dir": str(Path(bench_dir).resolve()), "tables_dir": str(tables)}
+            else:
+                params = {
+                    "storage": storage,
+                    "profile": profile,
+                    "spec": nb.name,
+                    "runs_root": str(Path(runs_root).resolve()),
+                    "tables_dir": str(tables),
+                }
+            t0 = time.perf_counter()
+            try:
+                status = status_line(nb, params)
+            except Exception as err:  # the notebook shows the details
+                status = f"cannot read results: {err}"
+            ok, executed = True, out / f"{nb.name}.ipynb"
+            try:
+                logs.mkdir(exist_ok=True)
+                log = logs / f"{nb.name}.log"
+                log.unlink(missing_ok=True)
+                execute(src / f"{nb.name}.ipynb", executed, params, timeout, log=log)
+            except Exception as err:
+                ok = False
+                status = f"notebook failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}"
+            entry = Entry(nb.name, nb.title, status, ok, seconds=time.perf_counter() - t0)
+            if executed.exists():
+                to_html(executed, out / f"{nb.name}.html")
+                entry.html, entry.ipynb = f"{nb.name}.html", executed.name
+            entries.append(entry)
+            if not quiet:
+                print(f"{'ok  ' if ok else 'FAIL'} {nb.name:16s} {entry.seconds:5.1f}s  {status}", flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    write_index(out, entries, profile=profile, storage=storage)
+    return entries
+
+
+def title_html(title: str) -> str:
+    """Titles may hold <sub> markup (no MathJax: the HTML must render offline); plain text here."""
+    return html.escape(title.replace("<sub>", "_").replace("</sub>", ""))
+
+
+def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str | None) -> Path:
+    """``<out>/index.html``: one row per notebook with its status line and links."""
+    from famlab.sweep import redact
+
+    rows = []
+    for e in entries:
+        link = f'<a href="{html.escape(e.html)}">{title_html(e.title)}</a>' if e.html else title_html(e.title)
+        nb_link = f'<a href="{html.escape(e.ipynb)}">ipynb</a>' if e.ipynb else ""
+        cls = "fail" if not e.ok else "empty" if e.status.startswith("No ") else "ok"
+        rows.append(
+            f'<tr class="{cls}"><td>{link}</td><td><code>{html.escape(e.name)}</code></td>'
+            f"<td>{html.escape(e.status)}</td><td>{nb_link}</td></tr>"
+        )
+    where = html.escape(redact(storage)) if storage else "default SQLite stores under runs/sweeps/"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>famlab report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
+tr.fail td {{ background: #fdd; }} tr.empty td {{ color: #777; }} code {{ font-size: 90%; }}
+</style></head><body>
+<h1>famlab report</h1>
+<p>Profile <code>{html.escape(profile)}</code>; storage: {where}; generated {time.strftime("%Y-%m-%d %H:%M:%S")}.
+Tables as Markdown and LaTeX are in <a href="tables/">tables/</a>.</p>
+<table><tr><th>analysis</th><th>notebook</th><th>status</th><th>executed</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,121 @@
+"""famlab.report: the notebook templates, the committed notebooks, and executing them with
+papermill against the real tiny sweep store (tests/analysis_store.py) into HTML with an index."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from analysis_store import store, write_bench_file  # noqa: F401
+
+from famlab import analysis as fa
+from famlab import report
+from famlab.report.notebooks import SETUP
+from famlab.resources import notebook_dir
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def _html_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_committed_notebooks_match_templates():
+    for nb in report.NOTEBOOKS:
+        path = notebook_dir() / f"{nb.name}.ipynb"
+        assert path.exists(), f"missing {path}: run `famlab report --write-notebooks`"
+        on_disk = nbformat.read(path, as_version=4)
+        assert on_disk == report.build_notebook(nb), f"{path} differs from its template: --write-notebooks"
+        assert all(not c.get("outputs") for c in on_disk.cells if c.cell_type == "code")
+        tagged = [c for c in on_disk.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1
+    specs = {p.stem for p in SWEEPS.glob("*.yaml")} - {"lr_search"}
+    assert specs == {nb.name for nb in report.SWEEP_NOTEBOOKS}
+
+
+def test_notebooks_are_thin_calls_into_famlab_analysis():
+    """Every code cell is a few lines; what it computes comes from famlab.analysis (fa.*), whose
+    names all exist; every notebook's first code cell after the parameters is the shared setup."""
+    for nb in report.NOTEBOOKS:
+        code = [c.source for c in report.build_notebook(nb).cells if c.cell_type == "code"]
+        assert all(len(src.splitlines()) <= 12 for src in code), nb.name
+        for name in re.findall(r"\bfa\.(\w+)", "\n".join(code)):
+            assert hasattr(fa, name), f"{nb.name} calls fa.{name}, which famlab.analysis does not have"
+        assert code[1].startswith(SETUP) and code[1].count("import") == SETUP.count("import")
+
+
+def test_write_notebooks_and_a_report_without_the_notebook_folder(tmp_path):
+    written = report.write_notebooks(tmp_path / "nb")
+    assert [p.stem for p in written] == [nb.name for nb in report.NOTEBOOKS]
+    assert nbformat.read(written[0], as_version=4) == report.build_notebook(report.NOTEBOOKS[0])
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    write_bench_file(bench / "bench_1.json", "20260101-000000", 512, {"bswa": 0.1, "fam": 0.11}, None)
+    entries = report.build_report(  # an installed package without analysis/: built from the templates
+        tmp_path / "out", only=["cost"], bench_dir=bench, notebook_dir=tmp_path / "missing", quiet=True
+    )
+    assert [(e.name, e.ok) for e in entries] == [("cost", True)]
+    assert entries[0].status == "1 bench files; sequence lengths [512]; variants ['bswa', 'fam']"
+    assert (tmp_path / "out" / "cost.html").exists() and "cost.html" in _html_text(tmp_path / "out" / "index.html")
+
+
+def test_report_executes_notebooks_and_renders_html(store, tmp_path, monkeypatch):  # noqa: F811
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    write_bench_file(
+        bench / "bench_1.json", "20260101-000000", 512, {"bswa": 0.1, "fam": 0.11}, {"bswa": 10, "fam": 11}
+    )
+    write_bench_file(
+        bench / "bench_2.json", "20260101-000001", 1024, {"bswa": 0.2, "fam": 0.23}, {"bswa": 19, "fam": 21}
+    )
+    out = tmp_path / "reports"
+    monkeypatch.chdir(tmp_path)
+    code = report.main(["--storage", store["url"], "--out", str(out), "--bench-dir", str(bench)])  # every notebook
+    assert code == 0
+    index = _html_text(out / "index.html")
+    names = [nb.name for nb in report.NOTEBOOKS]
+    assert {p.stem for p in notebook_dir().glob("*.ipynb")} == set(names)
+    for name in names:
+        assert f'href="{name}.html"' in index and (out / f"{name}.ipynb").exists()
+        nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert not errors, (name, errors)
+    assert "No results for study" in index  # the passkey line
+
+    fam = _html_text(out / "fam_length.html")
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', fam)) >= 2  # ablation and curves
+    res = fa.load_sweep("fam_length", "tiny", storage=store["url"])
+    for cell in fa.format_mean_ci(fa.ablation_table(res))["val/loss"]:
+        assert cell in fam  # e.g. "2.345 ± 0.12"
+    for value in fa.paper_table(res)[("famlab", "val/loss")]:
+        assert f"{value:.4f}" in fam
+    assert "paper Table 5" in fam and "spearman rho" in fam and "interior optimum" in fam
+
+    mem = _html_text(out / "memory_segment.html")
+    assert "paper Table 11" in mem and "FAM wins (paper)" in mem
+    assert len(re.findall(r"<img[^>]+data:image/png", mem)) >= 2
+
+    passkey = _html_text(out / "passkey.html")
+    assert (
+        "No results for study &#x27;passkey-tiny&#x27;" in passkey or "No results for study 'passkey-tiny'" in passkey
+    )
+    assert "Traceback" not in passkey and "<img" not in passkey
+
+    cost = _html_text(out / "cost.html")
+    assert "<img" in cost and "FAM / BSWA" in cost and "154.9" in cost
+    tables = {p.name for p in (out / "tables").iterdir()}
+    assert {"fam_length_paper.md", "fam_length_paper.tex", "memory_segment_eval.md", "cost_paper.tex"} <= tables
+    md = (out / "tables" / "fam_length_paper.md").read_text()
+    assert "paper Table 5 / XLSum" in md
+
+
+def test_cli_dispatches_report(capsys):
+    from famlab.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--help"])
+    assert exc.value.code == 0 and "papermill" in capsys.readouterr().out
+    assert main(["report", "--only", "nope", "--out", "/tmp/famlab-report-never"]) == 2
+    assert "unknown notebook(s) nope" in capsys.readouterr().err
