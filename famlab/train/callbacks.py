@@ -16,7 +16,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
-from famlab import hf
 from famlab.config import RunConfig
 from famlab.runs import RunDir
 from famlab.train.module import LN2, FamLightningModule
@@ -54,6 +53,8 @@ class MergeLora(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
+            from famlab import hf
+
             merged = hf.merge_lora(copy.deepcopy(pl_module.model)).eval()
             hf.save_converted(merged, self.run.path / "merged", extra_files_from=pl_module.cfg.model.init_from)
 

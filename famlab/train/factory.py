@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from famlab import hf
 from famlab.config import ConfigError, RunConfig
 from famlab.model import FamLM
 from famlab.runs import RunDir
@@ -32,6 +31,8 @@ def resolve_pretrained(cfg: RunConfig) -> RunConfig:
         cfg = dataclasses.replace(cfg, data=cfg.data.replace(tokenizer=str(cfg.model.init_from)))
     if not cfg.model.init_from:
         return cfg
+    from famlab import hf  # lazily: its converters are not needed to train from scratch
+
     try:
         model_cfg = hf.resolve_model_config(cfg.model)
     except (ValueError, OSError) as e:
@@ -43,6 +44,10 @@ def build_model(cfg: RunConfig, *, load_init: bool = True) -> FamLM:
     """The FamLM of a run: pretrained weights from ``model.init_from`` (if ``load_init``), then LoRA adapters
     (``lora.rank`` > 0; only adapters and the FAM prompt/prefix train)."""
     model = FamLM(cfg.model)
+    if not (cfg.model.init_from or cfg.lora.rank):
+        return model
+    from famlab import hf  # lazily, as above
+
     if cfg.model.init_from:
         if load_init:
             hf.init_weights_from(model, cfg.model.init_from)
@@ -68,5 +73,7 @@ def load_model(run_dir_or_ckpt: str | Path, map_location: Any = "cpu") -> tuple[
     prefix = "model."
     model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     if cfg.lora.rank:  # adapters folded into the weights: a plain FamLM
+        from famlab import hf
+
         hf.merge_lora(model)
     return model.eval(), cfg
