@@ -10,7 +10,7 @@
     famlab report [--storage URL] [--profile tiny|paper] [--out reports/]
 
 Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
-(``preset=NAME`` or a YAML path; ``famlab/presets``: tiny, small, paper). ``famlab train resume=X``
+(``preset=NAME`` or a YAML path; ``famlab/config/presets``: tiny, small, paper). ``famlab train resume=X``
 without ``preset=`` starts from the resumed run's own config (its ``config.yaml``). A bad setting
 (unknown key, wrong type, out of range) prints one ``famlab: error: ...`` line and exits with 2.
 """
@@ -18,12 +18,12 @@ without ``preset=`` starts from the resumed run's own config (its ``config.yaml`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
+from famlab.runs import RunDir
 
 EXAMPLES_TRAIN = """examples:
   famlab train preset=tiny
@@ -31,7 +31,7 @@ EXAMPLES_TRAIN = """examples:
   famlab train preset=small data.task=text data.stateful=true logger.wandb=online logger.group=ablation
   famlab train resume=runs/tiny-fam/20260101-120000 train.max_steps=600
 
-sections and some keys (see famlab/config.py and famlab/data/config.py for all):
+sections and some keys (see famlab/config/run.py and famlab/config/data.py for all):
   model.*   attention=full|bswa|txl|fam, block_size, mem_segment, fam_len, d_model, n_layers, ...
   data.*    task=passkey|text|recall, batch_size, seq_len, seq_len_schedule, stateful, ...
   train.*   max_steps, lr, optimizer=adamw|adafactor, schedule=constant|cosine, warmup_steps,
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a run's checkpoint with its task's evaluation",
         description="Load a run's checkpoint (default: checkpoints/last.ckpt) and config, run the task's "
-        "evaluation (famlab.data.evaluate), print the table, write it as CSV into the run directory "
+        "evaluation (famlab.eval.evaluate), print the table, write it as CSV into the run directory "
         "and add a summary to final_metrics.json.",
     )
     p_eval.add_argument("run_dir", help="a run directory (or a run-name directory: its newest run)")
@@ -120,15 +120,13 @@ def _train_config(items: list[str]) -> Any:
     preset, overrides = _split_overrides(items)
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if preset is None and resume and resume[-1]:
-        from famlab.train import resolve_checkpoint
+        ckpt = RunDir.resolve_checkpoint(resume[-1])
+        run = RunDir.of_checkpoint(ckpt)
+        if run.is_run():
+            return load_run_config_file(run.config_path, overrides)
+        from famlab.train import CKPT_KEY, load_checkpoint
 
-        ckpt = resolve_checkpoint(resume[-1])
-        cfg_file = ckpt.parent.parent / "config.yaml"
-        if cfg_file.is_file():
-            return load_run_config_file(cfg_file, overrides)
-        from famlab.train import load_checkpoint
-
-        base = load_checkpoint(ckpt)["famlab"]["config"]
+        base = load_checkpoint(ckpt)[CKPT_KEY]["config"]
         return load_run_config_dict(base, overrides, str(ckpt))
     return load_run_config(preset, overrides)
 
@@ -143,15 +141,14 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
         print(run_config_to_yaml(cfg), end="")
         return 0
-    from famlab.train import _global_rank, train
+    from famlab.train import global_rank, train
 
     try:
         run_dir = train(cfg, argv=argv)
     except (ConfigError, FileNotFoundError) as e:
         return _error(str(e))
-    if _global_rank() == 0:
-        final = run_dir / "final_metrics.json"
-        summary = json.loads(final.read_text()) if final.exists() else {}
+    if global_rank() == 0:
+        summary = RunDir(run_dir).read_final_metrics()
         shown = {k: v for k, v in summary.items() if k in ("step", "train/loss_recent_mean", "val/loss")}
         print(f"run: {run_dir}")
         if shown:
@@ -176,13 +173,13 @@ SPLIT_KEYS = ("text_corpus", "text_val_docs", "text_test_docs")  # data keys tha
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from famlab.train import load_model, resolve_run_dir
+    from famlab.train import load_model
 
     try:
-        run_dir = resolve_run_dir(args.run_dir)
-        trained = load_run_config_file(run_dir / "config.yaml")
-        cfg = load_run_config_file(run_dir / "config.yaml", args.overrides)
-        model, _ = load_model(args.checkpoint or run_dir)
+        run = RunDir.resolve(args.run_dir)
+        trained = load_run_config_file(run.config_path)
+        cfg = load_run_config_file(run.config_path, args.overrides)
+        model, _ = load_model(args.checkpoint or run.path)
     except (ValueError, FileNotFoundError) as e:
         return _error(str(e))
     for key in SPLIT_KEYS:  # the held-out documents are the ones training never saw: keep its split
@@ -194,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from famlab.data import evaluate
+    from famlab.eval import evaluate
 
     model = model.to(device)
     try:
@@ -205,18 +202,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     with pd.option_context("display.max_rows", 500, "display.width", 160):
         print(df.to_string(index=False))
-    out = Path(args.out) if args.out else run_dir / "eval.csv"
+    out = Path(args.out) if args.out else run.eval_path
     df.to_csv(out, index=False)
-    final_path = run_dir / "final_metrics.json"
-    final = json.loads(final_path.read_text()) if final_path.exists() else {}
-    final["eval"] = {
-        "task": cfg.data.task,
-        "checkpoint": str(args.checkpoint or run_dir / "checkpoints" / "last.ckpt"),
-        "csv": str(out),
-        **summarize_eval(df),
-    }
-    final_path.write_text(json.dumps(final, indent=2) + "\n")
-    print(f"wrote {out} and {final_path}")
+    run.update_final_metrics(
+        eval={
+            "task": cfg.data.task,
+            "checkpoint": str(args.checkpoint or run.last_checkpoint),
+            "csv": str(out),
+            **summarize_eval(df),
+        }
+    )
+    print(f"wrote {out} and {run.final_metrics_path}")
     return 0
 
 

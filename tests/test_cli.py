@@ -9,27 +9,12 @@ import sys
 
 import pandas as pd
 import pytest
+from tiny_runs import TINY
 
 from famlab.cli import main
 from famlab.config import load_run_config_file
-from famlab.train import load_checkpoint, read_metrics
-
-TINY = [
-    "model.d_model=32",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.block_size=16",
-    "model.mem_segment=1",
-    "model.fam_len=2",
-    "data.batch_size=4",
-    "data.seq_len=128",
-    "data.passkey_instruction=false",
-    "data.val_batches=1",
-    "logger.wandb=disabled",
-    "train.accelerator=cpu",
-    "train.log_every=1",
-    "train.val_every=0",
-]
+from famlab.runs import RunDir
+from famlab.train import load_checkpoint
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["data", "fetch", "--help"]])
@@ -110,7 +95,14 @@ def test_train_eval_and_resume(tmp_path, capsys):
     table = pd.read_csv(run_dir / "eval.csv")
     assert len(table) == 2 and set(table["task"]) == {"passkey"}
     final = json.loads((run_dir / "final_metrics.json").read_text())
-    assert final["step"] == 2 and final["eval"]["task"] == "passkey" and 0.0 <= final["eval"]["accuracy"] <= 1.0
+    assert final["step"] == 2 and final["train/loss"] is not None  # training's summary is kept
+    assert final["eval"] == {
+        "task": "passkey",
+        "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "csv": str(run_dir / "eval.csv"),
+        "accuracy": pytest.approx(table["accuracy"].mean()),
+        "digit_accuracy": pytest.approx(table["digit_accuracy"].mean()),
+    }
 
     # resume=RUN_DIR without preset=: the run's own config, continued to the new max_steps
     assert main(["train", f"resume={run_dir}", "train.max_steps=3"]) == 0
@@ -118,7 +110,7 @@ def test_train_eval_and_resume(tmp_path, capsys):
     assert resumed != run_dir
     cfg = load_run_config_file(resumed / "config.yaml")
     assert cfg.model == load_run_config_file(run_dir / "config.yaml").model and cfg.resume == str(run_dir)
-    assert [r["step"] for r in read_metrics(resumed) if "train/loss" in r] == [3]
+    assert [r["step"] for r in RunDir(resumed).read_metrics() if "train/loss" in r] == [3]
     assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == 3
 
     assert main(["eval", str(tmp_path / "nowhere")]) == 2

@@ -1,4 +1,4 @@
-"""famlab data: the tasks, their LightningDataModule and their streaming evaluations.
+"""famlab data: the tasks and their LightningDataModule (their evaluations are in :mod:`famlab.eval`).
 
 Tasks (``DataConfig.task``; each module's docstring gives the details and choices):
 
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
-
 from famlab.config import TASKS, DataConfig, as_data_config
 from famlab.data.base import FamDataModule, Task
 from famlab.data.text import fetch
 
-__all__ = ["TASKS", "DataConfig", "FamDataModule", "Task", "as_data_config", "build_datamodule", "evaluate", "fetch"]
+__all__ = ["TASKS", "DataConfig", "FamDataModule", "Task", "as_data_config", "build_datamodule", "fetch"]
 
 
 def build_task(cfg: DataConfig, *, vocab_size: int, block_size: int) -> Task:
@@ -42,19 +40,3 @@ def build_datamodule(cfg: Any, *, vocab_size: int, block_size: int, seed: int) -
     """The LightningDataModule of ``cfg.task`` (cfg: DataConfig, DictConfig or dict)."""
     cfg = as_data_config(cfg)
     return FamDataModule(cfg, build_task(cfg, vocab_size=vocab_size, block_size=block_size), seed=seed)
-
-
-def evaluate(model, cfg: Any, *, block_size: int, seed: int, device="cpu", **kw) -> pd.DataFrame:
-    """The task's evaluation, run through the model's streaming path; tidy rows (one per cell).
-
-    ``model`` must already be on ``device``. Extra keywords per task: passkey ``lengths``
-    (tokens), ``depth_buckets``, ``samples``; text ``split``, ``max_len``, ``buckets`` (edges),
-    ``max_docs``; recall ``gaps`` (tokens), ``samples``."""
-    cfg = as_data_config(cfg)
-    if cfg.task == "passkey":
-        from famlab.data.passkey import evaluate as run
-    elif cfg.task == "text":
-        from famlab.data.text import evaluate as run
-    else:
-        from famlab.data.recall import evaluate as run
-    return run(model, cfg, block_size=block_size, seed=seed, device=device, **kw)

@@ -1,5 +1,4 @@
-"""What the three tasks share: the batch stream, the curriculum, episodes, the datamodule and the
-streaming helpers that evaluation runs through.
+"""What the three tasks share: the batch stream, the curriculum, episodes, the datamodule.
 
 **Batches.** Every batch is a pure function of ``(seed, split, batch index k)``: nothing depends on
 iteration order, worker count or a global RNG, so reruns and resumed runs see the same data.
@@ -26,8 +25,6 @@ Validation batches are the same on every rank.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,7 +38,7 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "eval": 3}
 
 
 class Task:
-    """One data task. Subclasses implement :meth:`episode` (and :meth:`evaluate` in their module)."""
+    """One data task. Subclasses implement :meth:`episode` (its evaluation is in :mod:`famlab.eval`)."""
 
     name = ""
     code = 0  # mixed into every RNG seed so tasks never share streams
@@ -188,73 +185,8 @@ class FamDataModule(pl.LightningDataModule):
         return self.cfg.seq_len_at(k)
 
 
-# ----------------------------------------------------------------------------------------------
-# streaming evaluation helpers
-
-
-def stream(
-    model,
-    tokens: torch.Tensor,
-    block_size: int,
-    on_chunk: Callable[[int, torch.Tensor], None] | None = None,
-    state=None,
-):
-    """Feed tokens [b, L] through ``model.step`` in block-aligned chunks; call
-    ``on_chunk(start, logits[b, n, V])`` for each chunk. Returns (last logits [b, V], state).
-    Memory is constant in L: only the model's fixed-size state and one chunk of logits live at once."""
-    if state is None:
-        state = model.init_state(tokens.shape[0], device=tokens.device)
-    last = None
-    L = tokens.shape[1]
-    start = 0
-    while start < L:
-        n = min(block_size - state.pos % block_size, L - start)
-        logits, state = model.step(tokens[:, start : start + n], state)
-        if on_chunk is not None:
-            on_chunk(start, logits)
-        last = logits[:, -1]
-        start += n
-    return last, state
-
-
-def greedy_decode(model, prompt: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
-    """Stream ``prompt`` [b, L], then greedily decode n tokens one at a time with ``model.step``."""
-    last, state = stream(model, prompt, block_size)
-    out = []
-    for i in range(n):
-        nxt = last.argmax(-1)  # [b]
-        out.append(nxt)
-        if i + 1 < n:
-            logits, state = model.step(nxt[:, None], state)
-            last = logits[:, -1]
-    return torch.stack(out, dim=1)
-
-
-class eval_mode:
-    """Context: model.eval() inside, the previous training flag restored after."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-
-
-def resolve_multiples(values, seq_len: int) -> list[int]:
-    """Multiples of seq_len -> token counts (rounded)."""
-    return [int(round(float(v) * seq_len)) for v in values]
-
-
 def check_positive_tokens(name: str, values) -> list[int]:
     out = [int(v) for v in values]
     if not out or any(v < 0 for v in out):
         raise ValueError(f"{name}={values!r} is not allowed: expected a non-empty list of token counts >= 0")
     return out
-
-
-LN2 = math.log(2.0)

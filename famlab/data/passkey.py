@@ -29,13 +29,7 @@ shorter than the row are right-padded with byte 0 (weight 0), so each example st
 as in evaluation. With ``passkey_pack`` a row instead holds consecutive examples (the last one cut
 to what is left of the row; a tail shorter than the fixed prompt is padding), each scored.
 
-**Evaluation** (:func:`evaluate`). For each length (``passkey_eval_lengths`` multiples of seq_len,
-or ``lengths=`` in tokens; the length is prompt + answer bytes) and each of
-``passkey_eval_depth_buckets`` equal depth buckets, ``passkey_eval_samples`` prompts (depth uniform
-in the bucket) are streamed as one batch through ``model.step`` in block-aligned chunks, then the
-answer is decoded greedily, one ``step`` per digit. Memory stays constant in the length. Rows:
-task, length, length_x (length / seq_len), depth (bucket midpoint), depth_lo, depth_hi, n,
-accuracy (all digits right), digit_accuracy (fraction of digits right).
+**Evaluation**: :mod:`famlab.eval.passkey` (accuracy per length and key depth, streamed).
 """
 
 from __future__ import annotations
@@ -44,11 +38,9 @@ import functools
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from famlab.config import DataConfig, config_error
-from famlab.data.base import SPLIT_CODES, Task, eval_mode, greedy_decode, resolve_multiples
+from famlab.data.base import Task
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -292,67 +284,6 @@ class PasskeyTask(Task):
                 if not cfg.passkey_pack:
                     break
         return tokens, weights
-
-
-@torch.no_grad()
-def evaluate(
-    model,
-    cfg: DataConfig,
-    *,
-    block_size: int,
-    seed: int,
-    device="cpu",
-    lengths: list[int] | None = None,
-    depth_buckets: int | None = None,
-    samples: int | None = None,
-) -> pd.DataFrame:
-    """PassKey accuracy per (length, depth bucket), streamed; see the module docstring."""
-    d = cfg.passkey_key_digits
-    lengths = (
-        [int(v) for v in lengths] if lengths is not None else resolve_multiples(cfg.passkey_eval_lengths, cfg.seq_len)
-    )
-    D = depth_buckets or cfg.passkey_eval_depth_buckets
-    n = samples or cfg.passkey_eval_samples
-    pieces = pieces_for(cfg, getattr(getattr(model, "cfg", None), "vocab_size", 1 << 62))
-    need = pieces.fixed_len("9" * d)
-    if any(v < need for v in lengths):
-        raise ValueError(f"lengths={lengths} is not allowed: expected lengths >= {need} tokens (the fixed prompt)")
-    rows = []
-    with eval_mode(model):
-        for li, length in enumerate(lengths):
-            for di in range(D):
-                rng = np.random.default_rng([int(seed), PasskeyTask.code, SPLIT_CODES["eval"], length, li, di, D])
-                groups: dict[int, tuple[list, list]] = {}  # answer length -> (prompts, answers)
-                for _ in range(n):
-                    key = fitting_key(rng, pieces, d, length, tries=100)
-                    if key is None:
-                        raise ValueError(f"length {length} fits too few {d}-digit keys with this tokenizer")
-                    depth = (di + rng.random()) / D
-                    ids, answer_len, _ = pieces.example(key, length, depth)
-                    prompts, answers = groups.setdefault(answer_len, ([], []))
-                    prompts.append(ids[:-answer_len])
-                    answers.append(ids[-answer_len:])
-                exact, digits = [], []
-                for answer_len, (prompts, answers) in groups.items():  # one group unless key lengths vary
-                    prompt = torch.from_numpy(np.stack(prompts)).to(device)
-                    answer = torch.from_numpy(np.stack(answers)).to(device)
-                    right = (greedy_decode(model, prompt, answer_len, block_size) == answer).float()
-                    exact += right.all(dim=1).tolist()
-                    digits += right.mean(dim=1).tolist()
-                rows.append(
-                    {
-                        "task": "passkey",
-                        "length": length,
-                        "length_x": length / cfg.seq_len,
-                        "depth": (di + 0.5) / D,
-                        "depth_lo": di / D,
-                        "depth_hi": (di + 1) / D,
-                        "n": n,
-                        "accuracy": float(np.mean(exact)),
-                        "digit_accuracy": float(np.mean(digits)),
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 @functools.cache

@@ -24,22 +24,15 @@ windows is what must hold the pairs. The carried state is detached (truncated
 backpropagation), so the query loss never reaches the window that stored the pairs: stateful recall
 trains reading from the state, not writing into it. Non-stateful rows hold both and train both.
 
-**Evaluation** (:func:`evaluate`). For each gap (``recall_eval_gaps`` multiples of seq_len, or
-``gaps=`` in tokens), ``recall_eval_samples`` examples are streamed as one batch through
-``model.step`` in block-aligned chunks, teacher-forced (queries and their true values are part of
-the stream, as in training); a query counts as right when the argmax after its key is its value.
-Rows: task, gap, gap_x (gap / seq_len), length, num_pairs, n (queries), accuracy (per query),
-example_accuracy (all queries of an example right).
+**Evaluation**: :mod:`famlab.eval.recall` (accuracy by gap, streamed).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
-import torch
 
 from famlab.config import DataConfig
-from famlab.data.base import SPLIT_CODES, Task, eval_mode, resolve_multiples, stream
+from famlab.data.base import Task
 
 PAD = 0
 
@@ -102,52 +95,3 @@ class RecallTask(Task):
             tokens[r, : len(t)] = t
             weights[r, : len(w)] = w
         return tokens, weights
-
-
-@torch.no_grad()
-def evaluate(
-    model,
-    cfg: DataConfig,
-    *,
-    block_size: int,
-    seed: int,
-    device="cpu",
-    gaps: list[int] | None = None,
-    samples: int | None = None,
-) -> pd.DataFrame:
-    """MQAR accuracy per gap length, streamed; see the module docstring."""
-    task = RecallTask(cfg, vocab_size=model.cfg.vocab_size, block_size=block_size)
-    gaps = [int(g) for g in gaps] if gaps is not None else resolve_multiples(cfg.recall_eval_gaps, cfg.seq_len)
-    if any(g < 0 for g in gaps):
-        raise ValueError(f"gaps={gaps} is not allowed: expected token counts >= 0")
-    n = samples or cfg.recall_eval_samples
-    rows = []
-    with eval_mode(model):
-        for gi, gap in enumerate(gaps):
-            rng = np.random.default_rng([int(seed), RecallTask.code, SPLIT_CODES["eval"], gap, gi])
-            examples = [task.example(rng, gap) for _ in range(n)]
-            tokens = torch.from_numpy(np.stack([t for t, _ in examples])).to(device)
-            scored = np.flatnonzero(examples[0][1]) - 1  # input positions whose next token is a value
-            pos = torch.from_numpy(scored).to(device)
-            preds = torch.empty(n, len(scored), dtype=torch.long, device=device)
-
-            def collect(start: int, logits: torch.Tensor, pos=pos, preds=preds) -> None:
-                sel = (pos >= start) & (pos < start + logits.shape[1])
-                if sel.any():
-                    preds[:, sel] = logits[:, pos[sel] - start].argmax(-1)
-
-            stream(model, tokens[:, :-1], block_size, collect)
-            right = (preds == tokens[:, pos + 1]).float()
-            rows.append(
-                {
-                    "task": "recall",
-                    "gap": gap,
-                    "gap_x": gap / cfg.seq_len,
-                    "length": tokens.shape[1],
-                    "num_pairs": cfg.recall_num_pairs,
-                    "n": int(right.numel()),
-                    "accuracy": right.mean().item(),
-                    "example_accuracy": right.all(dim=1).float().mean().item(),
-                }
-            )
-    return pd.DataFrame(rows)

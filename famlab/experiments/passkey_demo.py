@@ -1,10 +1,10 @@
 """PassKey demo: tiny BSWA (m=0, m=1) and FAM (m=0) trained on PassKey, evaluated past the training length.
 
 ``make passkey-demo`` (``python -m famlab.experiments.passkey_demo [--quick] [--out-dir DIR]``) trains
-the three variants with one shared recipe (the preset ``famlab/presets/passkey_demo.yaml``, see
+the three variants with one shared recipe (the preset ``famlab/config/presets/passkey_demo.yaml``, see
 ``docs/passkey_demo.md`` for why each setting is what it is), each through famlab's own
 :func:`famlab.train.train` (so every run has its run directory, config, provenance and metrics),
-then evaluates each with :func:`famlab.data.evaluate` (streaming, greedy decoding) at 1x, 4x and
+then evaluates each with :func:`famlab.eval.evaluate` (streaming, greedy decoding) at 1x, 4x and
 16x the longest training filler, in ``--depth-buckets`` key-depth buckets. It prints a Markdown
 table (variant x length: accuracy and digit accuracy, plus each BSWA model's receptive field in
 tokens, about ``n_layers * (m+1) * B``) and writes ``<out-dir>/<YYYYmmdd-HHMMSS>/results.md`` and
@@ -106,8 +106,9 @@ def run_variant(
     multiples: tuple[int, ...] = MULTIPLES,
 ) -> dict:
     from famlab.config import load_run_config
-    from famlab.data import evaluate
-    from famlab.train import build_model, load_model, read_metrics, resolve_pretrained, train
+    from famlab.eval import evaluate
+    from famlab.runs import RunDir
+    from famlab.train import build_model, load_model, resolve_pretrained, train
 
     cfg = load_run_config(
         preset, [*variant.overrides, *overrides, f"out_dir={out}", f"name={variant.key}", f"seed={seed}"]
@@ -129,8 +130,9 @@ def run_variant(
     t1 = time.time()
     df = evaluate(model, cfg.data, block_size=cfg.model.block_size, seed=seed, lengths=lengths, **eval_kw)
     eval_s = time.time() - t1
-    df.to_csv(run_dir / "eval.csv", index=False)
-    losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r] if variant.train else []
+    run = RunDir(run_dir)
+    df.to_csv(run.eval_path, index=False)
+    losses = [r["train/loss"] for r in run.read_metrics() if "train/loss" in r] if variant.train else []
     tail = losses[-10:]
     results = []
     for k, length in zip(multiples, lengths):

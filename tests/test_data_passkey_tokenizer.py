@@ -21,8 +21,9 @@ tokenizers = pytest.importorskip("tokenizers")
 from helpers import StreamingOracle, passkey_digit_to_say  # noqa: E402
 
 from famlab.config import ConfigError, load_run_config  # noqa: E402
-from famlab.data import DataConfig, build_datamodule, evaluate  # noqa: E402
+from famlab.data import DataConfig, build_datamodule  # noqa: E402
 from famlab.data.passkey import FILLER, INSTRUCTION, KEY_SENTENCE, QUESTION, Pieces, load_tokenizer  # noqa: E402
+from famlab.eval import evaluate  # noqa: E402
 
 VOCAB = 512  # the model's vocabulary: >= the tokenizer's 256 byte symbols + merges + <pad>
 

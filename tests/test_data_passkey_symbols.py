@@ -9,8 +9,9 @@ import torch
 from helpers import StreamingOracle
 
 from famlab.config import load_run_config
-from famlab.data import DataConfig, build_datamodule, evaluate
+from famlab.data import DataConfig, build_datamodule
 from famlab.data.passkey import SYMBOL_DIGIT0, SYMBOL_FILLER0, SYMBOL_KEY, SYMBOL_QUESTION, pieces_for
+from famlab.eval import evaluate
 
 VOCAB = 64
 

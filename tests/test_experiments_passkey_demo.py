@@ -66,7 +66,7 @@ def test_chosen_variants_multiples_and_a_zero_shot_base(tmp_path):
     and its scores equal a direct evaluation of the same weights."""
     import torch
 
-    from famlab.data import evaluate
+    from famlab.eval import evaluate
     from famlab.train import build_model
 
     report = passkey_demo.main(

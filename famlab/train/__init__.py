@@ -1,0 +1,43 @@
+"""Training runs: a LightningModule around :class:`~famlab.model.FamLM` and :func:`train`.
+
+* :mod:`famlab.train.module`: the LightningModule (loss, optimizers, randomness, stateful training, checkpoints)
+* :mod:`famlab.train.loggers`: ``metrics.jsonl`` and wandb
+* :mod:`famlab.train.callbacks`: checkpoints, ``final_metrics.json``, the merged LoRA model, the progress bar
+* :mod:`famlab.train.run`: :func:`train` and the Lightning Trainer
+* :mod:`famlab.train.factory`: the FamLM of a run (pretrained weights, LoRA) and loading trained runs
+* :mod:`famlab.train.quiet`: Lightning's noisy warnings, filtered
+
+The run directory's files are owned by :class:`famlab.runs.RunDir`.
+"""
+
+from famlab.train.callbacks import final_metrics
+from famlab.train.factory import CKPT_KEY, build_model, load_checkpoint, load_model, resolve_pretrained
+from famlab.train.loggers import JsonlLogger, make_wandb_logger, wandb_api_key_available, wandb_mode
+from famlab.train.module import LN2, FamLightningModule, weighted_ce
+from famlab.train.quiet import quiet_lightning
+from famlab.train.run import RUN_DIR_ENV, build_trainer, global_rank, train
+from famlab.train.state_io import state_from_dict, state_to, state_to_dict
+
+__all__ = [
+    "CKPT_KEY",
+    "LN2",
+    "RUN_DIR_ENV",
+    "FamLightningModule",
+    "JsonlLogger",
+    "build_model",
+    "build_trainer",
+    "final_metrics",
+    "global_rank",
+    "load_checkpoint",
+    "load_model",
+    "make_wandb_logger",
+    "quiet_lightning",
+    "resolve_pretrained",
+    "state_from_dict",
+    "state_to",
+    "state_to_dict",
+    "train",
+    "wandb_api_key_available",
+    "wandb_mode",
+    "weighted_ce",
+]

@@ -1,0 +1,119 @@
+"""Loggers of a training run: ``metrics.jsonl`` (always, :class:`JsonlLogger`) and wandb through Lightning's
+``WandbLogger`` (``logger.wandb``: auto/online/offline/disabled; files under ``<run_dir>/wandb``).
+
+``metrics.jsonl`` holds one JSON object per logging event with ``step`` = optimizer steps done; train
+metrics every ``log_every`` steps, ``val/loss`` and ``val/bits_per_token`` every ``val_every`` steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+from famlab.config import RunConfig
+from famlab.runs import RunDir
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON object per logging event to ``<run_dir>/metrics.jsonl``:
+    ``{"step": optimizer steps done, "time": unix time, <metric>: value, ...}``. Rank 0 only."""
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__()
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
+        self.path = self.run.metrics_path
+        if rank_zero_only.rank == 0:  # there even if nothing is logged (a run shorter than log_every)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.run_dir)
+
+    @property
+    def root_dir(self) -> str:
+        return str(self.run_dir)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the resolved config is in config.yaml
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
+        for key, value in metrics.items():
+            value = value.item() if torch.is_tensor(value) else value
+            row[key] = value if isinstance(value, int | float | str | bool) or value is None else str(value)
+        self.run.append_metrics(row)
+
+
+def wandb_api_key_available() -> bool:
+    """True if wandb could log in without asking: ``WANDB_API_KEY`` or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    paths = [os.environ["NETRC"]] if os.environ.get("NETRC") else []
+    paths += [os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
+    for path in paths:
+        try:
+            if os.path.isfile(path) and netrc.netrc(path).authenticators(host):
+                return True
+        except (OSError, netrc.NetrcParseError):
+            continue
+    return False
+
+
+def wandb_mode(setting: str) -> str:
+    """``logger.wandb`` -> the wandb mode: auto = $WANDB_MODE if set, else online with an API key,
+    else offline."""
+    if setting != "auto":
+        return setting
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if wandb_api_key_available() else "offline"
+
+
+def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> Logger | None:
+    mode = wandb_mode(cfg.logger.wandb)
+    if mode == "disabled":
+        return None
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    lc = cfg.logger
+    name = lc.name or f"{cfg.run_name}-{run_dir.name}"
+    logger = WandbLogger(
+        name=name,
+        save_dir=str(run_dir),
+        project=lc.project,
+        entity=lc.entity or None,
+        group=lc.group or None,
+        tags=list(lc.tags) or None,
+        mode=mode,
+        config=cfg.to_dict(),
+        log_model=False,
+        settings=wandb.Settings(silent=True),
+    )
+    logger._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None, which wandb warns about
+    return logger

@@ -1,0 +1,55 @@
+"""famlab.train.loggers: metrics.jsonl always, wandb offline/disabled/auto without a network."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_runs import tiny
+
+from famlab.runs import RunDir
+from famlab.train import train, wandb_mode
+
+
+@pytest.fixture
+def no_wandb_network(monkeypatch, tmp_path):
+    """No API key, no netrc, and an unreachable server if anything tried to talk to one."""
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "NETRC"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    (tmp_path / "home").mkdir()
+
+
+def test_wandb_mode_auto(no_wandb_network, monkeypatch, tmp_path):
+    assert wandb_mode("auto") == "offline"
+    assert wandb_mode("disabled") == "disabled" and wandb_mode("online") == "online"
+    (tmp_path / "home" / ".netrc").write_text("machine 127.0.0.1\n  login user\n  password abc\n")
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("auto") == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / "home" / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode("auto") == "online"
+
+
+def test_wandb_offline_writes_run_files(no_wandb_network, tmp_path):
+    cfg = tiny(tmp_path, "train.max_steps=2", "logger.wandb=offline", "logger.tags=[test]", "name=wb")
+    run_dir = train(cfg)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert (run_dir / "metrics.jsonl").exists()  # written with or without wandb
+
+
+def test_metrics_file_exists_when_nothing_was_logged(tmp_path):
+    """A run shorter than log_every, with no validation on the way, still has its metrics.jsonl (the
+    analysis finds run directories by it)."""
+    from famlab.analysis import load_runs
+
+    run_dir = train(tiny(tmp_path, "train.max_steps=1", "train.log_every=50", "name=short"))
+    assert (run_dir / "metrics.jsonl").is_file() and RunDir(run_dir).read_metrics() == []
+    assert str(run_dir.resolve()) in set(load_runs(tmp_path)["run_dir"])
