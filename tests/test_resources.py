@@ -59,6 +59,7 @@ def test_notebook_dir_prefers_a_local_analysis_folder_with_notebooks(tmp_path, m
     assert notebook_dir() == tmp_path / "analysis"
 
 
+@pytest.mark.slow  # about 10-25 s: a wheel build, a venv and an import of the sweep machinery
 def test_non_editable_install_finds_specs_and_notebooks_from_another_folder(tmp_path):
     """Build a wheel of this tree (a copy, so the checkout stays clean), install it without
     dependencies into a fresh venv that reuses this interpreter's packages, and load a spec by name
