@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from famlab.analysis.frames import load_study, run_config
-from famlab.sweep import STORAGE_ENV, SweepSpec, default_storage, load_spec, redact
+from famlab.sweep.spec import STORAGE_ENV, SweepSpec, default_storage, load_spec, redact
 
 
 def storage_for(spec: Any, storage: str | None = None, root: str | Path = "runs") -> str:

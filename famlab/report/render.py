@@ -163,7 +163,7 @@ def title_html(title: str) -> str:
 
 def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str | None) -> Path:
     """``<out>/index.html``: one row per notebook with its status line and links."""
-    from famlab.sweep import redact
+    from famlab.sweep.spec import redact
 
     rows = []
     for e in entries:

@@ -1,0 +1,316 @@
+"""Sweep specs: the YAML format (``sweeps/README.md``), its validation, and resolving it for one profile.
+
+Pure data: no optuna, no torch, no subprocess, so the analysis can read specs without the sweep
+machinery. A spec is a study name, a base preset plus overrides, either a ``grid`` (every combination,
+run once per replicate seed) or a ``search`` space with a sampler and a pruner, the objective metric
+and direction, per-profile settings (``tiny`` for CPU minutes, ``paper`` for cluster scale), and
+optionally ``claims`` (read by the analysis, kept here as given).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from famlab.config import config_error, unknown_key_error
+from famlab.resources import spec_file
+
+STORAGE_ENV = "FAMLAB_STORAGE"
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "hyperband", "threshold")
+DIRECTIONS = ("minimize", "maximize")
+SPEC_KEYS = (
+    "study",
+    "description",
+    "paper",
+    "preset",
+    "overrides",
+    "grid",
+    "variants",
+    "search",
+    "seeds",
+    "objective",
+    "metrics",
+    "max_retries",
+    "trial_timeout",
+    "profiles",
+    "table",
+    "evaluate",
+    "eval_overrides",
+    "claims",
+)
+PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles"))
+SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+
+
+@dataclass
+class Param:
+    type: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+
+
+@dataclass
+class SweepSpec:
+    """A spec resolved for one profile."""
+
+    study: str
+    profile: str
+    preset: str
+    overrides: dict[str, Any]
+    grid: dict[str, list] | None
+    space: dict[str, Param] | None
+    sampler: str
+    pruner: str
+    n_trials: int
+    prune_above: float | None
+    seeds: list[int]
+    metric: str
+    direction: str
+    metrics: list[str]
+    max_retries: int
+    trial_timeout: float | None = None  # seconds per trial (train + eval); a hung run is killed and failed
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluate: bool = False  # run `famlab eval` on each trained run (its table goes on the trial)
+    eval_overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    paper: str = ""
+    table: dict[str, Any] = field(default_factory=dict)
+    claims: list[dict[str, Any]] = field(default_factory=list)  # the analysis declares and reads them
+    path: str = ""
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.study}-{self.profile}"
+
+    @property
+    def varied(self) -> list[str]:
+        """Parameters the sweep varies (seed excluded)."""
+        return list(self.grid or self.space or {})
+
+    def eval_overrides_list(self) -> list[str]:
+        return [f"{k}={dot_value(v)}" for k, v in self.eval_overrides.items()]
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, once per seed (seed is the last key)."""
+        assert self.grid is not None
+        keys = list(self.grid)
+        return [
+            dict(zip(keys, values), seed=seed)
+            for values in itertools.product(*self.grid.values())
+            for seed in self.seeds
+        ]
+
+    def trial_overrides(self, params: dict[str, Any]) -> list[str]:
+        """The dotlist for one trial: base overrides, then the named variant's overrides (grid key
+        ``variant``), then the trial's other parameters."""
+        variant = self.variants.get(params["variant"], {}) if "variant" in params else {}
+        rest = {k: v for k, v in params.items() if k not in ("seed", "variant")}
+        merged = {**self.overrides, **variant, **rest}
+        items = [f"{k}={dot_value(v)}" for k, v in merged.items()]
+        if "seed" in params:
+            items.append(f"seed={params['seed']}")
+        return items
+
+
+def dot_value(value: Any) -> str:
+    """A value as OmegaConf's dotlist parser reads it back (lists as YAML flow, None as null)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(dot_value(v) for v in value) + "]"
+    return str(value)
+
+
+def spec_path(name_or_path: str) -> Path:
+    """A spec by path, or by name (``fam_length``): ``./sweeps/`` first, then the specs shipped with
+    famlab (see :func:`famlab.resources.spec_file`)."""
+    return spec_file(name_or_path)
+
+
+def _check_keys(owner: str, data: dict, valid: Sequence[str]) -> None:
+    for key in data:
+        if key not in valid:
+            raise unknown_key_error(owner, str(key), list(valid))
+
+
+def _grid(owner: str, grid: dict, variants: dict) -> dict[str, list]:
+    if not grid:
+        raise config_error(owner, "grid", grid, "at least one parameter with values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise config_error(owner, f"grid.{key}", values, "a non-empty list of values")
+        if key == "seed":
+            raise config_error(owner, "grid.seed", values, "replicate seeds under `seeds`, not in the grid")
+    for name in grid.get("variant", []):
+        if name not in variants:
+            raise config_error(owner, "grid.variant", name, "a name under `variants`: " + ", ".join(variants))
+    return grid
+
+
+def _search(owner: str, search: dict) -> dict[str, Any]:
+    """The search settings as SweepSpec fields: space, sampler, pruner, n_trials, prune_above."""
+    _check_keys(f"{owner}.search", search, SEARCH_KEYS)
+    sampler = search.get("sampler", "tpe")
+    pruner = search.get("pruner", "median")
+    n_trials = search.get("n_trials", 20)
+    prune_above = search.get("prune_above")
+    if pruner == "threshold" and not isinstance(prune_above, int | float):
+        raise config_error(owner, "search.prune_above", prune_above, "a number (the threshold pruner's bound)")
+    if sampler not in SAMPLERS:
+        raise config_error(owner, "search.sampler", sampler, "one of " + ", ".join(SAMPLERS))
+    if pruner not in PRUNERS:
+        raise config_error(owner, "search.pruner", pruner, "one of " + ", ".join(PRUNERS))
+    if not (isinstance(n_trials, int) and n_trials > 0):
+        raise config_error(owner, "search.n_trials", n_trials, "an integer > 0")
+    space = {}
+    for key, p in (search.get("space") or {}).items():
+        _check_keys(f"{owner}.search.space.{key}", p, PARAM_KEYS)
+        param = Param(**p)
+        if param.type not in ("float", "int", "categorical"):
+            raise config_error(owner, f"search.space.{key}.type", param.type, "one of float, int, categorical")
+        if param.type == "categorical" and not param.choices:
+            raise config_error(owner, f"search.space.{key}.choices", param.choices, "a non-empty list")
+        if param.type != "categorical" and not (
+            isinstance(param.low, int | float) and isinstance(param.high, int | float) and param.low < param.high
+        ):
+            raise config_error(owner, f"search.space.{key}", p, "numbers low < high")
+        space[key] = param
+    if not space:
+        raise config_error(owner, "search.space", search.get("space"), "at least one parameter")
+    return {"space": space, "sampler": sampler, "pruner": pruner, "n_trials": n_trials, "prune_above": prune_above}
+
+
+def _trial_settings(owner: str, pick: Callable[[str, Any], Any]) -> dict[str, Any]:
+    """Seeds, objective, retries and the time limit as SweepSpec fields."""
+    seeds = pick("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        raise config_error(owner, "seeds", seeds, "a non-empty list of integers")
+    objective = pick("objective", None) or {}
+    _check_keys(f"{owner}.objective", objective, ("metric", "direction"))
+    metric, direction = objective.get("metric", "val_loss"), objective.get("direction", "minimize")
+    if direction not in DIRECTIONS:
+        raise config_error(owner, "objective.direction", direction, "one of " + ", ".join(DIRECTIONS))
+    max_retries = pick("max_retries", 2)
+    if not (isinstance(max_retries, int) and max_retries >= 0):
+        raise config_error(owner, "max_retries", max_retries, "an integer >= 0")
+    trial_timeout = pick("trial_timeout", None)
+    if trial_timeout is not None and not (
+        isinstance(trial_timeout, int | float) and not isinstance(trial_timeout, bool) and trial_timeout > 0
+    ):
+        raise config_error(owner, "trial_timeout", trial_timeout, "a number of seconds > 0, or null for no limit")
+    claims = pick("claims", None) or []
+    if not (isinstance(claims, list) and all(isinstance(c, dict) for c in claims)):
+        raise config_error(owner, "claims", claims, "a list of mappings")
+    return {
+        "seeds": seeds,
+        "metric": metric,
+        "direction": direction,
+        "max_retries": max_retries,
+        "trial_timeout": trial_timeout,
+        "claims": claims,
+    }
+
+
+def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool = True) -> SweepSpec:
+    """Load and check a spec for one profile. Everything is checked before any trial runs: spec keys,
+    the profile, value types, an empty grid, and (``validate_runs``) every trial's run config."""
+    path = spec_path(name_or_path)
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a sweep spec must be a mapping")
+    owner = path.stem
+    _check_keys(owner, raw, SPEC_KEYS)
+    profiles = raw.get("profiles") or {}
+    if profile not in profiles:
+        raise config_error(owner, "profile", profile, "one of " + ", ".join(profiles or ["(none defined)"]))
+    prof = profiles[profile] or {}
+    _check_keys(f"{owner}.profiles.{profile}", prof, PROFILE_KEYS)
+
+    def pick(key: str, default: Any = None) -> Any:
+        return prof[key] if key in prof else raw.get(key, default)
+
+    def merged(key: str) -> dict:  # mappings merge: the profile's entries over the top level's
+        return {**(raw.get(key) or {}), **(prof.get(key) or {})}
+
+    variants = merged("variants")
+    grid = raw.get("grid")
+    if grid is not None or prof.get("grid") is not None:
+        grid = {**(grid or {}), **(prof.get("grid") or {})}
+    search = pick("search")
+    if (grid is None) == (search is None):
+        raise ValueError(f"{owner}: give exactly one of `grid` or `search`")
+    if grid is not None:
+        trials = {"grid": _grid(owner, grid, variants), "space": None, "sampler": "grid", "pruner": "none"}
+        trials |= {"n_trials": 0, "prune_above": None}
+    else:
+        trials = {"grid": None, **_search(owner, search)}
+    spec = SweepSpec(
+        study=raw.get("study", owner),
+        profile=profile,
+        preset=pick("preset", "tiny"),
+        overrides=merged("overrides"),
+        **trials,
+        **_trial_settings(owner, pick),
+        metrics=list(pick("metrics", []) or []),
+        variants=variants,
+        evaluate=bool(pick("evaluate", False)),
+        eval_overrides=merged("eval_overrides"),
+        description=raw.get("description", ""),
+        paper=raw.get("paper", ""),
+        table=pick("table", {}) or {},
+        path=str(path),
+    )
+    if validate_runs:
+        validate_trials(spec)
+    return spec
+
+
+def validate_trials(spec: SweepSpec) -> None:
+    """Resolve the run config of every trial (grid) or of the space's corners (search) so a typo'd
+    key or a bad value fails now, naming the trial, not an hour into the sweep."""
+    from famlab.config import load_run_config
+
+    if spec.grid is not None:
+        candidates = spec.grid_points()
+    else:
+        candidates = []
+        for corner in ("low", "high"):
+            params = {}
+            for key, p in spec.space.items():
+                params[key] = p.choices[0 if corner == "low" else -1] if p.type == "categorical" else getattr(p, corner)
+                if p.type == "int":
+                    params[key] = int(params[key])
+            candidates.append(params)
+    for params in candidates:
+        try:
+            load_run_config(spec.preset, spec.trial_overrides(params))
+        except ValueError as err:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise ValueError(f"{Path(spec.path).stem}: trial ({shown}) has a bad run config: {err}") from None
+
+
+def default_storage(spec: SweepSpec, root: str | Path = "runs") -> str:
+    """The SQLite store of a study when no URL is given: ``<root>/sweeps/<study>/<profile>.db``."""
+    return f"sqlite:///{Path(root).resolve() / 'sweeps' / spec.study / f'{spec.profile}.db'}"
+
+
+def redact(url: str) -> str:
+    """A storage URL safe to print: the password is masked."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy knows: show the scheme only
+        return url.split("://", 1)[0] + "://***"

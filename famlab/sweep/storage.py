@@ -1,0 +1,135 @@
+"""The Optuna side of a sweep: the RDB store with heartbeats and stale-trial handling, samplers,
+pruners, and opening a spec's study.
+
+Storage is an RDB (SQLite file by default, PostgreSQL on clusters) with heartbeats: a worker killed
+mid-trial leaves a RUNNING trial whose heartbeat goes stale; any worker then marks it failed and
+``RetryHeartbeatStaleTrialCallback`` queues it again. A worker killed before its trial's first
+heartbeat leaves a RUNNING trial with none; ``SweepStorage`` calls that stale too, after the same
+grace period.
+
+Grids use Optuna's ``GridSampler`` with a fixed seed shared by all workers (workers with different
+seeds would map trial numbers to different grid points). Trial number k < grid size gets grid point
+k, so concurrent workers never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy.orm
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from famlab.sweep.spec import SweepSpec
+
+GRID_SAMPLER_SEED = 0  # shared by every worker of every grid study: see the module docstring
+
+
+class SweepStorage(RDBStorage):
+    """Optuna's RDB storage, with one more kind of stale trial: a RUNNING trial that never
+    recorded a heartbeat and started more than the grace period ago.
+
+    ``study.optimize`` creates the trial (RUNNING, several writes while the sampler stamps it)
+    before it starts the heartbeat thread. A worker killed in that window leaves a trial Optuna
+    never calls stale (it skips trials without a heartbeat row), so every other worker would wait
+    for it forever and its grid point would never run."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = super()._get_stale_trial_ids(study_id)
+        # datetime_start comes from the creating worker's clock (datetime.now()), not the DB's
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        with _create_scoped_session(self.scoped_session) as session:
+            running = (
+                session.query(models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            never_beat = [
+                t.trial_id
+                for t in running
+                if not t.heartbeats and t.datetime_start is not None and t.datetime_start < cutoff
+            ]
+        return stale + [i for i in never_beat if i not in stale]
+
+
+def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None, max_stale_retries: int = 3) -> RDBStorage:
+    """An RDB storage with heartbeats: stale RUNNING trials (no heartbeat for ``grace`` seconds,
+    or none ever, see ``SweepStorage``) are failed and queued again."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    return SweepStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat,
+        grace_period=grace or 3 * heartbeat,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_stale_retries),
+    )
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    if spec.grid is not None:
+        space = {k: list(v) for k, v in spec.grid.items()}
+        space["seed"] = list(spec.seeds)
+        return optuna.samplers.GridSampler(space, seed=GRID_SAMPLER_SEED)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seeds[0])
+    return optuna.samplers.TPESampler(seed=spec.seeds[0])
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if spec.pruner == "threshold":  # prune a run whose metric passes the bound (in the bad direction)
+        bound = {"upper": spec.prune_above} if spec.direction == "minimize" else {"lower": spec.prune_above}
+        return optuna.pruners.ThresholdPruner(**bound)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
+    """Create the spec's study, or open it to resume. A study keeps its objective direction and
+    (for a grid) its grid and seeds: a spec that changed either is refused with what to do, instead
+    of Optuna's error deep inside a trial."""
+    study = optuna.create_study(
+        study_name=spec.study_name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != spec.direction:
+        raise ValueError(
+            f"study {spec.study_name!r} was created to {study.direction.name.lower()} its objective; the spec now "
+            f"says direction={spec.direction!r}: use a new study name (the spec's `study:`) or another storage"
+        )
+    grid = {**spec.grid, "seed": list(spec.seeds)} if spec.grid is not None else None
+    stored = study.user_attrs.get("grid")
+    if grid is not None and stored is not None and stored != grid:
+        raise ValueError(
+            f"study {spec.study_name!r} was created with the grid {stored}; the spec now has {grid}. A grid "
+            "study cannot grow or change: use a new study name (the spec's `study:`) or another storage, and "
+            "combine the studies in the analysis (famlab.analysis.load_studies)"
+        )
+    with contextlib.suppress(Exception):  # informational; a concurrent writer may race us
+        if "spec" not in study.user_attrs:
+            study.set_user_attr("spec", spec.path)
+            study.set_user_attr("varied", spec.varied)
+            study.set_user_attr("metric", spec.metric)
+        if grid is not None and stored is None:
+            study.set_user_attr("grid", grid)
+    return study
