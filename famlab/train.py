@@ -69,7 +69,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from famlab import provenance
 from famlab.allocator import reuse_freed_memory
 from famlab.config import ConfigError, RunConfig, run_config_to_yaml
-from famlab.model import FamLM, FamState, LayerState, compile_model
+from famlab.model import FamLM, FamState, compile_model, state_from_dict, state_to, state_to_dict
+from famlab.train_regularizers import RandomStatePassing, training_start, upgrade_checkpoint
 
 RUN_DIR_ENV = "FAMLAB_RUN_DIR"
 CKPT_KEY = "famlab"
@@ -106,43 +107,6 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# ----------------------------------------------------------------------------------------------
-# FamState <-> plain dict (for checkpoints)
-
-
-def state_to_dict(state: FamState | None) -> dict[str, Any] | None:
-    """A detached FamState as plain tensors/ints/bools (``torch.load(weights_only=True)``-safe)."""
-    if state is None:
-        return None
-    fields = ("mem_k", "mem_v", "blk_k", "blk_v", "fam", "fam_k", "fam_v")
-    return {
-        "pos": int(state.pos),
-        "pos_offset": None if state.pos_offset is None else state.pos_offset.detach().cpu(),
-        "fam_fresh": bool(state.fam_fresh),
-        "layers": [
-            {f: (None if getattr(ls, f) is None else getattr(ls, f).detach().cpu()) for f in fields}
-            for ls in state.layers
-        ],
-    }
-
-
-def state_from_dict(data: dict[str, Any] | None, device: Any = None) -> FamState | None:
-    if data is None:
-        return None
-
-    def mv(t: Any) -> Any:
-        return None if t is None else t.to(device)
-
-    layers = [LayerState(**{k: mv(v) for k, v in ls.items()}) for ls in data["layers"]]
-    return FamState(int(data["pos"]), mv(data["pos_offset"]), bool(data["fam_fresh"]), layers)
-
-
-def state_to(state: FamState, device: torch.device) -> FamState:
-    if state.layers and state.layers[0].mem_k.device == device:
-        return state
-    return state_from_dict(state_to_dict(state), device)
-
-
 def _f64(value: float) -> torch.Tensor:
     return torch.tensor(float(value), dtype=torch.float64)
 
@@ -167,6 +131,7 @@ class FamLightningModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = build_model(cfg)
+        self.rsp = RandomStatePassing(cfg.model)  # random state passing: P(RSP) now and the remembered FAM
         compile_model(self.model, cfg.train.compile, cfg.train.compile_mode)
         # CUDA graphs (compile mode reduce-overhead) reuse their output memory at the next step
         self.cuda_graphs = cfg.train.compile != "none" and cfg.train.compile_mode == "reduce-overhead"
@@ -206,7 +171,7 @@ class FamLightningModule(pl.LightningModule):
 
     def set_rsp_prob(self) -> float:
         p = self.cfg.train.rsp_prob_at(self.global_step, self.cfg.model.rsp_prob)
-        self.model.rsp_prob = p
+        self.rsp.prob = p
         return p
 
     @staticmethod
@@ -221,15 +186,19 @@ class FamLightningModule(pl.LightningModule):
         x = batch["input"]
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # outputs of the last step's graphs may be overwritten
-        if not stateful:
-            logits = self.model(x)
-            new_state = None
+        remember = self.model.training and self.rsp.needs_final_state
+        if state is None and self.model.training:  # RPO and RSP draw the start of a training call
+            state = training_start(self.model, self.rsp, x.shape[0], x.device)
+        if not (stateful or remember):
+            logits, new_state = self.model(x, state=state), None
         else:
-            if state is not None:
-                state = state_to(state, x.device)
-            logits, new_state = self.model(x, state=state, return_state=True)
-            new_state = new_state.detach()
-            if self.cuda_graphs:  # the carried state must outlive the graph's output buffers
+            logits, new_state = self.model(
+                x, state=state if state is None else state_to(state, x.device), return_state=True
+            )
+            if remember:
+                self.rsp.remember(new_state)
+            new_state = new_state.detach() if stateful else None
+            if self.cuda_graphs and stateful:  # the carried state must outlive the graph's output buffers
                 new_state = new_state.clone()
         wce, wsum = weighted_ce(logits, batch["target"], batch["weight"])
         return wce, wsum, new_state
@@ -274,7 +243,7 @@ class FamLightningModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.train_loss(batch)
-        rsp = self.model.rsp_prob
+        rsp = self.rsp.prob
         n_tok = batch["input"].numel() * self.trainer.world_size
         self.tokens_seen += n_tok
         self._step_tokens += n_tok
@@ -408,6 +377,7 @@ class FamLightningModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint.get("state_dict", {}))  # RSP buffers saved under model. before
         extra = checkpoint.get(CKPT_KEY) or {}
         self.micro_step = int(extra.get("micro_step", 0))
         self.tokens_seen = int(extra.get("tokens_seen", 0))

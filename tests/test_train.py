@@ -154,11 +154,11 @@ def test_lr_and_rsp_schedules_applied(learned):
 def test_rsp_schedule_sets_model_attribute(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, "train.rsp_start_step=3", "train.rsp_ramp_steps=2", "model.rsp_prob=0.6")
     module = FamLightningModule(cfg)
-    assert module.model.rsp_prob == 0.6  # the model's own initial value, before any step
+    assert module.rsp.prob == 0.6  # the config value, before any step
     for step, want in [(0, 0.0), (2, 0.0), (3, 0.3), (4, 0.6), (50, 0.6)]:
         monkeypatch.setattr(FamLightningModule, "global_step", property(lambda self, s=step: s))
         assert module.set_rsp_prob() == pytest.approx(want)
-        assert module.model.rsp_prob == pytest.approx(want)
+        assert module.rsp.prob == pytest.approx(want)
 
 
 # ---------------------------------------------------------------- resume
