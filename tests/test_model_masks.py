@@ -81,7 +81,9 @@ def table_by_hand(L_F, B, m, P, n, mem_len, n_hist, window):
     return out
 
 
-@pytest.mark.parametrize("L_F,B,m,P,n,mem_len,n_hist", [(2, 3, 2, 3, 4, 0, 1), (1, 4, 1, 2, 3, 4, 2), (3, 2, 3, 1, 5, 2, 1)])
+@pytest.mark.parametrize(
+    "L_F,B,m,P,n,mem_len,n_hist", [(2, 3, 2, 3, 4, 0, 1), (1, 4, 1, 2, 3, 4, 2), (3, 2, 3, 1, 5, 2, 1)]
+)
 def test_wavefront_layout_matches_the_table_cell_by_cell(L_F, B, m, P, n, mem_len, n_hist):
     got = masks.wavefront_mask(n, B, m, L_F, P, mem_len, n_hist, None, "cpu")
     assert got.tolist() == table_by_hand(L_F, B, m, P, n, mem_len, n_hist, None)

@@ -25,7 +25,7 @@ def test_offsets_differ_per_sequence_and_half_are_zero():
     assert 0.45 < zero.float().mean() < 0.55
     nonzero = off[~zero]
     assert len(set(nonzero.tolist())) == len(nonzero)  # every sequence its own offset
-    assert 0 < nonzero.min() and nonzero.max() < 2 * math.pi * 1e4
+    assert nonzero.min() > 0 and nonzero.max() < 2 * math.pi * 1e4
     assert nonzero.max() > 0.9 * 2 * math.pi * 1e4  # spread over the whole range
 
 
@@ -106,9 +106,10 @@ def test_random_state_passing_starts_from_the_remembered_fam():
         assert torch.equal(ls.fam, fam.expand(3, -1, -1))
     second = model(toks, state=start)
     assert not torch.allclose(second, fresh, atol=1e-3)
-    # the zero-residual rule would have changed the first block: it is not applied
+    # the zero-residual rule would have changed the first FAM update (seen from block 1 on): not applied
     with_rule = model(toks, state=type(start)(start.pos, start.pos_offset, True, start.layers))
-    assert not torch.allclose(with_rule[:, : cfg.block_size], second[:, : cfg.block_size], atol=1e-4)
+    assert torch.equal(with_rule[:, : cfg.block_size], second[:, : cfg.block_size])
+    assert not torch.allclose(with_rule[:, cfg.block_size :], second[:, cfg.block_size :], atol=1e-4)
     assert torch.equal(model.eval()(toks), fresh)  # eval ignores the remembered state
     rsp.prob = 0.0  # a schedule can switch it off
     assert training_start(model, rsp, 3).fam_fresh
