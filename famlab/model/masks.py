@@ -149,21 +149,6 @@ def wavefront_mask(n: int, B: int, m: int, L_F: int, P: int, mem_len: int, n_his
     return table_mask(rows, regions, window)
 
 
-def stream_mask(o: int, n: int, n_fam: int, n_mem: int, n_own: int, window, device) -> Tensor:
-    """[n, K] for n streamed tokens at offset o of their block: keys [the FAM states held (n_fam) | the
-    memory held (n_mem, just before the block) | the block's keys so far (n_own, ending with these tokens)]."""
-    rows = Rows(
-        is_token=torch.ones(n, 1, dtype=torch.bool, device=device), pos=o + torch.arange(n, device=device)[:, None]
-    )
-
-    def keys(first: int, k: int) -> Keys:
-        return Keys(pos=first + torch.arange(k, device=device)[None, :])
-
-    regions = [(older_fam, keys(0, n_fam))] if n_fam else []
-    regions += [(memory, keys(-n_mem, n_mem)), (own_block, keys(o + n - n_own, n_own))]
-    return table_mask(rows, regions, window)
-
-
 def causal_cache_mask(past: int, T: int, device) -> Tensor:
     """[T, past + T] for ``full`` attention after a KV cache of ``past`` keys: query i sees keys 0 .. past+i."""
     rows = Rows(

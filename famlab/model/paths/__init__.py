@@ -9,6 +9,4 @@ and the state before them, and returns the final hidden states [b, T, d] and the
 
 from famlab.model.paths import layer_major, reference, stream, wavefront
 
-PATHS = {"reference": reference.forward, "layer_major": layer_major.forward, "wave": wavefront.forward}
-
-__all__ = ["PATHS", "layer_major", "reference", "stream", "wavefront"]
+__all__ = ["layer_major", "reference", "stream", "wavefront"]
