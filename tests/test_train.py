@@ -283,7 +283,7 @@ def test_stateful_state_is_carried_detached_and_reset(tmp_path):
         assert isinstance(state, FamState)
         tensors = [t for ls in state.layers for t in vars(ls).values() if t is not None]
         assert tensors and all(t.grad_fn is None and not t.requires_grad for t in tensors)
-    assert seen[0] is None and seen[2] is None  # new_episode: fresh state
+    assert all(seen[i].pos == 0 and seen[i].fam_fresh for i in (0, 2))  # new_episode: a fresh start
     assert isinstance(seen[1], FamState) and isinstance(seen[3], FamState)
     assert seen[1].pos == cfg.data.seq_len  # the state after window 0
 

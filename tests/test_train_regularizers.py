@@ -168,3 +168,37 @@ def test_old_rsp_buffers_load_where_they_live_now():
     fresh = FamLM(cfg)
     fresh.load_state_dict(legacy)  # strict
     assert torch.equal(fresh.tok_emb.weight, model.tok_emb.weight)
+
+
+def test_the_training_module_draws_the_start_in_training_only(tmp_path):
+    """Wired into the LightningModule: a training call starts from RPO + RSP (from the second call on,
+    the FAM the first left), remembers its final FAM; validation starts from init_state."""
+    from helpers import TINY
+
+    from famlab.config import load_run_config
+    from famlab.data import build_datamodule
+    from famlab.train import FamLightningModule
+
+    cfg = load_run_config("tiny", [*TINY, f"out_dir={tmp_path}", "model.random_pos_offset=true", "model.rsp_prob=1"])
+    module = FamLightningModule(cfg).train()
+    dm = build_datamodule(cfg.data, vocab_size=cfg.model.vocab_size, block_size=cfg.model.block_size, seed=0)
+    batch = dm.train_batch(0)
+    seen = []
+    forward = module.model.forward
+
+    def spy(tokens, **kw):
+        out = forward(tokens, **kw)
+        seen.append((kw.get("state"), out[1] if kw.get("return_state") else None))
+        return out
+
+    module.model.forward = spy
+    module.train_loss(batch)
+    module.train_loss(batch)
+    (start0, final0), (start1, _) = seen
+    b = batch["input"].shape[0]
+    assert start0.pos_offset.shape == (b,) and start0.fam_fresh  # nothing remembered before the first call
+    assert not start1.fam_fresh and torch.equal(start1.layers[0].fam[0], final0.layers[0].fam[0].detach())
+    module.eval()  # as in validation
+    with torch.no_grad():
+        module.train_loss(batch)
+    assert seen[-1][0] is None  # the model's init_state
