@@ -30,9 +30,11 @@ def test_wave_equals_reference_with_every_parameter_random(norm, bias, ff):
             p.add_(0.3 * torch.randn_like(p))
     toks = tokens(cfg, 3, 6 * cfg.block_size + 5)
     torch.manual_seed(7)
-    start = model.initial_state(3, pos_offset=draw_pos_offset(3))  # a random position offset, as in training
-    assert start.pos_offset.abs().sum() > 0
-    outs = {impl: model(toks, impl=impl, state=start) for impl in ("wave", "reference")}
+    offset = draw_pos_offset(3)  # a random position offset, as in training
+    assert offset.abs().sum() > 0
+    outs = {
+        impl: model(toks, impl=impl, state=model.initial_state(3, pos_offset=offset)) for impl in ("wave", "reference")
+    }
     assert_close(outs["wave"], outs["reference"], tol=1e-10, what="logits")
     g_wave, g_ref = param_grads(model, outs["wave"]), param_grads(model, outs["reference"])
     assert g_wave.keys() == g_ref.keys()

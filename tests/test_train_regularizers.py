@@ -179,7 +179,10 @@ def test_the_training_module_draws_the_start_in_training_only(tmp_path):
     from famlab.data import build_datamodule
     from famlab.train import FamLightningModule
 
-    cfg = load_run_config("tiny", [*TINY, f"out_dir={tmp_path}", "model.random_pos_offset=true", "model.rsp_prob=1"])
+    overrides = [f"{k}={v}" for k, v in TINY.items()]
+    cfg = load_run_config(
+        "tiny", [*overrides, f"out_dir={tmp_path}", "model.random_pos_offset=true", "model.rsp_prob=1"]
+    )
     module = FamLightningModule(cfg).train()
     dm = build_datamodule(cfg.data, vocab_size=cfg.model.vocab_size, block_size=cfg.model.block_size, seed=0)
     batch = dm.train_batch(0)
