@@ -15,8 +15,9 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
   RNG (data loading, validation, logging), and a resumed run reproduces the uninterrupted one
   exactly without saving RNG states. The micro-step counter is saved in the checkpoint.
   ``seed_everything(seed, workers=True)`` seeds everything else (initialisation).
-* **RSP schedule**: before each training step ``model.rsp_prob`` is set from
-  :meth:`TrainConfig.rsp_prob_at` at the current optimizer step.
+* **RPO and RSP** (:mod:`famlab.train_regularizers`) draw the state a training call starts from;
+  before each training step ``rsp.prob`` is set from :meth:`TrainConfig.rsp_prob_at` at the current
+  optimizer step.
 * **Stateful training** (``data.stateful``): the :class:`~famlab.model.FamState` after each window
   is detached (truncated BPTT: gradients never cross a window boundary) and carried to the next
   window; a batch with ``new_episode`` starts from ``state=None`` (a fresh FAM, new random offset,
