@@ -15,14 +15,14 @@ from famlab.model import FamState
 from famlab.train import FamLightningModule, load_model, train, weighted_ce
 
 
-def test_rsp_schedule_sets_model_attribute(tmp_path, monkeypatch):
+def test_rsp_schedule_sets_the_probability(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, "train.rsp_start_step=3", "train.rsp_ramp_steps=2", "model.rsp_prob=0.6")
     module = FamLightningModule(cfg)
-    assert module.model.rsp_prob == 0.6  # the model's own initial value, before any step
+    assert module.rsp.prob == 0.6  # the config value, before any step
     for step, want in [(0, 0.0), (2, 0.0), (3, 0.3), (4, 0.6), (50, 0.6)]:
         monkeypatch.setattr(FamLightningModule, "global_step", property(lambda self, s=step: s))
         assert module.set_rsp_prob() == pytest.approx(want)
-        assert module.model.rsp_prob == pytest.approx(want)
+        assert module.rsp.prob == pytest.approx(want)
 
 
 def test_accumulated_steps_log_the_weighted_mean_of_their_micro_batches(tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_stateful_state_is_carried_detached_and_reset(tmp_path):
         assert isinstance(state, FamState)
         tensors = [t for ls in state.layers for t in vars(ls).values() if t is not None]
         assert tensors and all(t.grad_fn is None and not t.requires_grad for t in tensors)
-    assert seen[0] is None and seen[2] is None  # new_episode: fresh state
+    assert all(seen[i].pos == 0 and seen[i].fam_fresh for i in (0, 2))  # new_episode: a fresh start
     assert isinstance(seen[1], FamState) and isinstance(seen[3], FamState)
     assert seen[1].pos == cfg.data.seq_len  # the state after window 0
 

@@ -10,13 +10,13 @@
 The run directory's files are owned by :class:`famlab.runs.RunDir`.
 """
 
+from famlab.model import state_from_dict, state_to, state_to_dict
 from famlab.train.callbacks import final_metrics
 from famlab.train.factory import CKPT_KEY, build_model, load_checkpoint, load_model, resolve_pretrained
 from famlab.train.loggers import JsonlLogger, make_wandb_logger, wandb_api_key_available, wandb_mode
 from famlab.train.module import LN2, FamLightningModule, weighted_ce
 from famlab.train.quiet import quiet_lightning
 from famlab.train.run import RUN_DIR_ENV, build_trainer, global_rank, train
-from famlab.train.state_io import state_from_dict, state_to, state_to_dict
 
 __all__ = [
     "CKPT_KEY",

@@ -15,8 +15,9 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
   RNG (data loading, validation, logging), and a resumed run reproduces the uninterrupted one
   exactly without saving RNG states. The micro-step counter is saved in the checkpoint.
   ``seed_everything(seed, workers=True)`` seeds everything else (initialisation).
-* **RSP schedule**: before each training step ``model.rsp_prob`` is set from
-  :meth:`TrainConfig.rsp_prob_at` at the current optimizer step.
+* **RPO and RSP** (:mod:`famlab.train.regularizers`) draw the state a training call starts from;
+  before each training step ``rsp.prob`` is set from :meth:`TrainConfig.rsp_prob_at` at the current
+  optimizer step.
 * **Stateful training** (``data.stateful``): the :class:`~famlab.model.FamState` after each window
   is detached (truncated BPTT: gradients never cross a window boundary) and carried to the next
   window; a batch with ``new_episode`` starts from ``state=None`` (a fresh FAM, new random offset,
@@ -42,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from famlab.config import RunConfig
-from famlab.model import FamState, compile_model
+from famlab.model import FamState, compile_model, state_from_dict, state_to, state_to_dict
 from famlab.train.factory import CKPT_KEY, build_model
 from famlab.train.quiet import quiet_lightning
-from famlab.train.state_io import state_from_dict, state_to, state_to_dict
+from famlab.train.regularizers import RandomStatePassing, training_start, upgrade_checkpoint
 
 LN2 = math.log(2.0)
 
@@ -70,6 +71,7 @@ class FamLightningModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = build_model(cfg)
+        self.rsp = RandomStatePassing(cfg.model)  # random state passing: P(RSP) now and the remembered FAM
         compile_model(self.model, cfg.train.compile, cfg.train.compile_mode)
         # CUDA graphs (compile mode reduce-overhead) reuse their output memory at the next step
         self.cuda_graphs = cfg.train.compile != "none" and cfg.train.compile_mode == "reduce-overhead"
@@ -109,7 +111,7 @@ class FamLightningModule(pl.LightningModule):
 
     def set_rsp_prob(self) -> float:
         p = self.cfg.train.rsp_prob_at(self.global_step, self.cfg.model.rsp_prob)
-        self.model.rsp_prob = p
+        self.rsp.prob = p
         return p
 
     @staticmethod
@@ -124,15 +126,19 @@ class FamLightningModule(pl.LightningModule):
         x = batch["input"]
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # outputs of the last step's graphs may be overwritten
-        if not stateful:
-            logits = self.model(x)
-            new_state = None
+        remember = self.model.training and self.rsp.needs_final_state
+        if state is None and self.model.training:  # RPO and RSP draw the start of a training call
+            state = training_start(self.model, self.rsp, x.shape[0], x.device)
+        if not (stateful or remember):
+            logits, new_state = self.model(x, state=state), None
         else:
-            if state is not None:
-                state = state_to(state, x.device)
-            logits, new_state = self.model(x, state=state, return_state=True)
-            new_state = new_state.detach()
-            if self.cuda_graphs:  # the carried state must outlive the graph's output buffers
+            logits, new_state = self.model(
+                x, state=state if state is None else state_to(state, x.device), return_state=True
+            )
+            if remember:
+                self.rsp.remember(new_state)
+            new_state = new_state.detach() if stateful else None
+            if self.cuda_graphs and stateful:  # the carried state must outlive the graph's output buffers
                 new_state = new_state.clone()
         wce, wsum = weighted_ce(logits, batch["target"], batch["weight"])
         return wce, wsum, new_state
@@ -177,7 +183,7 @@ class FamLightningModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.train_loss(batch)
-        rsp = self.model.rsp_prob
+        rsp = self.rsp.prob
         n_tok = batch["input"].numel() * self.trainer.world_size
         self.tokens_seen += n_tok
         self._step_tokens += n_tok
@@ -311,6 +317,7 @@ class FamLightningModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint.get("state_dict", {}))  # RSP buffers saved under model. before
         extra = checkpoint.get(CKPT_KEY) or {}
         self.micro_step = int(extra.get("micro_step", 0))
         self.tokens_seen = int(extra.get("tokens_seen", 0))

@@ -1,0 +1,38 @@
+"""Memory kinds: what a block reads besides its own tokens, and how that changes from block to block.
+
+A memory kind is a class, built from the :class:`~famlab.config.ModelConfig`, with
+
+* ``applies(cfg) -> bool`` (static): whether a model of this config has this memory;
+* the initial state: the fields it adds to each :class:`~famlab.model.state.LayerState` before the first
+  token (``initial``);
+* ``read(layer_state, o, device) -> (k, v, mask_mod, keys)``: the keys/values a token at offset ``o`` of
+  the current block reads, with the rule of :mod:`famlab.model.masks` that governs them and the keys'
+  positions (relative to the block's start);
+* ``update(...) -> fields``: the layer state's new fields after a complete block.
+
+:data:`MEMORY_KINDS` lists them in key order (a block's keys are the kinds' keys in this order, then its own
+tokens). The streaming path runs only through this protocol. The parallel paths (layer-major, wavefront,
+reference) use each kind's batched layouts (``windows``, ``push_block``, ``history``, ...), which a kind adds
+beside the protocol.
+
+Adding a memory kind: write ``famlab/model/memory/<kind>.py`` with such a class (its ``applies`` reading the
+config's ``attention`` value), register it in :data:`MEMORY_KINDS`, add its fields to ``LayerState`` (with a
+default of None, so the state's serialisation follows), and give the parallel paths its batched read/update
+(the reference loop first: it is the definition the tests hold the others to).
+"""
+
+from __future__ import annotations
+
+from famlab.config import ModelConfig
+from famlab.model.memory.fam import FamMemory
+from famlab.model.memory.segment import SegmentMemory
+
+MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory}  # in key order
+
+
+def memory_kinds(cfg: ModelConfig) -> list:
+    """The memory kinds a model of ``cfg`` has, built, in key order."""
+    return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
+
+
+__all__ = ["MEMORY_KINDS", "FamMemory", "SegmentMemory", "memory_kinds"]

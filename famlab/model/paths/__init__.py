@@ -1,0 +1,12 @@
+"""The implementations of one function, side by side; each takes the model, the input embeddings x [b, T, d]
+and the state before them, and returns the final hidden states [b, T, d] and the state after them.
+
+* :mod:`.reference`: block by block over [F; X] through all layers, naive attention (the definition).
+* :mod:`.layer_major`: per layer, all tokens at once; a sequential scan for the FAM rows only.
+* :mod:`.wavefront`: the reference's rows scheduled as a wavefront over (layer, block) (FAM only).
+* :mod:`.stream`: chunks of any length, per token segment inside one block (``FamLM.step``).
+"""
+
+from famlab.model.paths import layer_major, reference, stream, wavefront
+
+__all__ = ["layer_major", "reference", "stream", "wavefront"]

@@ -1,0 +1,58 @@
+"""The reference: for each block, for each layer, the layer on [F; X] with the spec's mask table and a naive
+softmax attention. Obviously right, slow; the other paths are held equal to it by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from famlab.model import masks
+from famlab.model.memory import SegmentMemory
+from famlab.model.ops import merge_heads, naive_attention
+from famlab.model.positions import fam_positions, rope_for, token_positions
+from famlab.model.state import FamState
+
+
+def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, None]:
+    """Keys are [older FAM states | memory blocks | F | X], by :func:`famlab.model.masks.reference_mask`.
+    Runs from a fresh state only; returns no state."""
+    if state.pos:
+        raise ValueError("impl='reference' runs from a fresh state only (state.pos must be 0)")
+    cfg = model.cfg
+    B, L_F, P = cfg.block_size, cfg.effective_fam_len, cfg.fam_prev_blocks
+    segment = SegmentMemory(cfg)
+    T = x.shape[1]
+    fams = [ls.fam for ls in state.layers]
+    mem: list[list[tuple[Tensor, Tensor]]] = [[] for _ in model.layers]  # per layer, per block
+    old_fam: list[list[tuple[Tensor, Tensor]]] = [[] for _ in model.layers]
+    outs = []
+    for blk, start in enumerate(range(0, T, B)):
+        h = x[:, start : start + B]
+        nb = h.shape[1]
+        pos = token_positions(start, nb, x.device)
+        if L_F:
+            pos = torch.cat([fam_positions(cfg, torch.tensor([blk], device=x.device)), pos], 1)
+        cos, sin = rope_for(cfg, pos, state.pos_offset, x.dtype)
+        for li, layer in enumerate(model.layers):
+            older = old_fam[li][max(0, len(old_fam[li]) - (P - 1)) :] if P > 1 else []
+            z = torch.cat([fams[li], h], 1) if L_F else h  # [b, L_F + nb, d]
+            q, k, v = layer.qkv(z, cos, sin)
+            mem_k, mem_v = [kv[0] for kv in mem[li]], [kv[1] for kv in mem[li]]
+            if mem_k:  # stop-gradient cuts memory blocks only, never FAM
+                mem_k, mem_v = segment.cut(torch.cat(mem_k, 2), torch.cat(mem_v, 2))
+                mem_k, mem_v = [mem_k], [mem_v]
+            keys = torch.cat([*(kv[0] for kv in older), *mem_k, k], 2)
+            vals = torch.cat([*(kv[1] for kv in older), *mem_v, v], 2)
+            n_older, n_mem = len(older) * L_F, sum(t.shape[2] for t in mem_k)
+            mask = masks.reference_mask(L_F, start, nb, n_older, n_mem, cfg.window, x.device)
+            attn = naive_attention(q, keys, vals, mask)
+            fresh = blk == 0 and state.fam_fresh and cfg.fam_zero_residual
+            residual = torch.cat([torch.zeros_like(fams[li]) if fresh else fams[li], h], 1) if L_F else h
+            out = layer.finish(merge_heads(attn), residual)
+            if L_F and nb == B:  # only a complete block produces the next FAM
+                old_fam[li].append((k[:, :, :L_F], v[:, :, :L_F]))
+                fams[li] = out[:, :L_F]
+            mem[li] = segment.push_block(mem[li], (k[:, :, L_F:], v[:, :, L_F:]))
+            h = out[:, L_F:]
+        outs.append(h)
+    return torch.cat(outs, 1), None
