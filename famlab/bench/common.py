@@ -75,14 +75,18 @@ def fill_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]
             setattr(args, key, small if args.quick else full)
 
 
+def check_name(p: argparse.ArgumentParser, name: str, known: Iterable[str], what: str) -> str:
+    """``name`` if it is one of ``known``, else the parser's usage error (exit 2)."""
+    known = list(known)
+    if name not in known:
+        p.error(f"unknown {what} {name!r}: expected one of {', '.join(known)}")
+    return name
+
+
 def name_list(p: argparse.ArgumentParser, text: str, known: Iterable[str], what: str) -> list[str]:
     """A comma list of names, each one of ``known`` (else the parser's usage error)."""
     known = list(known)
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    for x in names:
-        if x not in known:
-            p.error(f"unknown {what} {x!r}: expected one of {', '.join(known)}")
-    return names
+    return [check_name(p, x.strip(), known, what) for x in text.split(",") if x.strip()]
 
 
 def base_config(args: argparse.Namespace) -> ModelConfig:
@@ -143,11 +147,10 @@ def machine_line(mach: dict[str, Any], malloc: bool = False) -> str:
     return line + (f", malloc {mach.get('malloc', 'default')} (FAMLAB_MALLOC)." if malloc else ".")
 
 
-def model_source_sha256() -> str:
-    """First 16 hex digits of the SHA-256 of famlab.model's source as run: the module file, or every
-    ``.py`` file of the package (sorted by path, each path hashed with its bytes)."""
-    module = importlib.import_module("famlab.model")
-    path = Path(module.__file__)
+def source_sha256(module: str = "famlab.model") -> str:
+    """First 16 hex digits of the SHA-256 of a module's source as run: its file, or for a package every
+    ``.py`` file below it (sorted by path, each path hashed with its bytes)."""
+    path = Path(importlib.import_module(module).__file__)
     if path.name != "__init__.py":
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     digest = hashlib.sha256()
@@ -159,7 +162,7 @@ def model_source_sha256() -> str:
 def code_version() -> dict[str, Any]:
     """The commit measured, whether the tree was dirty, and a hash of the model's source as run."""
     info = git_info()
-    return {"commit": info["commit"], "dirty": info["dirty"], "model_py_sha256": model_source_sha256()}
+    return {"commit": info["commit"], "dirty": info["dirty"], "model_py_sha256": source_sha256("famlab.model")}
 
 
 def code_line(code: dict[str, Any]) -> str:

@@ -122,15 +122,9 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
 
 
 def stack_shape(cfg: ModelConfig) -> dict[str, Any]:
-    """The layer-stack keywords local-attention's and RMT's constructors share, at famlab's shape;
-    hyper-connections off (one residual stream)."""
-    return {
-        "depth": cfg.n_layers,
-        "heads": cfg.n_heads,
-        "dim_head": cfg.head_dim,
-        "ff_mult": cfg.ff_dim / cfg.d_model,
-        "num_residual_streams": 1,
-    }
+    """The layer-stack keywords every peer's constructor takes, at famlab's shape; hyper-connections
+    off (one residual stream)."""
+    return {"depth": cfg.n_layers, "heads": cfg.n_heads, "ff_mult": cfg.ff_dim / cfg.d_model, "num_residual_streams": 1}
 
 
 class LocalAttentionLM(nn.Module):
@@ -146,6 +140,7 @@ class LocalAttentionLM(nn.Module):
             num_tokens=None,
             max_seq_len=seq_len,
             dim=cfg.d_model,
+            dim_head=cfg.head_dim,
             local_attn_window_size=cfg.block_size,
             causal=True,
             look_backward=cfg.mem_segment,
@@ -166,17 +161,10 @@ class RMTLM(nn.Module):
         super().__init__()
         from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer, RecurrentMemoryTransformerWrapper
 
-        rmt = RecurrentMemoryTransformer(
-            cfg.d_model,
-            num_tokens=cfg.vocab_size,
-            num_memory_tokens=cfg.fam_len,
-            seq_len=cfg.block_size,
-            use_flash_attn=True,
-            abs_pos_emb=False,
-            rotary_pos_emb=True,
-            use_xl_memories=False,
-            **stack_shape(cfg),
-        )
+        sizes = dict(num_tokens=cfg.vocab_size, dim_head=cfg.head_dim, num_memory_tokens=cfg.fam_len)
+        # SDPA attention, rotary over the whole head instead of absolute positions, no XL memories
+        flags = dict(use_flash_attn=True, abs_pos_emb=False, rotary_pos_emb=True, use_xl_memories=False)
+        rmt = RecurrentMemoryTransformer(cfg.d_model, seq_len=cfg.block_size, **sizes, **flags, **stack_shape(cfg))
         self.wrapper = RecurrentMemoryTransformerWrapper(rmt)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -194,14 +182,12 @@ def x_transformers_lm(cfg: ModelConfig, seq_len: int) -> nn.Module:
         tie_embedding=True,
         attn_layers=Decoder(
             dim=cfg.d_model,
-            depth=cfg.n_layers,
-            heads=cfg.n_heads,
             attn_dim_head=cfg.head_dim,
             rotary_pos_emb=True,
             rotary_emb_dim=cfg.head_dim,
             attn_flash=True,
-            ff_mult=cfg.ff_dim / cfg.d_model,
             ff_no_bias=True,
+            **stack_shape(cfg),
         ),
     )
 

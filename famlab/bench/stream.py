@@ -75,6 +75,10 @@ VARIANTS = ("fam", "bswa", "full")  # attention kinds
 DEFAULT_LENGTHS = "16k,128k,1M"
 QUICK_LENGTHS = "4k,16k,64k"
 RSS_SAMPLES = 8  # VmRSS readings along each stream
+# option -> (default, --quick default), for the options left unset
+QUICK_DEFAULTS = {"lengths": (DEFAULT_LENGTHS, QUICK_LENGTHS), "full_max_tokens": (16384, 16384)}
+QUICK_DEFAULTS.update(d_model=(256, 64), n_layers=(4, 2), n_heads=(4, 2), block_size=(256, 64), fam_len=(16, 4))
+QUICK_DEFAULTS.update(prefill_len=(16384, 4096), prefill_warmup=(1, 1), prefill_iters=(3, 1))
 
 
 def parse_tokens(text: str) -> int:
@@ -311,19 +315,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out_dir = {"help": "where the JSON and stream_latest.md go ('' = nowhere)"}
     add_options(p, ("stat", "threads", "seed", "out_dir", "strict"), stat=stat, out_dir=out_dir)
     args = p.parse_args(argv)
-    defaults = {
-        "lengths": (DEFAULT_LENGTHS, QUICK_LENGTHS),
-        "full_max_tokens": (16384, 16384),
-        "d_model": (256, 64),
-        "n_layers": (4, 2),
-        "n_heads": (4, 2),
-        "block_size": (256, 64),
-        "fam_len": (16, 4),
-        "prefill_len": (16384, 4096),
-        "prefill_warmup": (1, 1),
-        "prefill_iters": (3, 1),
-    }
-    fill_defaults(args, defaults)
+    fill_defaults(args, QUICK_DEFAULTS)
     if args.chunk is None:
         args.chunk = args.block_size
     try:

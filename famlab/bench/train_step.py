@@ -66,6 +66,7 @@ from famlab.bench.common import (
     add_options,
     base_config,
     benchmark_parser,
+    check_name,
     fill_defaults,
     machine_info,
     name_list,
@@ -86,6 +87,10 @@ from famlab.bench.step import (
 )
 from famlab.bench.train_step_report import fam_scan_summary, make_targets, render_markdown, variant_rows
 from famlab.config import ModelConfig
+
+# option -> (default, --quick default), for the options left unset
+QUICK_DEFAULTS = {"seq_len": (4096, 1024), "warmup": (2, 1), "iters": (7, 2), "ref_iters": (3, 1)}
+QUICK_DEFAULTS.update(matmul_size=(2048, 512), matmul_reps=(7, 2), mem_reps=(2, 1))
 
 # ----------------------------------------------------------------------------------------------
 # throughput
@@ -227,19 +232,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="VARIANT", default=None, help="only profile VARIANT's training step")
     p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args(argv)
-    defaults = {
-        "seq_len": (4096, 1024),
-        "warmup": (2, 1),
-        "iters": (7, 2),
-        "ref_iters": (3, 1),
-        "matmul_size": (2048, 512),
-        "matmul_reps": (7, 2),
-        "mem_reps": (2, 1),
-    }
-    fill_defaults(args, defaults)
+    fill_defaults(args, QUICK_DEFAULTS)
     args.variant_list = name_list(p, args.variants, VARIANTS, "variant")
     if args.profile:
-        name_list(p, args.profile, VARIANTS, "variant")
+        check_name(p, args.profile, VARIANTS, "variant")
     return args
 
 
