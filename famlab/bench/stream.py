@@ -12,7 +12,7 @@ What is measured, and how:
   state nor a larger stream run before it inflates the numbers): the child builds the model,
   warms up by streaming a few chunks into a throw-away state, then ``gc``, ``malloc_trim(0)``,
   resets the kernel's RSS high-water mark (``echo 5 > /proc/self/clear_refs``, with
-  ``famlab.bench``'s helpers), reads ``VmRSS`` and streams N random tokens from a fresh
+  ``famlab.bench.common``'s helpers), reads ``VmRSS`` and streams N random tokens from a fresh
   ``init_state(1)``. The allocator keeps glibc's defaults, as a user's process would
   (``--malloc mmap``: ``famlab.bench``'s ``mallopt`` settings, every block over 64 kB returned to
   the OS on free; the page faults then cost about a quarter of the streaming speed). tokens/s = N / the summed ``step`` times (token generation is not timed;
