@@ -27,9 +27,8 @@ from famlab.provenance import git_info
 # ----------------------------------------------------------------------------------------------
 # command line
 
-THREADS_HELP = "torch threads (default: torch's choice)"
-# option -> (flag, argparse keywords); a benchmark picks the options it has, in its own order, and may
-# change a keyword (its own default or help)
+# option (flag --seq-len for seq_len) -> argparse keywords; a benchmark picks the options it has, in its
+# own order, and may change a keyword (its own default or help)
 OPTIONS: dict[str, dict[str, Any]] = {
     "seq_len": {"type": int, "default": None, "help": "T (default 4096; --quick 1024)"},
     "batch_size": {"type": int, "default": 2},
@@ -40,7 +39,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "block_size": {"type": int, "default": 256},
     "mem_segment": {"type": int, "default": 1},
     "fam_len": {"type": int, "default": 16},
-    "threads": {"type": int, "default": None, "help": THREADS_HELP},
+    "threads": {"type": int, "default": None, "help": "torch threads (default: torch's choice)"},
     "warmup": {"type": int, "default": None, "help": "warm-up rounds (default 2; --quick 1)"},
     "iters": {"type": int, "default": None, "help": "timed rounds (default 7; --quick 2)"},
     "stat": {

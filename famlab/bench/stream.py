@@ -42,6 +42,7 @@ Results: a Markdown table on stdout and in ``bench/results/stream_latest.md``, a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import resource
@@ -95,17 +96,24 @@ def parse_tokens(text: str) -> int:
 # the state's size
 
 
+def state_tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor a streaming state holds, whatever its memory kind: the fields of its dataclasses
+    (``FamState``, each layer's state), recursively through lists."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in state_tensors(x)]
+    if dataclasses.is_dataclass(obj):
+        return [t for f in dataclasses.fields(obj) for t in state_tensors(getattr(obj, f.name))]
+    return []
+
+
 def state_nbytes(state: FamState) -> dict[str, int]:
     """Bytes of the tensors in a streaming state: ``logical`` (sum of numel x element size) and
     ``storage`` (the distinct storages they keep alive, e.g. a slice of a concatenation keeps the
     whole concatenation)."""
     logical, storages = 0, {}
-    tensors = [state.pos_offset]
-    for ls in state.layers:
-        tensors += [ls.mem_k, ls.mem_v, ls.blk_k, ls.blk_v, ls.fam, ls.fam_k, ls.fam_v]
-    for t in tensors:
-        if t is None:
-            continue
+    for t in state_tensors(state):
         logical += t.numel() * t.element_size()
         st = t.untyped_storage()
         storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
