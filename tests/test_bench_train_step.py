@@ -1,17 +1,14 @@
-"""famlab.bench (the training-step benchmark): a --quick smoke run at tiny sizes, the FAM scan timed
-alone, the targets at their thresholds, and the command line's checks."""
+"""famlab.bench (the training-step benchmark): a --quick smoke run at tiny sizes, the targets at their
+thresholds, and the command line's checks."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
 from famlab import bench
 from famlab.bench.train_step_report import make_targets
-from famlab.config import ModelConfig
-from famlab.model import FamLM
 
 
 def _expected_status(target: dict) -> str:
@@ -63,25 +60,6 @@ def test_quick_bench_writes_expected_json(tmp_path, capsys):
     assert len(scan["layer_times_s"]) == 2 and scan["layer_time_s"] > 0 and scan["gflops"] > 0
     assert scan["step_time_s"] == pytest.approx(scan["layer_time_s"])  # one layer here
     assert "FAM scan alone" in out
-
-
-def test_time_fam_scan_runs_the_models_own_scan_and_restores_it():
-    cfg = ModelConfig(attention="fam", d_model=32, n_layers=2, n_heads=2, block_size=8, fam_len=2, vocab_size=16)
-    model = FamLM(cfg).train()
-    tokens = torch.randint(0, 16, (2, 24))
-    calls = []
-    layer = model.layers[0]
-    scan = layer.fam_scan
-    layer.fam_scan = lambda *a: calls.append(a[5]) or scan(*a)  # as compile_fam_updates would set it
-    times = bench.time_fam_scan(model, tokens, reps=3)
-    assert len(times) == 3 and all(t > 0 for t in times)
-    assert calls == [3] * 5  # captured in one forward (n_full=3 blocks), then warm-up + 3 timed rounds
-    assert "fam_scan" in layer.__dict__  # the instance's own scan is put back
-    del layer.fam_scan
-    bench.time_fam_scan(model, tokens, reps=1)
-    assert "fam_scan" not in layer.__dict__
-    with pytest.raises(ValueError, match="no FAM scan"):
-        bench.time_fam_scan(FamLM(cfg.replace(attention="bswa")), tokens, reps=1)
 
 
 def _row(name: str, tokens_per_s: float, frac: float, ceiling_s: float | None) -> dict:

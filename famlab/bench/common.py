@@ -222,7 +222,7 @@ def target_status(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def start(parse_args: Callable[[list[str] | None], argparse.Namespace], argv: list[str] | None):
+def parse_and_apply_threads(parse_args: Callable[[list[str] | None], argparse.Namespace], argv: list[str] | None):
     """Parse a benchmark's arguments and apply ``--threads``."""
     args = parse_args(argv)
     if args.threads:

@@ -63,8 +63,8 @@ from famlab.bench.common import (
     machine_info,
     machine_line,
     name_list,
+    parse_and_apply_threads,
     report_results,
-    start,
     target_status,
     timestamp,
 )
@@ -378,7 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = start(parse_args, argv)
+    args = parse_and_apply_threads(parse_args, argv)
     return report_results(run_bench(args), render_markdown, args, json_prefix="peers_", latest="peers_latest.md")
 
 

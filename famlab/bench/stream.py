@@ -61,10 +61,10 @@ from famlab.bench.common import (
     fill_defaults,
     machine_info,
     name_list,
+    parse_and_apply_threads,
     report_results,
     reset_hwm,
     run_in_fresh_processes,
-    start,
     status_kb,
     timestamp,
 )
@@ -390,7 +390,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = start(parse_args, argv)
+    args = parse_and_apply_threads(parse_args, argv)
     return report_results(run_bench(args), render_markdown, args, json_prefix="stream_", latest="stream_latest.md")
 
 

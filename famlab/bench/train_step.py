@@ -70,8 +70,8 @@ from famlab.bench.common import (
     fill_defaults,
     machine_info,
     name_list,
+    parse_and_apply_threads,
     report_results,
-    start,
     timestamp,
 )
 from famlab.bench.flops import model_matmul_shapes, time_matmul
@@ -263,7 +263,7 @@ def profile_variant(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = start(parse_args, argv)
+    args = parse_and_apply_threads(parse_args, argv)
     if args.profile:
         text = profile_variant(args)
         print(text)
