@@ -1,4 +1,4 @@
-"""famlab.bench_peers: each peer is built at famlab's parameter count and sees the same tokens as
+"""famlab.bench.peers: each peer is built at famlab's parameter count and sees the same tokens as
 its famlab counterpart (checked by perturbing one token); a missing peer is skipped with the
 install hint. The peers are optional (``pip install -e '.[peers]'``): their tests skip without them."""
 
@@ -11,8 +11,9 @@ import warnings
 import pytest
 import torch
 
-from famlab import bench_peers
-from famlab.bench_peers import PAIRS, build_peer, famlab_config, num_params, train_step
+from famlab.bench import peers as bench_peers
+from famlab.bench.common import base_config
+from famlab.bench.peers import PAIRS, build_peer, famlab_config, num_params, train_step
 from famlab.model import FamLM
 
 
@@ -24,7 +25,7 @@ def _args(**changes) -> argparse.Namespace:
 
 def _pair_models(pair: str, **changes) -> tuple[FamLM, torch.nn.Module]:
     pytest.importorskip(PAIRS[pair].module)
-    cfg = famlab_config(bench_peers.base_config(_args(**changes)), pair)
+    cfg = famlab_config(base_config(_args(**changes)), pair)
     torch.manual_seed(0)
     ours = FamLM(cfg)
     torch.manual_seed(0)
@@ -111,5 +112,8 @@ def test_quick_peers_bench_when_installed(tmp_path, capsys):
     for r in res["rows"]:
         assert r["tokens_per_s"] > 0 and 0.9 <= r["params_vs_famlab"] <= 1.1
         assert (r["version"] is None) == (r["kind"] == "famlab")
-    assert all(t["status"] in ("PASS", "FAIL") for t in res["targets"].values())
+    for pair, t in res["targets"].items():  # famlab's tokens/s over the peer's, against the pair's target
+        ours, peer = (next(r for r in res["rows"] if r["name"] == n) for n in (PAIRS[pair].famlab_label, pair))
+        assert t["value"] == pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
+        assert t["status"] == ("PASS" if t["value"] >= PAIRS[pair].target else "FAIL")
     assert (tmp_path / "peers_latest.md").read_text().startswith("# famlab peers bench")

@@ -1,4 +1,4 @@
-"""famlab.bench_stream: a quick run writes every variant and length, the state of FAM and BSWA
+"""famlab.bench.stream: a quick run writes every variant and length, the state of FAM and BSWA
 does not grow with the tokens consumed (counted from its tensors), full attention's is exactly its
 KV cache, and the streamed logits equal the parallel forward's."""
 
@@ -10,13 +10,15 @@ import pytest
 import torch
 from helpers import make_model, tiny_cfg, tokens
 
-from famlab import bench_stream
-from famlab.bench_stream import kv_cache_bytes, parse_tokens, state_nbytes, stream
+from famlab.bench import stream as bench_stream
+from famlab.bench.common import base_config
+from famlab.bench.stream import kv_cache_bytes, parse_tokens, state_nbytes, stream
+from famlab.bench.stream_report import fmt_tokens
 
 
 def test_parse_tokens():
     assert parse_tokens("16k") == 16384 and parse_tokens("1M") == 1 << 20 and parse_tokens(" 3000 ") == 3000
-    assert bench_stream.fmt_tokens(131072) == "128k" and bench_stream.fmt_tokens(1 << 20) == "1M"
+    assert fmt_tokens(131072) == "128k" and fmt_tokens(1 << 20) == "1M"
     with pytest.raises(ValueError):
         parse_tokens("0")
 
@@ -82,7 +84,7 @@ def test_quick_stream_bench_writes_every_variant_and_length(tmp_path, capsys):
     args += ["--threads", "1", "--warmup-chunks", "2", "--out-dir", str(tmp_path)]
     res = bench_stream.main(args)
     out = capsys.readouterr().out
-    assert "| variant | tokens | tokens/s |" in out and ("PASS" in out or "FAIL" in out)
+    assert "| variant | tokens | tokens/s |" in out
     data = json.loads(next(tmp_path.glob("stream_*.json")).read_text())
     assert data["timestamp"] == res["timestamp"]
     assert (tmp_path / "stream_latest.md").read_text().startswith("# famlab streaming bench")
@@ -91,7 +93,7 @@ def test_quick_stream_bench_writes_every_variant_and_length(tmp_path, capsys):
     rows = {(r["variant"], r["tokens"]): r for r in data["stream"]}
     assert set(rows) == {(v, n) for v in ("fam", "bswa", "full") for n in (1024, 4096)}
     assert rows[("full", 4096)]["skipped"] and "full-max-tokens" in rows[("full", 4096)]["reason"]
-    assert rows[("full", 4096)]["kv_cache_bytes"] == kv_cache_bytes(bench_stream.base_config(_ns(data)), 4096)
+    assert rows[("full", 4096)]["kv_cache_bytes"] == kv_cache_bytes(base_config(_ns(data)), 4096)
     for key, r in rows.items():
         if key == ("full", 4096):
             continue
@@ -110,11 +112,24 @@ def test_quick_stream_bench_writes_every_variant_and_length(tmp_path, capsys):
     assert all(p["max_abs_logit_diff"] < 1e-4 and p["ratio"] > 0 for p in data["prefill"])
     expected = {f"{k}_{v}" for k in ("rss_flat", "speed_flat", "prefill") for v in ("fam", "bswa")}
     assert set(data["targets"]) == expected
-    assert all(t["status"] in ("PASS", "FAIL") for t in data["targets"].values())
+    for v in ("fam", "bswa"):  # every target measured, its status read off its value
+        f, p = data["flatness"][v], next(p for p in data["prefill"] if p["variant"] == v)
+        assert data["targets"][f"rss_flat_{v}"]["value"] == f["rss_ratio"]
+        assert data["targets"][f"speed_flat_{v}"]["value"] == f["speed_ratio"]
+        assert data["targets"][f"prefill_{v}"]["value"] == p["ratio"]
+    for t in data["targets"].values():
+        tol = t["threshold"]
+        ok = (
+            t["value"] >= tol
+            if t["name"].split(": ")[1].startswith("streaming prefill")
+            else abs(t["value"] - 1) <= tol
+        )
+        assert t["status"] == ("PASS" if ok else "FAIL")
+        assert f"* {t['name']}: {t['value_text']} -> **{t['status']}**" in out
 
 
 def _ns(data):
-    """The config of a result as the attributes famlab.bench.base_config reads."""
+    """The config of a result as the attributes famlab.bench.common.base_config reads."""
     import argparse
 
     c = data["config"]

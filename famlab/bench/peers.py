@@ -1,6 +1,6 @@
 """Peer benchmark: famlab's training step next to public implementations of the same ideas.
 
-Run with ``make bench-peers`` (``python -m famlab.bench_peers``; ``--help`` lists the options).
+Run with ``make bench-peers`` (``python -m famlab.bench.peers``; ``--help`` lists the options).
 The peers are installed only for this benchmark: ``pip install -e '.[peers]'``. A peer that is
 not installed is reported with that hint and its comparison skipped.
 
@@ -37,7 +37,6 @@ full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.metadata
 import importlib.util
 import os
@@ -53,8 +52,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famlab.allocator import reuse_freed_memory
-from famlab.bench import base_config, machine_info, report_results
-from famlab.bench_stream import _code_line, code_version
+from famlab.bench.common import (
+    add_options,
+    base_config,
+    benchmark_parser,
+    code_line,
+    code_version,
+    fill_defaults,
+    format_or,
+    machine_info,
+    machine_line,
+    name_list,
+    parse_and_apply_threads,
+    report_results,
+    target_status,
+    timestamp,
+)
 from famlab.config import ModelConfig
 from famlab.model import FamLM
 
@@ -108,6 +121,12 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
     return base.replace(attention="full")
 
 
+def stack_shape(cfg: ModelConfig) -> dict[str, Any]:
+    """The layer-stack keywords every peer's constructor takes, at famlab's shape; hyper-connections
+    off (one residual stream)."""
+    return {"depth": cfg.n_layers, "heads": cfg.n_heads, "ff_mult": cfg.ff_dim / cfg.d_model, "num_residual_streams": 1}
+
+
 class LocalAttentionLM(nn.Module):
     """``local_attention.LocalTransformer``'s layer stack between a token embedding, a final
     LayerNorm and a head tied to the embedding (famlab's ends)."""
@@ -121,15 +140,12 @@ class LocalAttentionLM(nn.Module):
             num_tokens=None,
             max_seq_len=seq_len,
             dim=cfg.d_model,
-            depth=cfg.n_layers,
-            heads=cfg.n_heads,
             dim_head=cfg.head_dim,
             local_attn_window_size=cfg.block_size,
-            ff_mult=cfg.ff_dim / cfg.d_model,
             causal=True,
             look_backward=cfg.mem_segment,
             exact_windowsize=False,
-            num_residual_streams=1,
+            **stack_shape(cfg),
         )
         self.norm = nn.LayerNorm(cfg.d_model, bias=False)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
@@ -145,21 +161,10 @@ class RMTLM(nn.Module):
         super().__init__()
         from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer, RecurrentMemoryTransformerWrapper
 
-        rmt = RecurrentMemoryTransformer(
-            cfg.d_model,
-            num_tokens=cfg.vocab_size,
-            depth=cfg.n_layers,
-            num_memory_tokens=cfg.fam_len,
-            seq_len=cfg.block_size,
-            heads=cfg.n_heads,
-            dim_head=cfg.head_dim,
-            ff_mult=cfg.ff_dim / cfg.d_model,
-            use_flash_attn=True,
-            abs_pos_emb=False,
-            rotary_pos_emb=True,
-            use_xl_memories=False,
-            num_residual_streams=1,
-        )
+        sizes = dict(num_tokens=cfg.vocab_size, dim_head=cfg.head_dim, num_memory_tokens=cfg.fam_len)
+        # SDPA attention, rotary over the whole head instead of absolute positions, no XL memories
+        flags = dict(use_flash_attn=True, abs_pos_emb=False, rotary_pos_emb=True, use_xl_memories=False)
+        rmt = RecurrentMemoryTransformer(cfg.d_model, seq_len=cfg.block_size, **sizes, **flags, **stack_shape(cfg))
         self.wrapper = RecurrentMemoryTransformerWrapper(rmt)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -177,14 +182,12 @@ def x_transformers_lm(cfg: ModelConfig, seq_len: int) -> nn.Module:
         tie_embedding=True,
         attn_layers=Decoder(
             dim=cfg.d_model,
-            depth=cfg.n_layers,
-            heads=cfg.n_heads,
             attn_dim_head=cfg.head_dim,
             rotary_pos_emb=True,
             rotary_emb_dim=cfg.head_dim,
             attn_flash=True,
-            ff_mult=cfg.ff_dim / cfg.d_model,
             ff_no_bias=True,
+            **stack_shape(cfg),
         ),
     )
 
@@ -305,7 +308,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "value": ratio,
             "value_text": f"{ratio:.3f}x ({ours['tokens_per_s']:.0f} vs {peer['tokens_per_s']:.0f} tokens/s; "
             f"params {peer['params_vs_famlab']:.3f}x)",
-            "status": "PASS" if ratio >= spec.target else "FAIL",
+            "status": target_status(ratio >= spec.target),
         }
     mach["loadavg_end"] = list(os.getloadavg())
     base = base_config(args)
@@ -313,7 +316,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     config.update({k: getattr(base, k) for k in ("d_model", "n_layers", "n_heads", "vocab_size", "block_size")})
     config.update(mem_segment=base.mem_segment, fam_len=base.fam_len, ff_dim=base.ff_dim, dtype="float32")
     return {
-        "timestamp": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "timestamp": timestamp(),
         "machine": mach,
         "code": code_version(),
         "config": config,
@@ -321,10 +324,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "targets": targets,
     }
-
-
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:.3f}"
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -336,10 +335,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"FF {c['ff_dim']}; T={c['seq_len']}, batch={c['batch_size']}, B={c['block_size']} "
         f"(bswa m={c['mem_segment']}, fam m=0), L_F={c['fam_len']}, fp32. Training step = forward + cross-entropy + "
         f"backward; {c['stat']} of {c['iters']} timed rounds after {c['warmup']} warm-up rounds, models round-robin.",
-        f"Machine: {mach['cpu_model']}, {mach['usable_cores']} usable cores, torch {mach['torch']}, "
-        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}, "
-        f"malloc {mach.get('malloc', 'default')} (FAMLAB_MALLOC).",
-        _code_line(res["code"]),
+        machine_line(mach, malloc=True),
+        code_line(res["code"]),
         "",
         "| model | version | params | params vs famlab | median ms | min ms | tokens/s | famlab / peer |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -348,7 +345,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['version'] or ''} | {r['params']:,} | {r.get('params_vs_famlab', 1.0):.3f} | "
             f"{r['step_time_median_s'] * 1e3:.0f} | {r['step_time_min_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
-            f"{_fmt(r.get('speed_vs_peer'))} |"
+            f"{format_or(r.get('speed_vs_peer'), '.3f', '')} |"
         )
     for pair, hint in res["missing"].items():
         lines.append(f"| {pair} | not installed: `{hint}` | | | | | | |")
@@ -363,47 +360,25 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="famlab.bench_peers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke test: T=1024, fewer rounds")
+    p = benchmark_parser("famlab.bench.peers", __doc__, "smoke test: T=1024, fewer rounds")
     p.add_argument("--pairs", default=",".join(PAIRS), help=f"comma list of {', '.join(PAIRS)}")
-    p.add_argument("--seq-len", type=int, default=None, help="T (default 4096; --quick 1024)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--vocab-size", type=int, default=256)
-    p.add_argument(
-        "--block-size", type=int, default=256, help="B: famlab's block, local-attention's window, RMT's segment"
-    )
-    p.add_argument("--mem-segment", type=int, default=1, help="m of famlab bswa (= local-attention's look_backward)")
-    p.add_argument("--fam-len", type=int, default=16, help="L_F of famlab fam (= RMT's memory tokens)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; --quick 1)")
-    p.add_argument("--iters", type=int, default=None, help="timed rounds (default 5; --quick 2)")
-    p.add_argument(
-        "--stat",
-        choices=("median", "min"),
-        default="median",
-        help="step-time statistic behind tokens/s (min resists a busy machine)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default="bench/results", help="where the JSON and peers_latest.md go ('' = nowhere)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
+    sizes = ("seq_len", "batch_size", "d_model", "n_layers", "n_heads", "vocab_size", "block_size", "mem_segment")
+    changes = {
+        "block_size": {"help": "B: famlab's block, local-attention's window, RMT's segment"},
+        "mem_segment": {"help": "m of famlab bswa (= local-attention's look_backward)"},
+        "fam_len": {"help": "L_F of famlab fam (= RMT's memory tokens)"},
+        "iters": {"help": "timed rounds (default 5; --quick 2)"},
+        "out_dir": {"help": "where the JSON and peers_latest.md go ('' = nowhere)"},
+    }
+    add_options(p, (*sizes, "fam_len", "threads", "warmup", "iters", "stat", "seed", "out_dir", "strict"), **changes)
     args = p.parse_args(argv)
-    for key, (full, small) in {"seq_len": (4096, 1024), "warmup": (2, 1), "iters": (5, 2)}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, small if args.quick else full)
-    args.pair_list = [x.strip() for x in args.pairs.split(",") if x.strip()]
-    for x in args.pair_list:
-        if x not in PAIRS:
-            p.error(f"unknown pair {x!r}: expected one of {', '.join(PAIRS)}")
+    fill_defaults(args, {"seq_len": (4096, 1024), "warmup": (2, 1), "iters": (5, 2)})
+    args.pair_list = name_list(p, args.pairs, PAIRS, "pair")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_and_apply_threads(parse_args, argv)
     return report_results(run_bench(args), render_markdown, args, json_prefix="peers_", latest="peers_latest.md")
 
 

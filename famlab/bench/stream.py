@@ -1,6 +1,6 @@
 """Streaming inference benchmark: tokens/s and peak RSS of ``FamLM.step`` over long streams.
 
-Run with ``make bench-stream`` (``python -m famlab.bench_stream``; ``--help`` lists the options).
+Run with ``make bench-stream`` (``python -m famlab.bench.stream``; ``--help`` lists the options).
 Defaults: the model of ``famlab.bench`` (4 layers, d_model=256, 4 heads, vocab 256, B=256, m=1,
 L_F=16, fp32), batch 1, ``eval()`` and ``torch.no_grad()``, streams of 16k, 128k and 1M tokens fed
 to ``FamLM.step`` in block-sized chunks. ``--quick``: a 2-layer d=64 model (B=64, L_F=4) over 4k,
@@ -12,7 +12,7 @@ What is measured, and how:
   state nor a larger stream run before it inflates the numbers): the child builds the model,
   warms up by streaming a few chunks into a throw-away state, then ``gc``, ``malloc_trim(0)``,
   resets the kernel's RSS high-water mark (``echo 5 > /proc/self/clear_refs``, with
-  ``famlab.bench``'s helpers), reads ``VmRSS`` and streams N random tokens from a fresh
+  ``famlab.bench.common``'s helpers), reads ``VmRSS`` and streams N random tokens from a fresh
   ``init_state(1)``. The allocator keeps glibc's defaults, as a user's process would
   (``--malloc mmap``: ``famlab.bench``'s ``mallopt`` settings, every block over 64 kB returned to
   the OS on free; the page faults then cost about a quarter of the streaming speed). tokens/s = N / the summed ``step`` times (token generation is not timed;
@@ -42,46 +42,44 @@ Results: a Markdown table on stdout and in ``bench/results/stream_latest.md``, a
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import datetime as dt
+import dataclasses
 import gc
-import hashlib
-import importlib
-import multiprocessing
 import os
 import resource
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from famlab.allocator import glibc
-from famlab.bench import _reset_hwm, _status_kb, base_config, machine_info, report_results
+from famlab.bench.common import (
+    add_options,
+    base_config,
+    benchmark_parser,
+    code_version,
+    fill_defaults,
+    machine_info,
+    name_list,
+    parse_and_apply_threads,
+    report_results,
+    reset_hwm,
+    run_in_fresh_processes,
+    status_kb,
+    timestamp,
+)
+from famlab.bench.stream_report import flatness, fmt_tokens, make_targets, render_markdown
 from famlab.config import ModelConfig
 from famlab.model import FamLM, FamState
-from famlab.provenance import git_info
 
 VARIANTS = ("fam", "bswa", "full")  # attention kinds
-CONSTANT_STATE = ("fam", "bswa")  # the variants the targets apply to
 DEFAULT_LENGTHS = "16k,128k,1M"
 QUICK_LENGTHS = "4k,16k,64k"
-RSS_FLAT_TOL = 0.05  # peak RSS at the longest length within 5% of the shortest's
-SPEED_FLAT_TOL = 0.10  # tokens/s at the longest length within 10% of the shortest's
-PREFILL_TARGET = 0.80  # streaming prefill tokens/s >= this x the parallel forward's
 RSS_SAMPLES = 8  # VmRSS readings along each stream
-
-
-def code_version() -> dict[str, Any]:
-    """The commit measured, whether the tree was dirty, and a hash of famlab/model.py as run."""
-    info = git_info()
-    model_src = Path(importlib.import_module("famlab.model").__file__).read_bytes()
-    return {
-        "commit": info["commit"],
-        "dirty": info["dirty"],
-        "model_py_sha256": hashlib.sha256(model_src).hexdigest()[:16],
-    }
+# option -> (default, --quick default), for the options left unset
+QUICK_DEFAULTS = {"lengths": (DEFAULT_LENGTHS, QUICK_LENGTHS), "full_max_tokens": (16384, 16384)}
+QUICK_DEFAULTS.update(d_model=(256, 64), n_layers=(4, 2), n_heads=(4, 2), block_size=(256, 64), fam_len=(16, 4))
+QUICK_DEFAULTS.update(prefill_len=(16384, 4096), prefill_warmup=(1, 1), prefill_iters=(3, 1))
 
 
 def parse_tokens(text: str) -> int:
@@ -94,15 +92,20 @@ def parse_tokens(text: str) -> int:
     return n
 
 
-def fmt_tokens(n: int) -> str:
-    for unit, size in (("M", 1 << 20), ("k", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
 # ----------------------------------------------------------------------------------------------
 # the state's size
+
+
+def state_tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor a streaming state holds, whatever its memory kind: the fields of its dataclasses
+    (``FamState``, each layer's state), recursively through lists."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in state_tensors(x)]
+    if dataclasses.is_dataclass(obj):
+        return [t for f in dataclasses.fields(obj) for t in state_tensors(getattr(obj, f.name))]
+    return []
 
 
 def state_nbytes(state: FamState) -> dict[str, int]:
@@ -110,12 +113,7 @@ def state_nbytes(state: FamState) -> dict[str, int]:
     ``storage`` (the distinct storages they keep alive, e.g. a slice of a concatenation keeps the
     whole concatenation)."""
     logical, storages = 0, {}
-    tensors = [state.pos_offset]
-    for ls in state.layers:
-        tensors += [ls.mem_k, ls.mem_v, ls.blk_k, ls.blk_v, ls.fam, ls.fam_k, ls.fam_v]
-    for t in tensors:
-        if t is None:
-            continue
+    for t in state_tensors(state):
         logical += t.numel() * t.element_size()
         st = t.untyped_storage()
         storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
@@ -151,7 +149,7 @@ def stream(
     return state, times
 
 
-def _stream_child(job: dict[str, Any]) -> dict[str, Any]:
+def stream_child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: stream ``job['tokens']`` tokens, time it, read the RSS."""
     torch.set_num_threads(job["threads"])
     libc = glibc()
@@ -168,20 +166,20 @@ def _stream_child(job: dict[str, Any]) -> dict[str, Any]:
     if libc is not None:
         libc.malloc_trim(0)
     kb = 1024.0
-    hwm = _reset_hwm()
-    before = _status_kb("VmRSS")
+    hwm = reset_hwm()
+    before = status_kb("VmRSS")
     n_chunks = -(-n // chunk)
     marks = {max(0, round(n_chunks * (k + 1) / RSS_SAMPLES) - 1) for k in range(RSS_SAMPLES)}
     trace: list[list[float]] = []
 
     def sample(i: int, consumed: int) -> None:
         if i in marks:
-            trace.append([consumed, _status_kb("VmRSS") / kb])
+            trace.append([consumed, status_kb("VmRSS") / kb])
 
     state, times = stream(model, n, chunk, gen, on_chunk=sample)
     if hwm:
         method = "clear_refs: VmHWM over the stream (after a warm-up stream)"
-        peak = _status_kb("VmHWM")
+        peak = status_kb("VmHWM")
     else:
         method = "ru_maxrss of the process (clear_refs not writable): peak since start, model build included"
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -195,7 +193,7 @@ def _stream_child(job: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s_last_tenth": _rate(times, chunk, n, first=False),
         "peak_rss_mb": peak / kb,
         "rss_before_mb": before / kb,
-        "rss_after_mb": _status_kb("VmRSS") / kb,
+        "rss_after_mb": status_kb("VmRSS") / kb,
         "stream_increase_mb": (peak - before) / kb,
         "rss_trace_mb": trace,
         "state_bytes": sizes["logical"],
@@ -215,13 +213,8 @@ def _rate(times: list[float], chunk: int, n: int, first: bool) -> float:
 
 
 def run_children(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    child = importlib.import_module("famlab.bench_stream")._stream_child  # picklable under `python -m`
-    ctx = multiprocessing.get_context("spawn")
-    results = []
-    for job in jobs:  # one at a time, each in a new process
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
-            results.append(pool.submit(child, job).result())
-    return results
+    """:func:`stream_child` of each job, one at a time, each in a new process."""
+    return run_in_fresh_processes("famlab.bench.stream", "stream_child", jobs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,148 +271,12 @@ def prefill(
 
 
 # ----------------------------------------------------------------------------------------------
-# targets, report
-
-
-def _status(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def flatness(rows: list[dict[str, Any]], names: list[str], stat: str) -> dict[str, dict[str, Any]]:
-    """Per variant: peak RSS and tokens/s at its longest measured length over its shortest."""
-    key = "tokens_per_s_median_chunk" if stat == "median" else "tokens_per_s_total"
-    out = {}
-    for name in names:
-        done = sorted((r for r in rows if r["variant"] == name and not r["skipped"]), key=lambda r: r["tokens"])
-        if len(done) < 2:
-            out[name] = {"shortest": None, "longest": None, "rss_ratio": None, "speed_ratio": None}
-            continue
-        lo, hi = done[0], done[-1]
-        out[name] = {
-            "shortest": lo["tokens"],
-            "longest": hi["tokens"],
-            "rss_ratio": hi["peak_rss_mb"] / lo["peak_rss_mb"],
-            "increase_mb_shortest": lo["stream_increase_mb"],
-            "increase_mb_longest": hi["stream_increase_mb"],
-            "speed_ratio": hi[key] / lo[key],
-            "state_storage_bytes_shortest": lo["state_storage_bytes"],
-            "state_storage_bytes_longest": hi["state_storage_bytes"],
-        }
-    return out
-
-
-def make_targets(flat: dict[str, dict[str, Any]], pre: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    targets = {}
-    for name in CONSTANT_STATE:
-        f = flat.get(name)
-        if f is None:
-            continue
-        span = "n/a" if f["shortest"] is None else f"{fmt_tokens(f['longest'])} vs {fmt_tokens(f['shortest'])}"
-        r = f["rss_ratio"]
-        targets[f"rss_flat_{name}"] = {
-            "name": f"{name}: peak RSS flat within {RSS_FLAT_TOL:.0%} ({span})",
-            "threshold": RSS_FLAT_TOL,
-            "value": r,
-            "value_text": "n/a (needs two lengths)" if r is None else f"{r:.3f}x",
-            "status": _status(None if r is None else abs(r - 1) <= RSS_FLAT_TOL),
-        }
-        s = f["speed_ratio"]
-        targets[f"speed_flat_{name}"] = {
-            "name": f"{name}: tokens/s flat within {SPEED_FLAT_TOL:.0%} ({span})",
-            "threshold": SPEED_FLAT_TOL,
-            "value": s,
-            "value_text": "n/a (needs two lengths)" if s is None else f"{s:.3f}x",
-            "status": _status(None if s is None else abs(s - 1) <= SPEED_FLAT_TOL),
-        }
-    for p in pre:
-        if p["variant"] not in CONSTANT_STATE:
-            continue
-        targets[f"prefill_{p['variant']}"] = {
-            "name": f"{p['variant']}: streaming prefill >= {PREFILL_TARGET:.2f}x the parallel forward "
-            f"({fmt_tokens(p['tokens'])} tokens)",
-            "threshold": PREFILL_TARGET,
-            "value": p["ratio"],
-            "value_text": f"{p['ratio']:.3f}x ({p['stream_tokens_per_s']:.0f} vs {p['parallel_tokens_per_s']:.0f} tokens/s)",
-            "status": _status(p["ratio"] >= PREFILL_TARGET),
-        }
-    return targets
-
-
-def _code_line(code: dict[str, Any]) -> str:
-    commit = (code["commit"] or "unknown")[:10]
-    dirty = " with uncommitted changes" if code["dirty"] else ""
-    return f"Code: commit {commit}{dirty}, famlab/model.py sha256 {code['model_py_sha256']}."
-
-
-def render_markdown(res: dict[str, Any]) -> str:
-    c, mach = res["config"], res["machine"]
-    stat = "median chunk time" if c["stat"] == "median" else "total step time"
-    lines = [
-        f"# famlab streaming bench {res['timestamp']}",
-        "",
-        f"Model: {c['n_layers']} layers, d_model={c['d_model']}, {c['n_heads']} heads, vocab {c['vocab_size']}; "
-        f"B={c['block_size']}, m={c['mem_segment']}, L_F={c['fam_len']}, fp32, batch 1, eval, no_grad. "
-        f"Streams through `FamLM.step` in chunks of {c['chunk']} tokens, one fresh process per row; "
-        f"tokens/s from the {stat}; full attention up to {fmt_tokens(c['full_max_tokens'])} tokens.",
-        f"Machine: {mach['cpu_model']}, {mach['usable_cores']} usable cores, torch {mach['torch']}, "
-        f"{mach['torch_threads']} threads, load avg {mach['loadavg_start'][0]:.2f} -> {mach['loadavg_end'][0]:.2f}.",
-        _code_line(res["code"]),
-    ]
-    if res["stream"]:
-        lines += [
-            "",
-            "| variant | tokens | tokens/s | tokens/s first 10% | tokens/s last 10% | peak RSS MB | "
-            "stream increase MB | state MB (storage) | time s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        key = "tokens_per_s_median_chunk" if c["stat"] == "median" else "tokens_per_s_total"
-        for r in res["stream"]:
-            if r["skipped"]:
-                lines.append(f"| {r['variant']} | {fmt_tokens(r['tokens'])} | skipped: {r['reason']} | | | | | | |")
-                continue
-            lines.append(
-                f"| {r['variant']} | {fmt_tokens(r['tokens'])} | {r[key]:.0f} | {r['tokens_per_s_first_tenth']:.0f} | "
-                f"{r['tokens_per_s_last_tenth']:.0f} | {r['peak_rss_mb']:.1f} | {r['stream_increase_mb']:.1f} | "
-                f"{r['state_bytes'] / 2**20:.2f} ({r['state_storage_bytes'] / 2**20:.2f}) | {r['time_s']:.1f} |"
-            )
-        lines += ["", "| variant | longest / shortest | peak RSS ratio | tokens/s ratio |", "|---|---|---:|---:|"]
-        for name, f in res["flatness"].items():
-            if f["shortest"] is None:
-                lines.append(f"| {name} | n/a | n/a | n/a |")
-                continue
-            lines.append(
-                f"| {name} | {fmt_tokens(f['longest'])} / {fmt_tokens(f['shortest'])} | "
-                f"{f['rss_ratio']:.3f} | {f['speed_ratio']:.3f} |"
-            )
-    if res["prefill"]:
-        lines += [
-            "",
-            f"Prefill ({c['prefill_iters']} timed rounds after {c['prefill_warmup']}, medians, variants round-robin):",
-            "",
-            "| variant | tokens | streaming tokens/s | parallel tokens/s | streaming / parallel | max abs logit diff |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for p in res["prefill"]:
-            lines.append(
-                f"| {p['variant']} | {fmt_tokens(p['tokens'])} | {p['stream_tokens_per_s']:.0f} | "
-                f"{p['parallel_tokens_per_s']:.0f} | {p['ratio']:.3f} | {p['max_abs_logit_diff']:.2e} |"
-            )
-    lines += ["", "Targets:", ""]
-    for t in res["targets"].values():
-        lines.append(f"* {t['name']}: {t['value_text']} -> **{t['status']}**")
-    methods = {r["mem_method"] for r in res["stream"] if not r["skipped"]}
-    if methods:
-        lines += ["", f"Memory method: {'; '.join(sorted(methods))}."]
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------------------------
 # CLI
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="famlab.bench_stream", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke test: a 2-layer d=64 model (B=64, L_F=4), 4k/16k/64k")
+    quick_help = "smoke test: a 2-layer d=64 model (B=64, L_F=4), 4k/16k/64k"
+    p = benchmark_parser("famlab.bench.stream", __doc__, quick_help)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument(
         "--lengths",
@@ -433,13 +290,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="longest stream for full attention; longer ones are reported as skipped (default 16k)",
     )
     p.add_argument("--chunk", type=int, default=None, help="tokens per step() call (default: the block size)")
-    p.add_argument("--d-model", type=int, default=None, help="default 256; --quick 64")
-    p.add_argument("--n-layers", type=int, default=None, help="default 4; --quick 2")
-    p.add_argument("--n-heads", type=int, default=None, help="default 4; --quick 2")
-    p.add_argument("--vocab-size", type=int, default=256)
-    p.add_argument("--block-size", type=int, default=None, help="B (default 256; --quick 64)")
-    p.add_argument("--mem-segment", type=int, default=1)
-    p.add_argument("--fam-len", type=int, default=None, help="L_F (default 16; --quick 4)")
+    quick_sizes = {
+        "d_model": {"default": None, "help": "default 256; --quick 64"},
+        "n_layers": {"default": None, "help": "default 4; --quick 2"},
+        "n_heads": {"default": None, "help": "default 4; --quick 2"},
+        "block_size": {"default": None, "help": "B (default 256; --quick 64)"},
+        "fam_len": {"default": None, "help": "L_F (default 16; --quick 4)"},
+    }
+    add_options(
+        p, ("d_model", "n_layers", "n_heads", "vocab_size", "block_size", "mem_segment", "fam_len"), **quick_sizes
+    )
     p.add_argument("--warmup-chunks", type=int, default=16, help="chunks streamed into a throw-away state first")
     p.add_argument(
         "--prefill-len", type=parse_tokens, default=None, help="prefill comparison length (default 16k; --quick 4k)"
@@ -455,42 +315,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-prefill", action="store_true", help="skip the prefill comparison")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming subprocesses")
-    p.add_argument(
-        "--stat",
-        choices=("total", "median"),
-        default="total",
-        help="tokens/s from the total step time (default) or the median chunk time (resists a busy machine)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default="bench/results", help="where the JSON and stream_latest.md go ('' = nowhere)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
-    args = p.parse_args(argv)
-    defaults = {
-        "lengths": (DEFAULT_LENGTHS, QUICK_LENGTHS),
-        "full_max_tokens": (16384, 16384),
-        "d_model": (256, 64),
-        "n_layers": (4, 2),
-        "n_heads": (4, 2),
-        "block_size": (256, 64),
-        "fam_len": (16, 4),
-        "prefill_len": (16384, 4096),
-        "prefill_warmup": (1, 1),
-        "prefill_iters": (3, 1),
+    stat = {
+        "choices": ("total", "median"),
+        "default": "total",
+        "help": "tokens/s from the total step time (default) or the median chunk time (resists a busy machine)",
     }
-    for key, (full, small) in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, small if args.quick else full)
+    out_dir = {"help": "where the JSON and stream_latest.md go ('' = nowhere)"}
+    add_options(p, ("stat", "threads", "seed", "out_dir", "strict"), stat=stat, out_dir=out_dir)
+    args = p.parse_args(argv)
+    fill_defaults(args, QUICK_DEFAULTS)
     if args.chunk is None:
         args.chunk = args.block_size
     try:
         args.length_list = sorted({parse_tokens(x) for x in args.lengths.split(",") if x.strip()})
     except ValueError as e:
         p.error(f"--lengths: {e}")
-    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for v in args.variant_list:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}: expected one of {', '.join(VARIANTS)}")
+    args.variant_list = name_list(p, args.variants, VARIANTS, "variant")
     if not args.length_list:
         p.error("--lengths is empty")
     return args
@@ -500,11 +340,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     base = base_config(args)
     mach = machine_info()
     configs = {name: base.replace(attention=name) for name in args.variant_list}
-    threads = torch.get_num_threads()
+    job = {"chunk": args.chunk, "seed": args.seed, "threads": torch.get_num_threads()}
+    job.update(warmup_chunks=args.warmup_chunks, malloc=args.malloc)
 
     rows: list[dict[str, Any]] = []
     if not args.no_stream:
-        jobs, keys = [], []
+        jobs, indices = [], []
         for n in args.length_list:  # interleaved: every variant at one length, then the next length
             for name, cfg in configs.items():
                 row = {"variant": name, "tokens": n, "skipped": False}
@@ -517,20 +358,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                         kv_cache_bytes=kv,
                     )
                 else:
-                    jobs.append(
-                        {
-                            "config": cfg.to_dict(),
-                            "tokens": n,
-                            "chunk": args.chunk,
-                            "seed": args.seed,
-                            "threads": threads,
-                            "warmup_chunks": args.warmup_chunks,
-                            "malloc": args.malloc,
-                        }
-                    )
-                    keys.append(len(rows))
+                    jobs.append({"config": cfg.to_dict(), "tokens": n, **job})
+                    indices.append(len(rows))
                 rows.append(row)
-        for idx, result in zip(keys, run_children(jobs)):
+        for idx, result in zip(indices, run_children(jobs)):
             rows[idx].update(result)
         rows.sort(key=lambda r: (args.variant_list.index(r["variant"]), r["tokens"]))
     flat = flatness(rows, args.variant_list, args.stat) if rows else {}
@@ -540,27 +371,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         pre = prefill(configs, args.prefill_len, args.chunk, args.seed, args.prefill_warmup, args.prefill_iters)
     targets = make_targets(flat, pre)
     mach["loadavg_end"] = list(os.getloadavg())
-    config = {
-        k: getattr(args, k)
-        for k in (
-            "quick",
-            "chunk",
-            "full_max_tokens",
-            "warmup_chunks",
-            "malloc",
-            "prefill_len",
-            "prefill_warmup",
-            "prefill_iters",
-            "stat",
-            "seed",
-        )
-    }
+    keys = "quick chunk full_max_tokens warmup_chunks malloc prefill_len prefill_warmup prefill_iters stat seed"
+    config = {k: getattr(args, k) for k in keys.split()}
     config.update(lengths=args.length_list, variants=args.variant_list, batch_size=1, dtype="float32")
     config.update({k: getattr(base, k) for k in ("d_model", "n_layers", "n_heads", "vocab_size")})
     config.update(block_size=base.block_size, mem_segment=base.mem_segment, fam_len=base.fam_len)
     config["num_params"] = {name: FamLM(cfg).num_params() for name, cfg in configs.items()}
     return {
-        "timestamp": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "timestamp": timestamp(),
         "machine": mach,
         "code": code_version(),
         "config": config,
@@ -572,9 +390,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_and_apply_threads(parse_args, argv)
     return report_results(run_bench(args), render_markdown, args, json_prefix="stream_", latest="stream_latest.md")
 
 
