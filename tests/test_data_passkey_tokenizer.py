@@ -132,25 +132,11 @@ def test_bad_tokenizer_settings_name_the_key(tok_dir, tmp_path):
 
 def test_train_from_a_converted_folder_with_its_tokenizer(tok_dir, tmp_path):
     pytest.importorskip("peft")
-    from famlab import hf
+    from hf_fixtures import save_tiny_converted
+
     from famlab.train import load_model, train
 
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-    )
-    torch.manual_seed(0)
-    base = tmp_path / "base"
-    hf.save_converted(
-        hf.convert(transformers.LlamaForCausalLM(config).eval(), attention="full"),
-        base,
-        tokenizer=load_tokenizer(tok_dir),
-    )
+    base = save_tiny_converted(tmp_path / "base", vocab_size=VOCAB, tokenizer=load_tokenizer(tok_dir))
     cfg = load_run_config(
         "paper_lora",
         [

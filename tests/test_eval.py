@@ -12,7 +12,7 @@ import torch
 from helpers import StreamingOracle, passkey_digit_to_say
 
 from famlab.config import ModelConfig
-from famlab.data import DataConfig, fetch
+from famlab.data import DataConfig
 from famlab.data.passkey import encode, make_example
 from famlab.eval import evaluate, greedy_decode
 from famlab.model import FamLM
@@ -20,20 +20,7 @@ from famlab.model import FamLM
 TINY = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=2, block_size=16, mem_segment=1, fam_len=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("famlab_cache")
-    fetch(str(path))
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(**changes) -> FamLM:
