@@ -31,7 +31,15 @@ from famlab.config.loading import (
     preset_path,
     run_config_to_yaml,
 )
-from famlab.config.model import ATTENTION_KINDS, FAM_INITS, FAM_POSITIONS, FF_KINDS, NORM_KINDS, ModelConfig
+from famlab.config.model import (
+    ATTENTION_KINDS,
+    FAM_INITS,
+    FAM_POSITIONS,
+    FF_KINDS,
+    INIT_SCHEMES,
+    NORM_KINDS,
+    ModelConfig,
+)
 from famlab.config.run import (
     COMPILE_MODES,
     MATMUL_PRECISIONS,
@@ -50,6 +58,7 @@ __all__ = [
     "ATTENTION_KINDS",
     "COMPILE_MODES",
     "FAM_INITS",
+    "INIT_SCHEMES",
     "FAM_POSITIONS",
     "FF_KINDS",
     "MATMUL_PRECISIONS",

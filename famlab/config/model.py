@@ -17,6 +17,7 @@ from famlab.config.errors import CheckedDataclass, check_choice, check_int, conf
 ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
+INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
 FF_KINDS = ("gelu", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
 
@@ -51,7 +52,8 @@ class ModelConfig(CheckedDataclass):
     # --- training-only extras ---
     random_pos_offset: bool = True  # RPO: random offset added to every position, per sequence
     rsp_prob: float = 0.8  # random state passing: P(start from the saved FAM of the last step)
-    # --- pretrained weights ---
+    # --- parameters ---
+    init: str = "scaled"  # init scheme: scaled (width-aware) | gpt2 (N(0, 0.02)) | torch (PyTorch defaults)
     init_from: str | None = None  # a converted folder (famlab.hf): weights and shape keys come from it
 
     def __post_init__(self) -> None:
@@ -68,6 +70,7 @@ class ModelConfig(CheckedDataclass):
         check_choice(name, self, "attention", ATTENTION_KINDS)
         check_choice(name, self, "fam_pos", FAM_POSITIONS)
         check_choice(name, self, "fam_init", FAM_INITS)
+        check_choice(name, self, "init", INIT_SCHEMES)
         check_choice(name, self, "ff", FF_KINDS)
         check_choice(name, self, "norm", NORM_KINDS)
         if self.d_model % self.n_heads:

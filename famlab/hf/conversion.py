@@ -189,7 +189,8 @@ def model_config_from_hf(config: Any, *, bias: bool = False, **switches: Any) ->
         "tie_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "rope_base": base,
     }
-    return ModelConfig.from_dict({**shape, **switches})
+    # the only tensors a conversion adds (the FAM prompt/prefix) start at N(0, 0.02) unless told otherwise
+    return ModelConfig.from_dict({**shape, "init": "gpt2", **switches})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def converted_model_config(path: str | Path, **switches: Any) -> ModelConfig:
             f"{bad[0]}={switches[bad[0]]!r} differs from the converted model's {bad[0]}={saved.get(bad[0])!r}: "
             "shape keys come from the converted folder"
         )
-    return ModelConfig.from_dict({**saved, **switches})
+    return ModelConfig.from_dict({"init": "gpt2", **saved, **switches})  # folders from before model.init: gpt2
 
 
 def load_converted(path: str | Path, **switches: Any) -> FamLM:

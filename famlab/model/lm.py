@@ -65,9 +65,10 @@ class FamLM(nn.Module):
         self.register_load_state_dict_pre_hook(drop_legacy_buffers)
         self.reset_parameters()
 
-    def reset_parameters(self, scheme: str = "gpt2") -> None:
-        """Initialise every parameter by the named scheme of :data:`famlab.model.init.INIT_SCHEMES`."""
-        INIT_SCHEMES[scheme](self)
+    def reset_parameters(self, scheme: str | None = None) -> None:
+        """Initialise every parameter by a scheme of :data:`famlab.model.init.INIT_SCHEMES` (default:
+        ``cfg.init``)."""
+        INIT_SCHEMES[scheme or self.cfg.init](self)
 
     def compile_fam_updates(self, unit: str = "scan", **compile_kwargs) -> FamLM:
         """Compile the FAM updates with ``torch.compile``: many small ops, which compilation fuses
