@@ -37,7 +37,7 @@ def test_compiled_fam_scan_equals_eager(unit):
 
 
 def test_gpt2_init_scales_residual_outputs():
-    cfg = tiny_cfg(attention="fam", d_model=64, n_layers=4, fam_init="prefix")
+    cfg = tiny_cfg(attention="fam", d_model=64, n_layers=4, fam_init="prefix", init="gpt2")
     torch.manual_seed(0)
     model = FamLM(cfg)
     assert model.layers[0].wqkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
