@@ -1,6 +1,6 @@
 """Measure the init schemes: PassKey (passkey_demo recipe, FAM m=0, shortened), text and recall (tiny preset).
 One process, one thread; appends one JSON line per run to exp/init_results.jsonl."""
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
@@ -9,7 +9,7 @@ from famlab.config import load_run_config
 from famlab.train import train, quiet_lightning
 quiet_lightning()
 OUT = Path("/work/initexp/exp/runs"); RES = Path("/work/initexp/exp/init_results.jsonl")
-INITS = ("gpt2", "torch", "scaled"); SEEDS = (0, 1, 2)
+INITS = tuple(os.environ.get("INITS", "gpt2,torch,scaled").split(",")); SEEDS = (0, 1, 2)
 done = {(r["task"], r["init"], r["seed"]) for r in map(json.loads, RES.read_text().splitlines())} if RES.exists() else set()
 def log(row):
     with RES.open("a") as f: f.write(json.dumps(row) + "\n")

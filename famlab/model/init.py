@@ -6,10 +6,11 @@ and weights loaded afterwards (``model.init_from``, a converted Hugging Face mod
   gives unit-variance outputs at any width and the attention scores at init have a std near 1; the
   residual output projections (``wo``, ``ff.down``) further scaled by 1/sqrt(2 n_layers), so the stream
   grows O(1) with depth; biases zero. Token embeddings N(0, 1) when untied (unit-scale tokens in the
-  stream); tied, one matrix is both the input table (its rms is the tokens' scale) and the output head
-  (logit std = its std * sqrt(d), as the final norm gives unit-rms rows), so it takes std d^-1/4, the
-  geometric middle: tokens at rms d^-1/4, initial logits at std d^1/4. The FAM prompt/prefix at the
-  embedding scale.
+  stream; the untied head is a linear layer, so the initial logits have std 1). Tied, one matrix is both
+  the input table and the output head, whose logits have std = its std * sqrt(d) (the final norm gives
+  unit-rms rows): it takes N(0, 1/d), so the initial logits have std 1 at any width (the prediction starts
+  near uniform) and tokens enter at rms d^-1/2 (pre-LN hands every layer a normalised input anyway).
+  The FAM prompt/prefix at the embedding scale.
 * ``gpt2``: GPT-2's N(0, 0.02) for linear layers and embeddings, residual output projections at
   0.02/sqrt(2 n_layers), biases zero, FAM prompt/prefix N(0, 0.02). Chosen for d=768; at famlab's CPU
   widths (d=64) the attention scores at init have std ~0.02 (attention is uniform) and the residual
@@ -66,7 +67,7 @@ def scaled(model: nn.Module) -> None:
             nn.init.normal_(module.weight, std=std * depth_scale if name.endswith(RESIDUAL_OUTPUTS) else std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-    emb_std = cfg.d_model**-0.25 if cfg.tie_embeddings else 1.0
+    emb_std = cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0
     nn.init.normal_(model.tok_emb.weight, std=emb_std)
     for p in fam_tensors(model):
         nn.init.normal_(p, std=emb_std)
