@@ -119,3 +119,17 @@ def test_cli_dispatches_report(capsys):
     assert exc.value.code == 0 and "papermill" in capsys.readouterr().out
     assert main(["report", "--only", "nope", "--out", "/tmp/famlab-report-never"]) == 2
     assert "unknown notebook(s) nope" in capsys.readouterr().err
+
+
+def test_a_sweep_notebook_heading_comes_from_its_spec(tmp_path, monkeypatch):
+    from famlab.report.notebooks import sweep_notebook
+
+    monkeypatch.chdir(tmp_path)  # ./sweeps/ comes before the packaged specs
+    (tmp_path / "sweeps").mkdir()
+    spec = "study: toy\ngrid: {model.fam_len: [1, 2]}\nnotebook:\n  title: Toy title\n  about: What varies.\n"
+    (tmp_path / "sweeps" / "toy.yaml").write_text(spec + "  evaluate: true\n")
+    nb = sweep_notebook("toy")
+    assert (nb.name, nb.title, nb.about, nb.evaluate) == ("toy", "Toy title", "What varies.", True)
+    (tmp_path / "sweeps" / "bare.yaml").write_text("study: bare\ngrid: {model.fam_len: [1, 2]}\n")
+    with pytest.raises(ValueError, match="sweep spec 'bare' has no notebook: section with title and about"):
+        sweep_notebook("bare")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from famlab.resources import notebook_dir
+from famlab.resources import notebook_dir, spec_file
 
 KERNEL = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
@@ -22,84 +22,34 @@ class NotebookSpec:
     evaluate: bool = False  # the spec evaluates each run: add the evaluation table and plot
 
 
-SWEEP_NOTEBOOKS = (
-    NotebookSpec(
-        "fam_length",
-        "FAM length L<sub>F</sub> (paper Table 5)",
-        "The number of FAM rows L<sub>F</sub> at a fixed block size. The paper (1B, B = 1024) finds an interior "
-        "optimum at L<sub>F</sub> = 64. famlab's tiny profile keeps the ratio L<sub>F</sub>/B, so its settings are matched "
-        "to the paper's rows with the same L<sub>F</sub>/B.",
-    ),
-    NotebookSpec(
-        "memory_segment",
-        "Memory segment of BSWA vs FAM (paper Table 11)",
-        "BSWA with m cached blocks (M0, M1, ...) against FAM. The paper finds that more memory helps BSWA "
-        "only up to a point and that FAM beats every BSWA setting on every task.",
-    ),
-    NotebookSpec(
-        "passkey",
-        "PassKey retrieval (paper figure)",
-        "Accuracy of retrieving a key hidden in filler text, by filler length, for BSWA memory segments, "
-        "M1 with stop-gradient and FAM with m = 0. The paper (figure only) shows FAM retrieving far past the "
-        "training length while BSWA fails beyond its receptive field.",
-        evaluate=True,
-    ),
-    NotebookSpec(
-        "stop_gradient",
-        "Stop-gradient on the memory segment",
-        "BSWA m = 1 with and without stop-gradient on the memory segment's keys and values. The paper "
-        "argues that stop-gradient collapses the receptive field to the window (M1_SG worse than M1 on PassKey).",
-        evaluate=True,
-    ),
-    NotebookSpec(
-        "fam_position",
-        "FAM positions (paper Table 7)",
-        "RoPE positions of the FAM rows: the last positions of the block (default), fractional positions "
-        "after it, or zero. The paper: last 47.7 / 73.6, float 47.6 / 73.4, zero 47.3 / 72.1 (PG-19 / Isabelle).",
-    ),
-    NotebookSpec(
-        "fam_prev_blocks",
-        "Previous FAM states attended (paper Table 6)",
-        "How many previous FAM states P the block tokens attend (block τ sees F<sub>τ-P</sub> .. F<sub>τ-1</sub>). "
-        "The paper (1B, XLSum) finds no real effect: 15.9, 15.8, 15.7, 15.1, 16.2 for P = 1, 2, 3, 4, 6, and keeps "
-        "P = 1.",
-    ),
-    NotebookSpec(
-        "position_offset",
-        "Random position offset (RPO)",
-        "FAM trained with and without the random position offset. The paper reports FAM beating FAM without "
-        "RPO (figure only). With exact RoPE a shared offset cancels in q·k, so expect small effects in fp32.",
-    ),
-    NotebookSpec(
-        "state_passing",
-        "Random state passing (paper figure)",
-        "P(RSP), the probability of starting a training sequence from the saved FAM state instead of the "
-        "prompt. The paper's sweep peaks at 0.8 and shows a large drop without RSP. The runs are also "
-        "evaluated on long held-out texts (bits per byte by position).",
-        evaluate=True,
-    ),
-    NotebookSpec(
-        "txl_vs_bswa",
-        "BSWA vs TransformerXL (paper Table 8)",
-        "BSWA with m = 1 against a TransformerXL-style per-token window over the same cached memory. The "
-        "paper finds them about equal.",
-    ),
-    NotebookSpec(
-        "block_size",
-        "Block size x memory segment (beyond the paper)",
-        "Block size B and memory segment m for BSWA and FAM at a fixed training length. The paper has no "
-        "block-size ablation, so there are no reference numbers here.",
-    ),
-    NotebookSpec(
-        "passkey_recipe",
-        "PassKey recipe search (beyond the paper)",
-        "FAM with m = 0 on PassKey as symbols (the `make passkey-demo` preset): learning rate x FAM length x "
-        "random position offset, each run evaluated at 1x, 4x and 16x its training length. It looks for a recipe under "
-        "which FAM learns the task on a CPU budget and keeps retrieving past the training length; the paper "
-        "has no such table.",
-        evaluate=True,
-    ),
+# the sweeps that have a notebook, in the report's order; each spec's `notebook:` section (title, about,
+# evaluate) is its heading, so a study is described once, in its YAML
+SWEEP_ORDER = (
+    "fam_length",
+    "memory_segment",
+    "passkey",
+    "stop_gradient",
+    "fam_position",
+    "fam_prev_blocks",
+    "position_offset",
+    "state_passing",
+    "txl_vs_bswa",
+    "block_size",
+    "passkey_recipe",
 )
+
+
+def sweep_notebook(name: str) -> NotebookSpec:
+    """The notebook of the sweep spec ``name``, from the spec's ``notebook:`` section."""
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.to_container(OmegaConf.load(spec_file(name))).get("notebook")
+    if not isinstance(section, dict) or not {"title", "about"} <= section.keys():
+        raise ValueError(f"sweep spec {name!r} has no notebook: section with title and about")
+    return NotebookSpec(name, section["title"], section["about"], bool(section.get("evaluate", False)))
+
+
+SWEEP_NOTEBOOKS = tuple(sweep_notebook(name) for name in SWEEP_ORDER)
 COST_NOTEBOOK = NotebookSpec(
     "cost",
     "Cost: time and memory against sequence length",

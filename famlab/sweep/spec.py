@@ -43,8 +43,9 @@ SPEC_KEYS = (
     "evaluate",
     "eval_overrides",
     "claims",
+    "notebook",  # the analysis notebook's heading (title, about, evaluate), read by famlab.report
 )
-PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles"))
+PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles", "notebook"))
 SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 
