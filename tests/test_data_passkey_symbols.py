@@ -121,3 +121,60 @@ def test_bad_symbol_settings_name_the_key():
 def test_passkey_demo_preset_uses_symbols():
     cfg = load_run_config("passkey_demo", [])
     assert cfg.data.tokenizer == "symbols" and cfg.model.vocab_size == VOCAB
+
+
+def key_starts(cfg: DataConfig, block_size: int, batches: int = 4) -> np.ndarray:
+    """Where the key marker sits in every training row (token index from the row's start)."""
+    dm = build_datamodule(cfg, vocab_size=64, block_size=block_size, seed=0)
+    rows = torch.cat([dm.train_batch(k)["input"] for k in range(batches)])
+    hits = (rows == SYMBOL_KEY).nonzero()
+    assert len(hits) == len(rows)  # one key per (unpacked) row
+    return hits[:, 1].numpy()
+
+
+def test_train_depth_first_block_puts_every_key_sentence_in_the_first_block():
+    B, digits = 16, 4
+    sentence = 1 + digits  # the key marker, then the digits
+    first = key_starts(cfg_for(passkey_train_depth="first_block"), B)
+    assert (first + sentence <= B).all()  # the whole key sentence inside block 0
+    assert len(set(first.tolist())) > 3  # spread over the block's room, not pinned to one place
+    uniform = key_starts(cfg_for(), B)  # the default: depth uniform over the filler
+    assert (uniform + sentence > B).mean() > 0.5  # negative control: most keys lie beyond the first block
+
+
+def test_train_depth_mixture_mixes_at_its_probability():
+    B = 16
+    all_first = key_starts(cfg_for(passkey_train_depth="mixture", passkey_train_first_block_prob=1.0), B)
+    assert (all_first + 5 <= B).all()
+    half = key_starts(cfg_for(passkey_train_depth="mixture", passkey_train_first_block_prob=0.5), B, batches=8)
+    uniform_share = (key_starts(cfg_for(), B, batches=8) + 5 <= B).mean()
+    share = (half + 5 <= B).mean()
+    expected = 0.5 + 0.5 * uniform_share
+    assert abs(share - expected) < 4 * (expected * (1 - expected) / len(half)) ** 0.5 + 1e-9
+
+
+def test_train_depth_default_is_uniform_and_the_key_changes_the_rows():
+    dm = build_datamodule(cfg_for(), vocab_size=64, block_size=16, seed=0)
+    explicit = build_datamodule(cfg_for(passkey_train_depth="uniform"), vocab_size=64, block_size=16, seed=0)
+    other = build_datamodule(cfg_for(passkey_train_depth="first_block"), vocab_size=64, block_size=16, seed=0)
+    assert torch.equal(dm.train_batch(0)["input"], explicit.train_batch(0)["input"])
+    assert not torch.equal(dm.train_batch(0)["input"], other.train_batch(0)["input"])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"passkey_train_depth": "middle"},
+            "DataConfig.passkey_train_depth='middle' is not allowed: expected one of uniform, first_block, mixture",
+        ),
+        (
+            {"passkey_train_first_block_prob": 1.5},
+            "DataConfig.passkey_train_first_block_prob=1.5 is not allowed: expected a number >= 0.0 and <= 1.0",
+        ),
+    ],
+)
+def test_train_depth_bad_values(changes, message):
+    with pytest.raises(ValueError) as err:
+        cfg_for(**changes)
+    assert str(err.value) == message

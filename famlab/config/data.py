@@ -28,6 +28,7 @@ from famlab.config.errors import (
     is_number,
 )
 
+PASSKEY_TRAIN_DEPTHS = ("uniform", "first_block", "mixture")
 TASKS = ("passkey", "text", "recall")
 TEXT_CORPORA = ("shakespeare",)
 TEXT_SPLITS = ("train", "val", "test")
@@ -64,6 +65,12 @@ class DataConfig(CheckedDataclass):
     # FAM then carries state from one example into the next, and random state passing saves a state
     # from inside the stream rather than after padding
     passkey_pack: bool = False
+    # where training examples put the key: uniform (depth uniform in [0, 1] of the filler), first_block
+    # (the key sentence starts in the example's first block, where even m=0 attends it from the block's
+    # own tokens and FAM must carry it from there), or mixture (first_block with probability
+    # passkey_train_first_block_prob, else uniform). Evaluation always spreads keys over every depth.
+    passkey_train_depth: str = "uniform"
+    passkey_train_first_block_prob: float = 0.5
     passkey_eval_lengths: list = field(default_factory=lambda: [1, 2, 4, 8, 16])  # multiples of seq_len
     passkey_eval_depth_buckets: int = 4  # depth (key position within the filler) buckets over [0, 1]
     passkey_eval_samples: int = 8  # prompts per (length, depth bucket) cell, streamed as one batch
@@ -94,6 +101,8 @@ class DataConfig(CheckedDataclass):
                 raise config_error(OWNER, key, value, f"a non-empty list of numbers >= {minimum}")
 
         check_choice(OWNER, self, "task", TASKS)
+        check_choice(OWNER, self, "passkey_train_depth", PASSKEY_TRAIN_DEPTHS)
+        check_number(OWNER, self, "passkey_train_first_block_prob", 0.0, 1.0)
         for key, minimum in [
             ("batch_size", 1),
             ("seq_len", 1),

@@ -122,6 +122,12 @@ class Pieces:
         first = int(np.argmax(ends > len(QUESTION)))  # the first token that covers a key character
         return sentence, ids[:first], ids[first:]
 
+    def boundaries(self, up_to: int) -> np.ndarray:
+        """The filler's sentence boundaries in [0, up_to] (0 is always one)."""
+        reps = up_to // len(self.period) + 1
+        cands = (self.starts[None, :] + len(self.period) * np.arange(reps)[:, None]).ravel()
+        return np.sort(cands[cands <= up_to])
+
     def fixed_len(self, key: str) -> int:
         """Tokens of an example with ``key`` that are not filler."""
         return len(self.head) + sum(len(p) for p in self.key_parts(key))
@@ -255,6 +261,23 @@ class PasskeyTask(Task):
         lo = min(max(cfg.passkey_train_blocks_min * B, self.pieces.fixed_len("9" * cfg.passkey_key_digits)), hi)
         return lo, hi
 
+    def train_depth(self, rng: np.random.Generator, key: str, length: int) -> float:
+        """The key depth of a training example of ``length`` tokens (``data.passkey_train_depth``). ``uniform``
+        draws one number, as before the key existed, so its data stream is unchanged."""
+        mode = self.cfg.passkey_train_depth
+        if mode == "mixture":
+            mode = "first_block" if rng.random() < self.cfg.passkey_train_first_block_prob else "uniform"
+        if mode == "uniform":
+            return float(rng.random())
+        # first_block: one of the filler's sentence boundaries where the whole key sentence still ends inside
+        # the first block (after the instruction), uniformly; the first boundary if the prompt leaves none
+        filler_len = length - self.pieces.fixed_len(key)
+        if filler_len <= 0:
+            return 0.0
+        room = self.block_size - len(self.pieces.head) - len(self.pieces.key_parts(key)[0])
+        bounds = self.pieces.boundaries(min(max(room, 0), filler_len))
+        return float(bounds[int(rng.random() * len(bounds))]) / filler_len
+
     def episode(
         self, split: str, rng: np.random.Generator, length: int, windows: tuple[int, ...] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +300,7 @@ class PasskeyTask(Task):
                         "this tokenizer (it merges digits): raise data.seq_len or lower data.passkey_key_digits"
                     )
                 n = max(n, self.pieces.fixed_len(key))
-                ids, answer_len, _ = self.pieces.example(key, n, float(rng.random()))
+                ids, answer_len, _ = self.pieces.example(key, n, self.train_depth(rng, key, n))
                 tokens[r, pos : pos + n] = ids
                 weights[r, pos + n - answer_len : pos + n] = 1.0
                 pos += n
