@@ -19,6 +19,7 @@ from famlab.config.errors import (
     config_error,
     is_int,
     is_number,
+    reject_unknown_keys,
     unknown_key_error,
 )
 from famlab.config.loading import (
@@ -84,6 +85,7 @@ __all__ = [
     "check_flag",
     "check_int",
     "check_keys",
+    "reject_unknown_keys",
     "check_number",
     "config_error",
     "is_int",

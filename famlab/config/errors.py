@@ -29,12 +29,16 @@ def unknown_key_error(owner: str, key: str, valid: list[str]) -> ValueError:
     return ValueError(f"{owner} has no key {key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
-def check_keys(cls: type, data: dict[str, Any]) -> None:
-    """Reject keys that are not fields of dataclass ``cls``, suggesting the closest valid one."""
-    valid = [f.name for f in fields(cls)]
+def reject_unknown_keys(owner: str, data: dict[str, Any], valid: list[str] | tuple[str, ...]) -> None:
+    """Reject keys of ``data`` not in ``valid``, suggesting the closest valid one."""
     for key in data:
         if key not in valid:
-            raise unknown_key_error(cls.__name__, key, valid)
+            raise unknown_key_error(owner, str(key), list(valid))
+
+
+def check_keys(cls: type, data: dict[str, Any]) -> None:
+    """Reject keys that are not fields of dataclass ``cls``, suggesting the closest valid one."""
+    reject_unknown_keys(cls.__name__, data, [f.name for f in fields(cls)])
 
 
 class CheckedDataclass:

@@ -10,14 +10,14 @@ optionally ``claims`` (read by the analysis, kept here as given).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from famlab.config import config_error, unknown_key_error
+from famlab.config import config_error, reject_unknown_keys
 from famlab.resources import spec_file
 
 STORAGE_ENV = "FAMLAB_STORAGE"
@@ -140,12 +140,6 @@ def spec_path(name_or_path: str) -> Path:
     return spec_file(name_or_path)
 
 
-def _check_keys(owner: str, data: dict, valid: Sequence[str]) -> None:
-    for key in data:
-        if key not in valid:
-            raise unknown_key_error(owner, str(key), list(valid))
-
-
 def _grid(owner: str, grid: dict, variants: dict) -> dict[str, list]:
     if not grid:
         raise config_error(owner, "grid", grid, "at least one parameter with values")
@@ -162,7 +156,7 @@ def _grid(owner: str, grid: dict, variants: dict) -> dict[str, list]:
 
 def _search(owner: str, search: dict) -> dict[str, Any]:
     """The search settings as SweepSpec fields: space, sampler, pruner, n_trials, prune_above."""
-    _check_keys(f"{owner}.search", search, SEARCH_KEYS)
+    reject_unknown_keys(f"{owner}.search", search, SEARCH_KEYS)
     sampler = search.get("sampler", "tpe")
     pruner = search.get("pruner", "median")
     n_trials = search.get("n_trials", 20)
@@ -177,7 +171,7 @@ def _search(owner: str, search: dict) -> dict[str, Any]:
         raise config_error(owner, "search.n_trials", n_trials, "an integer > 0")
     space = {}
     for key, p in (search.get("space") or {}).items():
-        _check_keys(f"{owner}.search.space.{key}", p, PARAM_KEYS)
+        reject_unknown_keys(f"{owner}.search.space.{key}", p, PARAM_KEYS)
         param = Param(**p)
         if param.type not in ("float", "int", "categorical"):
             raise config_error(owner, f"search.space.{key}.type", param.type, "one of float, int, categorical")
@@ -199,7 +193,7 @@ def _trial_settings(owner: str, pick: Callable[[str, Any], Any]) -> dict[str, An
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise config_error(owner, "seeds", seeds, "a non-empty list of integers")
     objective = pick("objective", None) or {}
-    _check_keys(f"{owner}.objective", objective, ("metric", "direction"))
+    reject_unknown_keys(f"{owner}.objective", objective, ("metric", "direction"))
     metric, direction = objective.get("metric", "val_loss"), objective.get("direction", "minimize")
     if direction not in DIRECTIONS:
         raise config_error(owner, "objective.direction", direction, "one of " + ", ".join(DIRECTIONS))
@@ -232,12 +226,12 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a sweep spec must be a mapping")
     owner = path.stem
-    _check_keys(owner, raw, SPEC_KEYS)
+    reject_unknown_keys(owner, raw, SPEC_KEYS)
     profiles = raw.get("profiles") or {}
     if profile not in profiles:
         raise config_error(owner, "profile", profile, "one of " + ", ".join(profiles or ["(none defined)"]))
     prof = profiles[profile] or {}
-    _check_keys(f"{owner}.profiles.{profile}", prof, PROFILE_KEYS)
+    reject_unknown_keys(f"{owner}.profiles.{profile}", prof, PROFILE_KEYS)
 
     def pick(key: str, default: Any = None) -> Any:
         return prof[key] if key in prof else raw.get(key, default)
