@@ -1,4 +1,4 @@
-"""The paper's claims, checked on famlab's numbers.
+"""The paper's claims, checked on famlab's numbers with an interval and a verdict.
 
 A spec declares the claims its study tests in a ``claims:`` section, each with an ``id``, the
 paper's ``statement``, the ``check`` (a kind registered here), ``needs`` (what the sweep must have
@@ -10,30 +10,41 @@ for the check to say anything) and the check's parameters::
         check: fam_beats_bswa
         needs: FAM and BSWA variants
 
-A check kind is a function ``(res, **params) -> (evidence, holds)``; it raises :class:`NotTestable`
-when the sweep lacks what it needs. ``holds`` is True / False, or None where the evidence cannot
-decide (a tie).
+A check kind is a function ``(res, **params) -> Finding``: the evidence in words and the
+comparisons the claim makes, each a paired difference over seeds (:mod:`famlab.analysis.verdicts`)
+read as ``beats``, ``at_least`` or ``about_equal`` (with a margin). The claim's verdict is
+``holds``, ``contradicted`` or ``inconclusive`` (every comparison holds / one is contradicted / the
+interval cannot tell); a check raises :class:`NotTestable` when the sweep lacks what it needs (then
+the verdict is ``inconclusive``). Settings are picked by their seed means (e.g. "the best BSWA
+variant"); the interval is then taken over seeds.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from famlab import paper
-from famlab.analysis.evals import beyond_training, eval_table_or_empty
+from famlab.analysis.evals import eval_seed_scores
 from famlab.analysis.results import SweepResults
-from famlab.analysis.tables import fam_vs_bswa, setting_scores
+from famlab.analysis.tables import fam_vs_bswa, seed_scores
+from famlab.analysis.verdicts import (
+    CLAIM_KINDS,
+    HOLDS,
+    INCONCLUSIVE,
+    Effect,
+    binding,
+    combine,
+    paired_difference,
+    verdict,
+)
 
-ClaimCheck = Callable[..., tuple[str, bool | None]]
-CHECKS: dict[str, ClaimCheck] = {}
 CLAIM_FIELDS = ("id", "statement", "check")  # required; every other key is a parameter of the check
-TIE = " (a tie: uninformative)"
-CLAIM_COLUMNS = ["claim", "famlab", "holds"]
+CLAIM_COLUMNS = ["claim", "famlab", "effect", "verdict"]
 
 
 class NotTestable(Exception):
@@ -41,11 +52,49 @@ class NotTestable(Exception):
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """One comparison of a claim: the effect (a paired difference) and how the claim reads it."""
+
+    effect: Effect
+    kind: str = "beats"
+    margin: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.effect, self.kind, self.margin)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a check found: the evidence in words and the claim's comparisons."""
+
+    evidence: str
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ClaimResult:
+    """A claim's outcome: ``verdict`` (holds / contradicted / inconclusive) and ``effect``, the
+    comparison that decides it (its mean and interval), or None where the sweep could not test it."""
+
     id: str
     statement: str
     evidence: str
-    holds: bool | None
+    verdict: str
+    effect: Effect | None = None
+
+    @property
+    def holds(self) -> bool | None:
+        """True / False for a decided claim, None for an inconclusive one."""
+        return None if self.verdict == INCONCLUSIVE else self.verdict == HOLDS
+
+    @property
+    def effect_text(self) -> str:
+        return self.effect.text() if self.effect is not None else "–"
+
+
+ClaimCheck = Callable[..., Finding]
+CHECKS: dict[str, ClaimCheck] = {}
 
 
 def check_kind(name: str) -> Callable[[ClaimCheck], ClaimCheck]:
@@ -56,11 +105,6 @@ def check_kind(name: str) -> Callable[[ClaimCheck], ClaimCheck]:
         return fn
 
     return register
-
-
-def at_least(a: float, b: float) -> bool | None:
-    """a >= b for an 'at least as good' claim; None on a tie (e.g. every variant at 0 accuracy)."""
-    return None if a == b else bool(a > b)
 
 
 def spec_claims(spec: Any) -> list[dict[str, Any]]:
@@ -78,8 +122,8 @@ def spec_claims(spec: Any) -> list[dict[str, Any]]:
 
 
 def check_claim(res: SweepResults, claim: dict[str, Any]) -> ClaimResult:
-    """One claim's evidence and verdict. A claim that names an unknown check, or parameters its
-    check does not take, is a ValueError (a mistake in the spec)."""
+    """One claim's evidence, effect and verdict. A claim that names an unknown check, or
+    parameters its check does not take, is a ValueError (a mistake in the spec)."""
     missing = [k for k in CLAIM_FIELDS if k not in claim]
     if missing:
         raise ValueError(f"claim {claim.get('id', claim)!r}: missing {', '.join(missing)}")
@@ -87,13 +131,18 @@ def check_claim(res: SweepResults, claim: dict[str, Any]) -> ClaimResult:
     if kind not in CHECKS:
         raise ValueError(f"claim {claim['id']!r}: unknown check {kind!r}: expected one of {', '.join(sorted(CHECKS))}")
     params = {k: v for k, v in claim.items() if k not in CLAIM_FIELDS}
+    ident, statement = str(claim["id"]), str(claim["statement"])
     try:
-        evidence, holds = CHECKS[kind](res, **params)
+        finding = CHECKS[kind](res, **params)
     except NotTestable as lack:
-        evidence, holds = f"not testable: the sweep lacks {lack}", None
+        return ClaimResult(ident, statement, f"not testable: the sweep lacks {lack}", INCONCLUSIVE)
     except TypeError as err:
         raise ValueError(f"claim {claim['id']!r} (check {kind}): {err}") from err
-    return ClaimResult(str(claim["id"]), str(claim["statement"]), evidence, holds)
+    if not finding.comparisons:
+        return ClaimResult(ident, statement, finding.evidence, INCONCLUSIVE)
+    verdicts = [c.verdict for c in finding.comparisons]
+    decisive = binding([c.effect for c in finding.comparisons], verdicts)
+    return ClaimResult(ident, statement, finding.evidence, combine(verdicts), decisive)
 
 
 def evaluate_claims(res: SweepResults) -> list[ClaimResult]:
@@ -104,146 +153,201 @@ def evaluate_claims(res: SweepResults) -> list[ClaimResult]:
 
 
 def paper_claims(res: SweepResults) -> pd.DataFrame:
-    """The paper's findings for this study (the spec's ``claims:``), each with famlab's evidence
-    and ``holds`` (True / False, None when the sweep lacks the settings). :func:`evaluate_claims`
-    gives the same with each claim's id."""
-    results = evaluate_claims(res)
-    rows = [{"claim": r.statement, "famlab": r.evidence, "holds": r.holds} for r in results]
+    """The paper's findings for this study (the spec's ``claims:``): the statement, famlab's
+    evidence, the deciding effect with its 95% interval over seeds, and the verdict."""
+    rows = [
+        {"claim": r.statement, "famlab": r.evidence, "effect": r.effect_text, "verdict": r.verdict}
+        for r in evaluate_claims(res)
+    ]
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------
-# check kinds on the seed means of the objective ('higher is better' scores, one per setting)
+# helpers of the check kinds: per-seed 'higher is better' scores, one column per setting
+
+
+def scores_for(res: SweepResults, needs: str, min_settings: int = 2) -> pd.DataFrame:
+    """The objective per seed and setting (:func:`~famlab.analysis.tables.seed_scores`)."""
+    scores = seed_scores(res)
+    if scores.shape[1] < min_settings:
+        raise NotTestable(needs)
+    return scores
+
+
+def find_setting(scores: pd.DataFrame, setting: Any) -> Any:
+    """The column equal to ``setting`` (0 matches 0.0; a bool matches only a bool), else None."""
+    for col in scores.columns:
+        if isinstance(setting, bool) == isinstance(col, bool | np.bool_) and col == setting:
+            return col
+    return None
+
+
+def subset(scores: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
+    """Those columns, in that order (by position: a list of bools would be read as a mask)."""
+    return scores.iloc[:, [list(scores.columns).index(c) for c in columns]]
+
+
+def means_text(res: SweepResults, scores: pd.DataFrame, labels: dict[Any, str] | None = None) -> str:
+    """``val/loss (seed means): M0 3.01, M1 2.52`` (losses shown as losses, not negated scores)."""
+    labels = labels or {}
+    parts = ", ".join(f"{labels.get(k, k)} {abs(v):.4g}" for k, v in scores.mean().items())
+    return f"{res.metric} (seed means): {parts}"
+
+
+def diff(scores: pd.DataFrame, a: Any, b: Any, labels: dict[Any, str] | None = None) -> Effect:
+    labels = labels or {}
+    return paired_difference(scores[a], scores[b], f"{labels.get(a, a)} - {labels.get(b, b)}")
+
+
+def versus(scores: pd.DataFrame, a: Any, others: list[Any], kind: str, margin: float = 0.0) -> list[Comparison]:
+    """``a`` against each of ``others``: one comparison each."""
+    return [Comparison(diff(scores, a, b), kind, margin) for b in others]
+
+
+def claim_kind(kind: str) -> str:
+    if kind not in CLAIM_KINDS:
+        raise ValueError(f"kind={kind!r} is not allowed: expected one of {', '.join(CLAIM_KINDS)}")
+    return kind
+
+
+# ----------------------------------------------------------------------------------------------
+# check kinds on the objective
 
 
 @check_kind("interior_best")
 def interior_best(res: SweepResults, *, needs: str, label: str, among: str = "settings", min_settings: int = 3):
-    """The best setting is neither the smallest nor the largest. ``among``: ``settings`` (the varied
-    values themselves) or ``bswa_segments`` (the BSWA variants M<m>, ordered by m)."""
-    scores = setting_scores(res)
+    """The best setting is neither the smallest nor the largest: the best interior one (by seed
+    mean) beats both ends. ``among``: ``settings`` (the varied values themselves) or
+    ``bswa_segments`` (the BSWA variants M<m>, ordered by m)."""
+    scores = seed_scores(res)
     if among == "settings":
-        size = {s: s for s in scores.index}
+        size = {s: s for s in scores.columns}
     elif among == "bswa_segments":
-        _, bswa = fam_vs_bswa(list(scores.index))
+        _, bswa = fam_vs_bswa(list(scores.columns))
         size = {s: int(str(s)[1:]) for s in bswa if str(s)[1:].isdigit()}
     else:
         raise ValueError(f"among={among!r}: expected settings or bswa_segments")
     if len(size) < min_settings:
         raise NotTestable(needs)
-    best = scores[list(size)].idxmax()
     ordered = sorted(size, key=size.get)
-    evidence = f"best {label} by {res.metric}: {best} of {ordered}"
-    return evidence, bool(size[best] not in (min(size.values()), max(size.values())))
+    inner = subset(scores, ordered[1:-1]).mean().idxmax()
+    best = subset(scores, ordered).mean().idxmax()
+    evidence = f"best {label} by {res.metric} (seed means): {best} of {ordered}"
+    return Finding(evidence, versus(scores, inner, [ordered[0], ordered[-1]], "beats"))
 
 
 @check_kind("fam_beats_bswa")
 def fam_beats_bswa(res: SweepResults, *, needs: str):
-    """The best FAM variant scores above the best BSWA variant."""
-    scores = setting_scores(res)
-    fam, bswa = fam_vs_bswa(list(scores.index))
+    """The best FAM variant (by seed mean) beats every BSWA variant."""
+    scores = seed_scores(res)
+    fam, bswa = fam_vs_bswa(list(scores.columns))
     if not (fam and bswa):
         raise NotTestable(needs)
-    f, b = scores[fam].max(), scores[bswa].max()
-    evidence = f"{res.metric}: FAM {abs(f):.4g} vs best BSWA ({scores[bswa].idxmax()}) {abs(b):.4g}"
-    return evidence, bool(f > b)
+    means = scores.mean()
+    f, b = means[fam].idxmax(), means[bswa].idxmax()
+    evidence = f"{res.metric} (seed means): FAM {abs(means[f]):.4g} vs best BSWA ({b}) {abs(means[b]):.4g}"
+    return Finding(evidence, versus(scores, f, bswa, "beats"))
 
 
 @check_kind("setting_at_least_as_good")
-def setting_at_least_as_good(res: SweepResults, *, needs: str, setting: Any):
-    """``setting`` scores at least as well as every other one (None on a tie)."""
-    scores = setting_scores(res)
-    if setting not in scores.index or len(scores) < 2:
+def setting_at_least_as_good(res: SweepResults, *, needs: str, setting: Any, margin: float = 0.0):
+    """``setting`` is at least as good as every other one (within ``margin``, the metric's units)."""
+    scores = scores_for(res, needs)
+    col = find_setting(scores, setting)
+    if col is None:
         raise NotTestable(needs)
-    evidence = f"{res.metric}: " + ", ".join(f"{k} {abs(v):.4g}" for k, v in scores.items())
-    return evidence, at_least(scores[setting], scores.drop(setting).max())
+    others = [c for c in scores.columns if c != col]
+    return Finding(means_text(res, scores), versus(scores, col, others, "at_least", float(margin)))
 
 
 @check_kind("setting_beats")
 def setting_beats(res: SweepResults, *, needs: str, better: Any, worse: Any, better_label: str, worse_label: str):
-    """``better`` scores strictly above ``worse``."""
-    scores = setting_scores(res)
-    if not {better, worse} <= set(scores.index):
+    """``better`` beats ``worse``."""
+    scores = seed_scores(res)
+    a, b = find_setting(scores, better), find_setting(scores, worse)
+    if a is None or b is None:
         raise NotTestable(needs)
-    a, b = scores[better], scores[worse]
-    return f"{res.metric}: {better_label} {abs(a):.4g}, {worse_label} {abs(b):.4g}", bool(a > b)
+    labels = {a: better_label, b: worse_label}
+    return Finding(means_text(res, subset(scores, [a, b]), labels), [Comparison(diff(scores, a, b, labels), "beats")])
 
 
 @check_kind("best_setting")
 def best_setting(res: SweepResults, *, needs: str, setting: Any, label: str, min_settings: int = 2):
-    """``setting`` is the best of the settings tried."""
-    scores = setting_scores(res)
-    if len(scores) < min_settings:
-        raise NotTestable(needs)
-    best = scores.idxmax()
-    same = math.isclose(best, setting) if isinstance(setting, int | float) else best == setting
-    return f"best {label} by {res.metric}: {best} of {sorted(scores.index)}", bool(same)
+    """``setting`` beats every other setting tried."""
+    scores = scores_for(res, needs, min_settings)
+    col = find_setting(scores, setting)
+    if col is None:
+        raise NotTestable(f"{label} = {setting}")
+    best = scores.mean().idxmax()
+    evidence = f"best {label} by {res.metric} (seed means): {best} of {sorted(scores.columns)}"
+    return Finding(evidence, versus(scores, col, [c for c in scores.columns if c != col], "beats"))
 
 
 @check_kind("worse_than_best")
 def worse_than_best(
     res: SweepResults, *, needs: str, needs_setting: str, setting: Any, label: str, min_settings: int = 2
 ):
-    """``setting`` scores below the best setting."""
-    scores = setting_scores(res)
-    if len(scores) < min_settings:
-        raise NotTestable(needs)
-    found = [s for s in scores.index if s == setting]
-    if not found:
+    """The best other setting (by seed mean) beats ``setting``."""
+    scores = scores_for(res, needs, min_settings)
+    col = find_setting(scores, setting)
+    if col is None:
         raise NotTestable(needs_setting)
-    value = scores[found[0]]
-    return f"{res.metric}: {label} {abs(value):.4g}, best {abs(scores.max()):.4g}", bool(value < scores.max())
+    best = scores.drop(columns=[col]).mean().idxmax()
+    labels = {col: label}
+    return Finding(means_text(res, scores, labels), [Comparison(diff(scores, best, col, labels), "beats")])
 
 
 @check_kind("within_paper_gap")
 def within_paper_gap(res: SweepResults, *, needs: str, setting: Any, reference: Any, paper_table: str):
-    """``setting`` is no further from ``reference`` (relative to it) than the paper's table finds
-    them on any task."""
-    scores = setting_scores(res)
-    if not {setting, reference} <= set(scores.index):
+    """``setting`` and ``reference`` are about equal: their difference lies within the largest
+    relative gap the paper's table has between them (times the reference's mean)."""
+    scores = seed_scores(res)
+    if not {setting, reference} <= set(scores.columns):
         raise NotTestable(needs)
-    ref, value = abs(scores[reference]), abs(scores[setting])
-    rel = abs(value - ref) / ref if ref else math.inf
     gap = paper.relative_gap(paper.TABLES[paper_table], setting, reference)
+    margin = gap * abs(scores[reference].mean())
     evidence = (
-        f"{res.metric}: {reference} {ref:.4g}, {setting} {value:.4g} "
-        f"({100 * rel:.2f}% apart; paper up to {100 * gap:.1f}%)"
+        f"{means_text(res, subset(scores, [reference, setting]))}; allowed gap {margin:.3g} ({100 * gap:.1f}%, paper)"
     )
-    return evidence, bool(rel <= gap)
+    return Finding(evidence, [Comparison(diff(scores, setting, reference), "about_equal", margin)])
 
 
 @check_kind("within_paper_spread")
 def within_paper_spread(res: SweepResults, *, needs: str, paper_table: str, task: str, min_settings: int = 2):
-    """The settings' spread ((max - min) / mean) is no wider than the paper's table has on ``task``."""
-    scores = setting_scores(res)
-    if len(scores) < min_settings:
-        raise NotTestable(needs)
-    values = scores.abs()
-    spread = (values.max() - values.min()) / values.mean()
-    paper_spread = paper.relative_spread(paper.TABLES[paper_table], task)
-    evidence = (
-        f"{res.metric} over {sorted(scores.index)}: spread {100 * spread:.2f}% of the mean "
-        f"(paper {100 * paper_spread:.1f}%)"
-    )
-    return evidence, bool(spread <= paper_spread)
+    """The settings are about equal: the best minus the worst (by seed mean) lies within the
+    relative spread ((max - min) / mean) the paper's table has on ``task``, times famlab's mean."""
+    scores = scores_for(res, needs, min_settings)
+    means = scores.mean()
+    spread = paper.relative_spread(paper.TABLES[paper_table], task)
+    margin = spread * float(means.abs().mean())
+    evidence = f"{means_text(res, scores)}; allowed spread {margin:.3g} ({100 * spread:.1f}% of the mean, paper)"
+    return Finding(evidence, [Comparison(diff(scores, means.idxmax(), means.idxmin()), "about_equal", margin)])
 
 
 # ----------------------------------------------------------------------------------------------
-# check kinds on the evaluation table (settings across, lengths down)
+# check kinds on the evaluation rows (PassKey accuracy by length, per seed)
+
+
+def eval_scores(res: SweepResults, value: str, where: str, needs: str) -> tuple[pd.DataFrame, str]:
+    scores, what = eval_seed_scores(res, value, where)
+    if scores.empty:
+        raise NotTestable("evaluation tables" if not what else f"{needs} (evaluated {what})")
+    return scores, what
 
 
 @check_kind("eval_fam_vs_bswa_at_longest")
-def eval_fam_vs_bswa_at_longest(res: SweepResults, *, needs: str, value: str = "accuracy"):
-    """At the longest evaluated length the best FAM variant is at least as good as every BSWA one."""
-    ev = eval_table_or_empty(res, value)
-    if ev.empty:
-        raise NotTestable("evaluation tables")
-    longest = ev.iloc[-1]
-    fam, bswa = fam_vs_bswa(list(ev.columns))
+def eval_fam_vs_bswa_at_longest(
+    res: SweepResults, *, needs: str, value: str = "accuracy", kind: str = "beats", margin: float = 0.0
+):
+    """At the longest evaluated length the best FAM variant beats (``kind``) every BSWA variant."""
+    scores, what = eval_scores(res, value, "longest", needs)
+    fam, bswa = fam_vs_bswa(list(scores.columns))
     if not (fam and bswa):
         raise NotTestable(needs)
-    f, b = longest[fam].max(), longest[bswa].max()
-    evidence = f"{value} at length {ev.index[-1]}: FAM {f:.3g}, best BSWA {b:.3g}{TIE if f == b else ''}"
-    return evidence, at_least(f, b)
+    means = scores.mean()
+    f, b = means[fam].idxmax(), means[bswa].idxmax()
+    evidence = f"{value} {what} (seed means): FAM {means[f]:.3g}, best BSWA ({b}) {means[b]:.3g}"
+    return Finding(evidence, versus(scores, f, bswa, claim_kind(kind), float(margin)))
 
 
 @check_kind("eval_beyond_training")
@@ -256,16 +360,15 @@ def eval_beyond_training(
     better_label: str | None = None,
     worse_label: str | None = None,
     value: str = "accuracy",
-    on_tie: bool | None = None,
+    kind: str = "beats",
+    margin: float = 0.0,
 ):
-    """Past the training length, ``better``'s mean is above ``worse``'s (``on_tie`` on a tie)."""
-    ev = eval_table_or_empty(res, value)
-    if ev.empty:
-        raise NotTestable("evaluation tables")
-    beyond = beyond_training(res, ev)
-    if beyond.empty or not {better, worse} <= set(beyond.columns):
+    """Past the training length, ``better`` beats (``kind``) ``worse`` on the mean of ``value``."""
+    scores, what = eval_scores(res, value, "beyond", needs)
+    a, b = find_setting(scores, better), find_setting(scores, worse)
+    if a is None or b is None:
         raise NotTestable(needs)
-    a, b = beyond[better].mean(), beyond[worse].mean()
-    labels = (better_label or str(better), worse_label or str(worse))
-    evidence = f"mean {value} beyond training length: {labels[0]} {a:.3g}, {labels[1]} {b:.3g}{TIE if a == b else ''}"
-    return evidence, on_tie if a == b else bool(a > b)
+    labels = {a: better_label or str(better), b: worse_label or str(worse)}
+    means = scores.mean()
+    evidence = f"mean {value} {what} (seed means): {labels[a]} {means[a]:.3g}, {labels[b]} {means[b]:.3g}"
+    return Finding(evidence, [Comparison(diff(scores, a, b, labels), claim_kind(kind), float(margin))])

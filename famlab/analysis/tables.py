@@ -172,6 +172,23 @@ def setting_scores(res: SweepResults, metric: str | None = None) -> pd.Series:
     return sign * agg[(metric, "mean")]
 
 
+def seed_scores(res: SweepResults, metric: str | None = None) -> pd.DataFrame:
+    """The metric per seed (rows) and setting of the single varied parameter (columns), as 'higher
+    is better' scores: the paired data of a claim's test (settings that ran with one seed saw the
+    same training batches and validation data)."""
+    metric = metric or res.metric
+    done = res.complete
+    if not res.ok or len(res.varied) != 1 or metric not in done.columns or "seed" not in done.columns:
+        return pd.DataFrame()
+    sign = -1.0 if lower_is_better(metric, res.direction if metric == res.metric else None) else 1.0
+    values = pd.to_numeric(done[metric], errors="coerce")
+    frame = done.assign(_score=sign * values).pivot_table(
+        index="seed", columns=res.varied[0], values="_score", aggfunc="first", dropna=False
+    )
+    frame.columns.name = res.varied[0]
+    return frame
+
+
 def mapping_inverse(mapping: dict[Any, Any], target: Any) -> Any:
     """The famlab setting that maps to the paper's ``target`` (``target`` itself when none does)."""
     for k, v in mapping.items():
