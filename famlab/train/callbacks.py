@@ -110,7 +110,9 @@ class AdaptiveSeqLen(Callback):
                 f"data.adaptive_metric={self.metric!r} is not allowed: expected a logged training metric ({logged})"
             )
         if trainer.world_size > 1:
-            value = trainer.strategy.reduce(torch.as_tensor(value, dtype=torch.float32).to(pl_module.device), reduce_op="mean")
+            value = trainer.strategy.reduce(
+                torch.as_tensor(value, dtype=torch.float32).to(pl_module.device), reduce_op="mean"
+            )
         self.window.append(float(value))
         self.update(trainer)
 
