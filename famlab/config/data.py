@@ -14,6 +14,7 @@ profile that changes ``seq_len`` evaluates at the same relative lengths).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,18 @@ class DataConfig(CheckedDataclass):
     # curriculum: [[step, seq_len], ...], steps counted in training batches served; the first step
     # must be 0 and the last seq_len must equal seq_len. Empty: seq_len throughout.
     seq_len_schedule: list = field(default_factory=list)
+    # adaptive curriculum (off by default; exclusive with seq_len_schedule): training starts at
+    # adaptive_start_len tokens and moves to the next length (x adaptive_factor, rounded up to a multiple
+    # of model.block_size, capped at seq_len) once the mean of adaptive_metric over the last
+    # adaptive_window training batches since the last change is >= adaptive_threshold.
+    # adaptive_metric: a training metric in [0, 1], higher is better; train/answer_acc (passkey, recall)
+    # is the fraction of rows whose every answer token is the argmax under teacher forcing.
+    seq_len_adaptive: bool = False
+    adaptive_start_len: int = 64
+    adaptive_factor: float = 2.0
+    adaptive_threshold: float = 0.9
+    adaptive_window: int = 50  # training batches (optimizer steps without gradient accumulation)
+    adaptive_metric: str = "train/answer_acc"
     stateful: bool = False  # text/recall: each batch slot reads consecutive windows of one long document
     episode_windows: int = 8  # stateful: windows per episode before new documents start
     val_batches: int = 4  # fixed validation batches (always at seq_len); 0 = no validation data
@@ -109,6 +122,8 @@ class DataConfig(CheckedDataclass):
             ("episode_windows", 1),
             ("val_batches", 0),
             ("num_workers", 0),
+            ("adaptive_start_len", 1),
+            ("adaptive_window", 1),
             ("passkey_key_digits", 1),
             ("passkey_train_blocks_min", 0),
             ("passkey_train_blocks_max", 0),
@@ -128,7 +143,7 @@ class DataConfig(CheckedDataclass):
             ("recall_eval_samples", 1),
         ]:
             check_int(OWNER, self, key, minimum)
-        for key in ("stateful", "passkey_instruction", "passkey_pack"):
+        for key in ("stateful", "seq_len_adaptive", "passkey_instruction", "passkey_pack"):
             check_flag(OWNER, self, key)
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
             raise config_error(OWNER, "cache_dir", self.cache_dir, "a non-empty path string")
@@ -174,6 +189,7 @@ class DataConfig(CheckedDataclass):
             if pairs[-1][1] != self.seq_len:
                 raise config_error(OWNER, "seq_len_schedule", sched, allowed)
         self.seq_len_schedule = pairs
+        self._check_adaptive()
 
         if self.stateful and self.task == "passkey":
             raise config_error(
@@ -216,11 +232,60 @@ class DataConfig(CheckedDataclass):
                 OWNER, "recall_gap_max", self.recall_gap_max, f"-1 (fill) or >= recall_gap_min={self.recall_gap_min}"
             )
 
+    def _check_adaptive(self) -> None:
+        """The adaptive curriculum's keys (checked even when it is off) and, when on, what it excludes."""
+        check_number(OWNER, self, "adaptive_factor", 1.0, open_low=True)
+        check_number(OWNER, self, "adaptive_threshold", 0.0, 1.0)
+        if not (isinstance(self.adaptive_metric, str) and self.adaptive_metric.startswith("train/")):
+            raise config_error(
+                OWNER, "adaptive_metric", self.adaptive_metric, "the name of a logged training metric, 'train/...'"
+            )
+        if not self.seq_len_adaptive:
+            return
+        if self.adaptive_start_len > self.seq_len:
+            raise config_error(
+                OWNER, "adaptive_start_len", self.adaptive_start_len, f"an integer in [1, seq_len={self.seq_len}]"
+            )
+        why = {
+            "seq_len_schedule": ("[] when seq_len_adaptive=true (one curriculum at a time)", []),
+            "stateful": ("false when seq_len_adaptive=true (a length change would cut an episode)", False),
+            "num_workers": ("0 when seq_len_adaptive=true (its batches are built when consumed)", 0),
+        }
+        for key, (allowed, off) in why.items():
+            if getattr(self, key) != off:
+                raise config_error(OWNER, key, getattr(self, key), allowed)
+        if self.task == "text" and self.adaptive_metric == "train/answer_acc":
+            raise config_error(
+                OWNER,
+                "adaptive_metric",
+                self.adaptive_metric,
+                "a training metric logged for task='text' (train/answer_acc is logged for passkey and recall)",
+            )
+
     # --- derived values ---
     @property
     def min_seq_len(self) -> int:
         """The shortest training sequence length of the run (curriculum included)."""
-        return min([self.seq_len] + [p[1] for p in self.seq_len_schedule])
+        start = [self.adaptive_start_len] if self.seq_len_adaptive else []
+        return min([self.seq_len] + [p[1] for p in self.seq_len_schedule] + start)
+
+    @property
+    def min_seq_len_key(self) -> str:
+        """The key that sets :attr:`min_seq_len` (for error messages)."""
+        if self.seq_len_adaptive and self.adaptive_start_len < self.seq_len:
+            return "adaptive_start_len"
+        return "seq_len_schedule" if self.seq_len_schedule else "seq_len"
+
+    def adaptive_lengths(self, block_size: int = 1) -> list[int]:
+        """The adaptive curriculum's lengths: adaptive_start_len, then each one x adaptive_factor rounded up
+        to a multiple of ``block_size``, capped at seq_len (the last). ``[seq_len]`` when it is off."""
+        if not self.seq_len_adaptive:
+            return [self.seq_len]
+        lengths = [min(self.adaptive_start_len, self.seq_len)]
+        while lengths[-1] < self.seq_len:
+            grown = math.ceil(lengths[-1] * self.adaptive_factor / block_size) * block_size
+            lengths.append(min(max(grown, lengths[-1] + 1), self.seq_len))
+        return lengths
 
     def seq_len_at(self, k: int) -> int:
         """Training seq_len of batch k (k = training batches served before it)."""

@@ -18,6 +18,14 @@ carry ``new_episode`` (True on window 0), the trainer's cue to reset the model s
 ``state_dict()``; after ``load_state_dict()`` the stream restarts at that batch index, so the data
 and the curriculum position continue exactly. The count is of batches, not optimizer steps.
 
+**Adaptive curriculum** (``seq_len_adaptive``). The length of training batch k is decided while
+training (by :class:`famlab.train.callbacks.AdaptiveSeqLen`, which calls :meth:`FamDataModule.set_train_len`),
+so the batch cannot be built ahead: Lightning prefetches a batch and workers prefetch several. The
+train stream then yields only the index k, and :meth:`FamDataModule.on_before_batch_transfer` builds
+batch k at the current length when the trainer consumes it. A batch stays a pure function of
+``(seed, split, k, length)`` (``Task.batch(..., length=L)``). ``num_workers`` must be 0 (nothing is left for
+workers to do) and ``stateful`` false (a length change would cut an episode's windows).
+
 **Data parallel.** Training batches of global rank r > 0 come from their own RNG stream (rank 0's
 is the single-process stream); every rank gets the same batch index and curriculum position.
 Validation batches are the same on every rank.
@@ -35,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from famlab.config import DataConfig
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "eval": 3}
+TRAIN_INDEX = "train_index"  # adaptive curriculum: the train stream yields {TRAIN_INDEX: k}, built when consumed
 
 
 class Task:
@@ -78,11 +87,13 @@ class Task:
             self._cache[split] = hit
         return hit[1]
 
-    def batch(self, split: str, k: int, seed: int, rank: int = 0) -> dict[str, torch.Tensor]:
+    def batch(self, split: str, k: int, seed: int, rank: int = 0, length: int | None = None) -> dict[str, torch.Tensor]:
         """Batch k of ``split`` ("train" follows the curriculum; "val" is always at seq_len).
-        ``rank`` > 0 draws another stream (data-parallel ranks); rank 0 is the single-process stream."""
+        ``rank`` > 0 draws another stream (data-parallel ranks); rank 0 is the single-process stream.
+        ``length``: every window at this length instead (the adaptive curriculum's current length)."""
         cfg = self.cfg
-        seq_len = cfg.seq_len_at if split == "train" else (lambda _k: cfg.seq_len)
+        fixed = length if length is not None else (None if split == "train" else cfg.seq_len)
+        seq_len = cfg.seq_len_at if fixed is None else (lambda _k: int(fixed))
         W = cfg.episode_windows if cfg.stateful else 1
         e, w = divmod(k, W)
         lengths = [seq_len(e * W + i) for i in range(W)]
@@ -103,6 +114,7 @@ class _TrainStream(IterableDataset):
 
     def __init__(self, task: Task, seed: int, start: int, rank: int = 0):
         self.task, self.seed, self.start, self.rank = task, seed, start, rank
+        self.indices_only = task.cfg.seq_len_adaptive
 
     def __iter__(self):
         info = get_worker_info()
@@ -110,7 +122,7 @@ class _TrainStream(IterableDataset):
         if info is not None:
             k, stride = self.start + info.id, info.num_workers
         while True:
-            yield self.task.batch("train", k, self.seed, self.rank)
+            yield {TRAIN_INDEX: k} if self.indices_only else self.task.batch("train", k, self.seed, self.rank)
             k += stride
 
 
@@ -134,6 +146,7 @@ class FamDataModule(pl.LightningDataModule):
         self.cfg, self.task, self.seed = cfg, task, int(seed)
         self.batches_served = 0
         self._train_stream: _TrainStream | None = None
+        self.train_len = cfg.adaptive_lengths(task.block_size)[0]  # adaptive curriculum: the current length
 
     def prepare_data(self) -> None:
         self.task.prepare()
@@ -157,8 +170,17 @@ class FamDataModule(pl.LightningDataModule):
         self.task.setup()
         return self._loader(_FixedBatches(self.task, self.seed, "val", self.cfg.val_batches))
 
+    def set_train_len(self, length: int) -> None:
+        """Adaptive curriculum: training batches consumed from now on are built at ``length`` tokens."""
+        self.train_len = int(length)
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer
+        if isinstance(batch, dict) and TRAIN_INDEX in batch:  # adaptive: build batch k at the current length
+            rank = self._train_stream.rank if self._train_stream is not None else 0
+            batch = self.task.batch("train", int(batch[TRAIN_INDEX]), self.seed, rank, length=self.train_len)
+            if trainer is not None:
+                batch = trainer.precision_plugin.convert_input(batch)
         if trainer is not None and trainer.training and isinstance(batch, dict) and "input" in batch:
             self.batches_served += 1
         return batch
@@ -172,10 +194,13 @@ class FamDataModule(pl.LightningDataModule):
             self._train_stream.start = self.batches_served
 
     # --- direct access (tests, notebooks, custom loops) ---
-    def train_batch(self, k: int, rank: int = 0) -> dict[str, torch.Tensor]:
-        """Training batch k, exactly as the train dataloader of process ``rank`` serves it."""
+    def train_batch(self, k: int, rank: int = 0, length: int | None = None) -> dict[str, torch.Tensor]:
+        """Training batch k, exactly as the train dataloader of process ``rank`` serves it (at ``length``
+        tokens: as the adaptive curriculum serves it at that length)."""
         self.task.setup()
-        return self.task.batch("train", k, self.seed, rank)
+        if length is None and self.cfg.seq_len_adaptive:
+            length = self.train_len
+        return self.task.batch("train", k, self.seed, rank, length=length)
 
     def val_batch(self, j: int) -> dict[str, torch.Tensor]:
         self.task.setup()

@@ -248,8 +248,8 @@ class PasskeyTask(Task):
         if cfg.min_seq_len + 1 < need:
             raise config_error(
                 "DataConfig",
-                "seq_len" if not cfg.seq_len_schedule else "seq_len_schedule",
-                cfg.seq_len if not cfg.seq_len_schedule else cfg.seq_len_schedule,
+                cfg.min_seq_len_key,
+                getattr(cfg, cfg.min_seq_len_key),
                 f"every seq_len >= {need - 1} for a passkey prompt (passkey_instruction="
                 f"{cfg.passkey_instruction}, passkey_key_digits={cfg.passkey_key_digits}); "
                 "set passkey_instruction=false for shorter prompts",

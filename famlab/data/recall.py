@@ -54,7 +54,7 @@ class RecallTask(Task):
         self.value_base = self.key_base + cfg.recall_key_vocab
         self.body = 2 * cfg.recall_num_pairs + 2 * cfg.num_queries
         if cfg.min_seq_len + 1 < self.body:
-            key = "seq_len_schedule" if cfg.seq_len_schedule else "seq_len"
+            key = cfg.min_seq_len_key
             raise ValueError(
                 f"DataConfig.{key}={getattr(cfg, key)!r} is not allowed: expected every seq_len >= "
                 f"{self.body - 1} for {cfg.recall_num_pairs} pairs and {cfg.num_queries} queries"

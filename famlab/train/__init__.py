@@ -2,7 +2,8 @@
 
 * :mod:`famlab.train.module`: the LightningModule (loss, optimizers, randomness, stateful training, checkpoints)
 * :mod:`famlab.train.loggers`: ``metrics.jsonl`` and wandb
-* :mod:`famlab.train.callbacks`: checkpoints, ``final_metrics.json``, the merged LoRA model, the progress bar
+* :mod:`famlab.train.callbacks`: checkpoints, ``final_metrics.json``, the merged LoRA model, the progress bar,
+  the adaptive sequence-length curriculum
 * :mod:`famlab.train.run`: :func:`train` and the Lightning Trainer
 * :mod:`famlab.train.factory`: the FamLM of a run (pretrained weights, LoRA) and loading trained runs
 * :mod:`famlab.train.quiet`: Lightning's noisy warnings, filtered
@@ -11,7 +12,7 @@ The run directory's files are owned by :class:`famlab.runs.RunDir`.
 """
 
 from famlab.model import state_from_dict, state_to, state_to_dict
-from famlab.train.callbacks import final_metrics
+from famlab.train.callbacks import AdaptiveSeqLen, final_metrics
 from famlab.train.factory import CKPT_KEY, build_model, load_checkpoint, load_model, resolve_pretrained
 from famlab.train.loggers import JsonlLogger, make_wandb_logger, wandb_api_key_available, wandb_mode
 from famlab.train.module import LN2, FamLightningModule, weighted_ce
@@ -19,6 +20,7 @@ from famlab.train.quiet import quiet_lightning
 from famlab.train.run import RUN_DIR_ENV, build_trainer, global_rank, train
 
 __all__ = [
+    "AdaptiveSeqLen",
     "CKPT_KEY",
     "LN2",
     "RUN_DIR_ENV",

@@ -1,22 +1,29 @@
-"""Callbacks of a training run: the progress bar, checkpoints, ``final_metrics.json`` and the merged LoRA model.
+"""Callbacks of a training run: the progress bar, checkpoints, ``final_metrics.json``, the merged LoRA model
+and the adaptive sequence-length curriculum.
 
 * **Checkpoints**: ``<run_dir>/checkpoints/step########.ckpt`` every ``checkpoint_every`` steps
   (all kept) and ``last.ckpt`` at each of those and at the end of training.
 * ``final_metrics.json``: step counters, the last and recent mean train loss, the last logged validation
   loss and a fresh validation loss of the final weights (whenever ``data.val_batches`` > 0).
+* **Adaptive curriculum** (``data.seq_len_adaptive``, :class:`AdaptiveSeqLen`): after each training batch the
+  value of ``data.adaptive_metric`` joins a window; once the window holds ``adaptive_window`` values since the
+  last change and their mean is >= ``adaptive_threshold``, the next batch is built at the next length of
+  :meth:`DataConfig.adaptive_lengths`. The stage and the window are saved in checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
+from collections import deque
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
-from famlab.config import RunConfig
+from famlab.config import ConfigError, RunConfig
 from famlab.runs import RunDir
 from famlab.train.module import LN2, FamLightningModule
 
@@ -66,6 +73,79 @@ class Checkpoints(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_global_step_saved != trainer.global_step or not self._last_checkpoint_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class AdaptiveSeqLen(Callback):
+    """The adaptive sequence-length curriculum (``data.seq_len_adaptive``): moves the datamodule's training
+    length (``set_train_len``) to the next of ``lengths`` when the window mean of the metric reaches the
+    threshold. The window is cleared at each change (the next decision needs a full window at the new length).
+
+    **Data parallel**: each batch's metric is averaged over ranks before it joins the window, so every rank
+    holds the same window and takes the same decision (and the window rank 0 saves is every rank's)."""
+
+    def __init__(self, lengths: list[int], metric: str, threshold: float, window: int):
+        self.lengths, self.metric, self.threshold = [int(n) for n in lengths], metric, float(threshold)
+        self.stage = 0
+        self.window: deque[float] = deque(maxlen=int(window))
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> AdaptiveSeqLen:
+        d = cfg.data
+        return cls(d.adaptive_lengths(cfg.model.block_size), d.adaptive_metric, d.adaptive_threshold, d.adaptive_window)
+
+    @property
+    def seq_len(self) -> int:
+        return self.lengths[self.stage]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.datamodule.set_train_len(self.seq_len)  # after a resume: the restored stage's length
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.stage == len(self.lengths) - 1:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None:
+            logged = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("train/")))
+            raise ConfigError(
+                f"data.adaptive_metric={self.metric!r} is not allowed: expected a logged training metric ({logged})"
+            )
+        if trainer.world_size > 1:
+            value = trainer.strategy.reduce(
+                torch.as_tensor(value, dtype=torch.float32).to(pl_module.device), reduce_op="mean"
+            )
+        self.window.append(float(value))
+        self.update(trainer)
+
+    def update(self, trainer: pl.Trainer | None = None) -> bool:
+        """Advance one stage if the window is full and its mean reaches the threshold; True if it did."""
+        if len(self.window) < (self.window.maxlen or 0) or self.stage == len(self.lengths) - 1:
+            return False
+        mean = sum(self.window) / len(self.window)
+        if mean < self.threshold:
+            return False
+        old = self.seq_len
+        self.stage += 1
+        self.window.clear()
+        if trainer is not None:
+            trainer.datamodule.set_train_len(self.seq_len)
+            if trainer.is_global_zero:
+                served = trainer.datamodule.batches_served
+                print(
+                    f"famlab: adaptive curriculum: seq_len {old} -> {self.seq_len} after {served} training batches "
+                    f"({self.metric} {mean:.3f} >= {self.threshold} over {self.window.maxlen} batches)",
+                    file=sys.stderr,
+                )
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seq_len": self.seq_len, "stage": self.stage, "window": list(self.window)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the stage by its length (the longest stage not above the saved one) and the window."""
+        saved = int(state_dict["seq_len"])
+        self.stage = max([i for i, n in enumerate(self.lengths) if n <= saved] or [0])
+        self.window.clear()
+        self.window.extend(float(v) for v in state_dict["window"])
 
 
 def final_metrics(

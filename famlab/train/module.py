@@ -27,7 +27,8 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
 * **Logged metrics**: ``train/loss`` (0 for a window without targets, possible when stateful),
   ``train/weight`` (sum of the loss weights), ``train/lr``, ``train/tokens_per_s`` (all ranks, wall
   time between steps, validation excluded), ``train/tokens``, ``train/rsp_prob``, ``train/seq_len``,
-  ``train/grad_norm`` (before clipping); ``val/loss`` and ``val/bits_per_token``.
+  ``train/grad_norm`` (before clipping); for passkey and recall ``train/answer_acc`` (:func:`answer_accuracy`,
+  the adaptive curriculum's default metric); ``val/loss`` and ``val/bits_per_token``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     return (ce * w).sum(), w.sum()
 
 
+@torch.no_grad()
+def answer_accuracy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fraction of the rows with targets (weight > 0) whose every target is the argmax of its logits
+    (teacher forcing): PassKey's whole-key accuracy, all queries right for recall. 0 without targets.
+    No boolean indexing, so no host sync on an accelerator."""
+    scored = weight > 0
+    wrong = ((logits.argmax(-1) != target) & scored).any(1)
+    rows = scored.any(1)
+    return (rows & ~wrong).sum().float() / rows.sum().clamp_min(1).float()
+
+
 class FamLightningModule(pl.LightningModule):
     """FamLM trained on famlab batches (``input``, ``target``, ``weight``, optional ``new_episode``).
 
@@ -81,6 +93,7 @@ class FamLightningModule(pl.LightningModule):
         self.tokens_seen = 0  # input tokens over all ranks (saved in checkpoints)
         self.recent_losses: deque[float] = deque(maxlen=50)
         self.last_weight = torch.zeros(())  # sum of the loss weights of the last training batch
+        self.answer_acc: torch.Tensor | None = None  # answer_accuracy of the last training batch (passkey, recall)
         # sums over the micro-batches of the optimizer step in progress: (sum w*loss, sum w, its step)
         self._acc_step: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.skipped_steps = 0  # optimizer steps without any target, which changed no weight
@@ -141,6 +154,8 @@ class FamLightningModule(pl.LightningModule):
             if self.cuda_graphs and stateful:  # the carried state must outlive the graph's output buffers
                 new_state = new_state.clone()
         wce, wsum = weighted_ce(logits, batch["target"], batch["weight"])
+        if self.model.training and self.cfg.data.task != "text":
+            self.answer_acc = answer_accuracy(logits, batch["target"], batch["weight"])
         return wce, wsum, new_state
 
     # --- training -------------------------------------------------------------------------------
@@ -206,6 +221,8 @@ class FamLightningModule(pl.LightningModule):
         self.log("train/lr", _f64(opt.param_groups[0]["lr"] if opt else 0.0))
         self.log("train/rsp_prob", _f64(rsp))
         self.log("train/seq_len", _f64(batch["input"].shape[1]))
+        if self.answer_acc is not None:
+            self.log("train/answer_acc", self.answer_acc)
         self.log("train/tokens", _f64(self.tokens_seen))
         return loss
 

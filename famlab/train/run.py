@@ -30,7 +30,7 @@ from famlab.allocator import reuse_freed_memory
 from famlab.config import ConfigError, RunConfig, run_config_to_yaml
 from famlab.data import build_datamodule
 from famlab.runs import RunDir
-from famlab.train.callbacks import Checkpoints, FinalMetrics, MergeLora, ProgressBar
+from famlab.train.callbacks import AdaptiveSeqLen, Checkpoints, FinalMetrics, MergeLora, ProgressBar
 from famlab.train.factory import resolve_pretrained
 from famlab.train.loggers import JsonlLogger, make_wandb_logger
 from famlab.train.module import FamLightningModule
@@ -153,6 +153,8 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
     extra: list[Callback] = [FinalMetrics(run, t0)]
     if cfg.lora.rank and cfg.lora.merge:
         extra.append(MergeLora(run))
+    if cfg.data.seq_len_adaptive:
+        extra.append(AdaptiveSeqLen.from_config(cfg))
     trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=extra)
 
     set_env = not inherited
