@@ -103,11 +103,11 @@ def combine(verdicts: Sequence[str]) -> str:
 
 def binding(effects: Sequence[Effect], verdicts: Sequence[str]) -> Effect:
     """The comparison that decides a combined verdict: a contradicting one if any, else the one
-    with the lowest interval end (the closest to failing)."""
+    with the lowest interval end (the closest to failing; the lowest mean where there is no interval)."""
     for effect, v in zip(effects, verdicts):
         if v == CONTRADICTED:
             return effect
-    lows = [e.ci_low if not pd.isna(e.ci_low) else -math.inf for e in effects]
+    lows = [e.ci_low if not pd.isna(e.ci_low) else e.mean if not pd.isna(e.mean) else math.inf for e in effects]
     return effects[int(np.argmin(lows))]
 
 
