@@ -93,12 +93,34 @@ def _parser() -> argparse.ArgumentParser:
         help="run or inspect an Optuna sweep (sweeps/*.yaml); `famlab sweep --help` for its options",
         add_help=False,
     )
+    p_claims = sub.add_parser(
+        "claims",
+        help="the claims scoreboard: every paper claim a sweep checks, famlab's effect with its 95%% interval, the verdict",
+        description="Read every sweep that checks a claim of the paper (specs with a `claims:` section) and "
+        "print one line per claim: holds, contradicted or inconclusive, from paired differences over seeds "
+        "(famlab.analysis.verdicts); `not run` where the sweep has no results.",
+    )
+    p_claims.add_argument("--profile", default="tiny", help="the spec profile (tiny or paper)")
+    p_claims.add_argument("--storage", default=None, help="Optuna storage URL (default: each spec's SQLite store)")
+    p_claims.add_argument("--runs-root", default="runs", help="where the default SQLite stores live (default runs/)")
+    p_claims.add_argument("--markdown", action="store_true", help="print a Markdown table (paper, statement, effect)")
+    p_claims.add_argument("--csv", default=None, help="also write the full scoreboard (every column) to this CSV")
     sub.add_parser(
         "report",
         help="execute the analysis notebooks against the sweep results, render HTML into reports/",
         add_help=False,
     )
     return parser
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from famlab.analysis.scoreboard import scoreboard, scoreboard_markdown, scoreboard_text
+
+    board = scoreboard(args.profile, storage=args.storage, root=args.runs_root)
+    print(scoreboard_markdown(board) if args.markdown else scoreboard_text(board))
+    if args.csv:
+        board.to_csv(args.csv, index=False)
+    return 0
 
 
 def _error(msg: str) -> int:
@@ -256,7 +278,7 @@ def sweep_main(argv: list[str]) -> int:
     """``famlab sweep {run,status,worker} SPEC``; ``famlab sweep SPEC`` means run."""
     import os
 
-    from famlab.analysis import ablation_text, status_table
+    from famlab.analysis import ablation_text, claims_text, status_table
     from famlab.sweep import STORAGE_ENV, default_storage, load_spec, make_storage, open_study, run_sweep, work
 
     if argv and argv[0] not in SWEEP_ACTIONS and not argv[0].startswith("-"):
@@ -292,6 +314,9 @@ def sweep_main(argv: list[str]) -> int:
     table = ablation_text(spec, storage) if args.action == "run" else ""
     if table:
         print(f"\n{table}")
+        claims = claims_text(spec, storage)
+        if claims:
+            print(f"\n{claims}")
     return 0
 
 
@@ -314,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_train(args, list(sys.argv) if from_sys else ["famlab", *argv])
     if args.command == "eval":
         return cmd_eval(args)
+    if args.command == "claims":
+        return cmd_claims(args)
     return cmd_data(args, parser)
 
 

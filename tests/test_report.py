@@ -83,6 +83,14 @@ def test_report_executes_notebooks_and_renders_html(store, tmp_path, monkeypatch
         errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
         assert not errors, (name, errors)
     assert "No results for study" in index  # the passkey line
+    # the index opens with the claims scoreboard: every claim of every spec, linked to its notebook
+    board = fa.scoreboard("tiny", storage=store["url"])
+    claims_table = index[index.index('<table id="claims">') : index.index("<h2>Analyses</h2>")]
+    assert index.index('id="claims"') < index.index("<h2>Analyses</h2>")
+    assert claims_table.count('<tr class="') == len(board) >= 12
+    for _, row in board.iterrows():
+        assert f'<a href="{row["study"]}.html">{row["study"]}</a>' in claims_table
+    assert "1 inconclusive" not in index and fa.verdict_counts(board) in index
 
     fam = _html_text(out / "fam_length.html")
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', fam)) >= 2  # ablation and curves

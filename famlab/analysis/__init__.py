@@ -8,12 +8,13 @@ Typical use (the notebooks in ``analysis/`` are thin wrappers around this)::
     fa.ablation_table(res)        # mean, std, 95% t-interval and n over seeds, per setting
     fa.paper_table(res)           # famlab's metrics beside the paper's numbers, in the paper's shape
     fa.paper_agreement(res)       # does famlab order the settings as the paper does (Spearman, signs)
-    fa.paper_claims(res)          # the paper's findings (the spec's ``claims:``), checked on famlab's numbers
+    fa.paper_claims(res)          # the paper's findings (the spec's ``claims:``): effect, 95% interval, verdict
+    fa.scoreboard("tiny")         # every claim of every study, one row each (``famlab claims``)
     fa.eval_table(res)            # evaluation tables (PassKey accuracy by length x variant, ...)
     fa.to_markdown(t), fa.to_latex(t)
 
 The modules: ``frames`` (the only reader of Optuna storages and run directories), ``results``
-(a sweep's trials with its spec), ``stats``, ``tables``, ``evals``, ``claims``, ``plots``,
+(a sweep's trials with its spec), ``stats``, ``tables``, ``evals``, ``verdicts``, ``claims``, ``scoreboard``, ``plots``,
 ``export`` and ``cost`` (bench results).
 """
 
@@ -45,6 +46,15 @@ from famlab.analysis.frames import (
 )
 from famlab.analysis.plots import METRIC_LABELS, PARAM_LABELS, plot_ablation, plot_curves, plot_eval, plot_grid
 from famlab.analysis.results import SweepResults, load_sweep, run_setting, storage_for
+from famlab.analysis.scoreboard import (
+    NOT_RUN,
+    claim_studies,
+    claims_text,
+    scoreboard,
+    scoreboard_markdown,
+    scoreboard_text,
+    verdict_counts,
+)
 from famlab.analysis.stats import STATS, aggregate, lower_is_better, mean_ci, spearman, t_cdf, t_ppf
 from famlab.analysis.tables import (
     ablation_table,
@@ -79,6 +89,7 @@ __all__ = [
     "EVAL_ROW_KEYS",
     "EVAL_VALUE_KEYS",
     "METRIC_LABELS",
+    "NOT_RUN",
     "PARAM_LABELS",
     "STATS",
     "ClaimResult",
@@ -91,6 +102,8 @@ __all__ = [
     "bench_summary",
     "check_claim",
     "check_kind",
+    "claim_studies",
+    "claims_text",
     "cost_table",
     "eval_aggregate",
     "eval_frame",
@@ -122,6 +135,9 @@ __all__ = [
     "read_curves",
     "run_config",
     "run_setting",
+    "scoreboard",
+    "scoreboard_markdown",
+    "scoreboard_text",
     "seed_scores",
     "spearman",
     "spec_claims",
@@ -135,4 +151,5 @@ __all__ = [
     "trial_table",
     "trials_frame",
     "verdict",
+    "verdict_counts",
 ]

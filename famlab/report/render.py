@@ -152,8 +152,55 @@ def build_report(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    write_index(out, entries, profile=profile, storage=storage)
+    board = claims_board(profile, storage, runs_root)
+    write_index(out, entries, profile=profile, storage=storage, board=board)
     return entries
+
+
+def claims_board(profile: str, storage: str | None, runs_root: str | Path) -> Any:
+    """The claims scoreboard of every study (:func:`famlab.analysis.scoreboard`), or None where it
+    cannot be read (the index then says so)."""
+    from famlab import analysis as fa
+
+    try:
+        return fa.scoreboard(profile, storage=storage, root=runs_root)
+    except Exception as err:  # a broken store must not cost the rest of the report
+        print(f"famlab report: the claims scoreboard could not be built: {err}", flush=True)
+        return None
+
+
+VERDICT_CLASS = {"holds": "holds", "contradicted": "contradicted", "inconclusive": "inconclusive"}
+
+
+def scoreboard_html(board: Any, entries: list[Entry]) -> str:
+    """The scoreboard as an HTML table: the paper's statement, famlab's effect with its interval,
+    the verdict, and a link to the study's notebook."""
+    if board is None:
+        return "<p>The claims scoreboard could not be built (see the report's output).</p>"
+    if board.empty:
+        return "<p>No spec declares a claim.</p>"
+    from famlab.analysis.scoreboard import verdict_counts
+
+    pages = {e.name: e.html for e in entries if e.html}
+    rows = []
+    for _, r in board.iterrows():
+        study = html.escape(str(r["study"]))
+        page = pages.get(str(r["study"]))
+        link = f'<a href="{html.escape(page)}">{study}</a>' if page else study
+        cls = VERDICT_CLASS.get(str(r["verdict"]), "empty")
+        rows.append(
+            f'<tr class="{cls}"><td>{html.escape(str(r["paper"]))}</td><td>{html.escape(str(r["statement"]))}</td>'
+            f"<td><code>{html.escape(str(r['effect']))}</code><br><small>{html.escape(str(r['evidence']))}</small></td>"
+            f"<td><b>{html.escape(str(r['verdict']))}</b></td><td>{link}</td></tr>"
+        )
+    return (
+        f'<h2>The paper\'s claims</h2>\n<p id="claims-summary">{html.escape(verdict_counts(board))}. '
+        "Effect: the deciding comparison, mean of the per-seed differences (higher is better) with its 95% "
+        "t-interval and the number of seeds; holds / contradicted when the interval lies wholly on one side, "
+        "inconclusive when it cannot tell (famlab.analysis.verdicts).</p>\n"
+        '<table id="claims"><tr><th>paper</th><th>claim</th><th>famlab effect (95% interval, n)</th>'
+        f"<th>verdict</th><th>notebook</th></tr>\n{chr(10).join(rows)}\n</table>"
+    )
 
 
 def title_html(title: str) -> str:
@@ -161,8 +208,9 @@ def title_html(title: str) -> str:
     return html.escape(title.replace("<sub>", "_").replace("</sub>", ""))
 
 
-def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str | None) -> Path:
-    """``<out>/index.html``: one row per notebook with its status line and links."""
+def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str | None, board: Any = None) -> Path:
+    """``<out>/index.html``: the claims scoreboard (where ``board`` is given), then one row per
+    notebook with its status line and links."""
     from famlab.sweep.spec import redact
 
     rows = []
@@ -181,10 +229,14 @@ def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str |
 body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
 tr.fail td {{ background: #fdd; }} tr.empty td {{ color: #777; }} code {{ font-size: 90%; }}
+tr.holds td {{ background: #e6f4e6; }} tr.contradicted td {{ background: #fbe3e3; }}
+tr.inconclusive td {{ background: #f4f4f4; }} small {{ color: #555; }}
 </style></head><body>
 <h1>famlab report</h1>
 <p>Profile <code>{html.escape(profile)}</code>; storage: {where}; generated {time.strftime("%Y-%m-%d %H:%M:%S")}.
 Tables as Markdown and LaTeX are in <a href="tables/">tables/</a>.</p>
+{scoreboard_html(board, entries) if board is not None or entries else ""}
+<h2>Analyses</h2>
 <table><tr><th>analysis</th><th>notebook</th><th>status</th><th>executed</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
