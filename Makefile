@@ -16,7 +16,7 @@ SWEEP ?= fam_length
 PROFILE ?= tiny
 WORKERS ?= 1
 
-.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -82,6 +82,18 @@ sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite u
 
 sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running, failed, pruned
 	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE)
+
+# The studies `make reproduce` runs: every spec whose tiny profile checks a claim of the paper, and block_size
+REPRODUCE ?= memory_segment passkey stop_gradient fam_length state_passing position_offset txl_vs_bswa fam_position fam_prev_blocks block_size
+
+reproduce: $(STAMP) ## every tiny profile of $(REPRODUCE) (3 seeds; about 65 min on 2 cores), the report, the claims scoreboard
+	@set -e; for s in $(REPRODUCE); do echo "== famlab sweep run $$s --profile $(PROFILE)"; \
+		$(BIN)/famlab sweep run $$s --profile $(PROFILE) --workers 2 $(if $(STORAGE),--storage '$(STORAGE)'); done
+	$(BIN)/famlab report --profile $(PROFILE) --out reports $(if $(STORAGE),--storage '$(STORAGE)') $(REPORT_ARGS)
+	$(BIN)/famlab claims --profile $(PROFILE) --csv reports/claims.csv $(if $(STORAGE),--storage '$(STORAGE)')
+
+claims: $(STAMP) ## the claims scoreboard of the $(PROFILE) sweeps: every paper claim, famlab's effect with its 95% interval, the verdict
+	$(BIN)/famlab claims --profile $(PROFILE) $(if $(STORAGE),--storage '$(STORAGE)')
 
 report: $(STAMP) ## execute the analysis notebooks against the $(PROFILE) sweep results, HTML into reports/ (STORAGE=URL optional)
 	$(BIN)/famlab report --profile $(PROFILE) --out reports $(if $(STORAGE),--storage '$(STORAGE)') $(REPORT_ARGS)
