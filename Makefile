@@ -84,7 +84,7 @@ sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running, f
 	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE)
 
 # The studies `make reproduce` runs: every spec whose tiny profile checks a claim of the paper, and block_size
-REPRODUCE ?= memory_segment passkey stop_gradient fam_length state_passing position_offset txl_vs_bswa fam_position fam_prev_blocks block_size
+REPRODUCE ?= memory_segment passkey stop_gradient fam_init fam_length state_passing position_offset txl_vs_bswa fam_position fam_prev_blocks block_size
 
 reproduce: $(STAMP) ## every tiny profile of $(REPRODUCE) (3 seeds; about 65 min on 2 cores), the report, the claims scoreboard
 	@set -e; for s in $(REPRODUCE); do echo "== famlab sweep run $$s --profile $(PROFILE)"; \

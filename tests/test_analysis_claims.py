@@ -21,6 +21,7 @@ SPECS_WITH_CLAIMS = [
     "state_passing",
     "txl_vs_bswa",
     "fam_prev_blocks",
+    "fam_init",
 ]
 
 
@@ -146,6 +147,20 @@ def test_stop_gradient_claim():
     (tie,) = fa.evaluate_claims(res(0.25, 0.25))
     assert tie.verdict == I
     assert tie.evidence.startswith("mean accuracy beyond the training length (seed means): no SG 0.25, SG 0.25")
+
+
+def test_fam_init_claim_averages_every_length():
+    def res(prompt: tuple[float, float], prefix: tuple[float, float]) -> fa.SweepResults:
+        rows = passkey_rows({"prompt": prompt, "prefix": prefix})
+        for row in rows:
+            row["model.fam_init"] = row.pop("variant")
+        return synthetic("fam_init", rows, ["model.fam_init"])
+
+    (claim,) = fa.evaluate_claims(res((1.0, 0.5), (0.5, 0.25)))
+    assert claim.verdict == H and claim.evidence.startswith("mean accuracy over every evaluated length (seed means)")
+    assert claim.effect.label == "prompt - prefix" and claim.effect.mean == pytest.approx(0.375)
+    assert verdicts(res((0.5, 0.25), (1.0, 0.5))) == {"prompt_beats_prefix": C}
+    assert verdicts(res((1.0, 0.0), (1.0, 0.0))) == {"prompt_beats_prefix": I}  # a tie in every seed
 
 
 def test_fam_position_and_position_offset():

@@ -350,8 +350,8 @@ def eval_fam_vs_bswa_at_longest(
     return Finding(evidence, versus(scores, f, bswa, claim_kind(kind), float(margin)))
 
 
-@check_kind("eval_beyond_training")
-def eval_beyond_training(
+@check_kind("eval_beats")
+def eval_beats(
     res: SweepResults,
     *,
     needs: str,
@@ -362,9 +362,11 @@ def eval_beyond_training(
     value: str = "accuracy",
     kind: str = "beats",
     margin: float = 0.0,
+    where: str = "all",
 ):
-    """Past the training length, ``better`` beats (``kind``) ``worse`` on the mean of ``value``."""
-    scores, what = eval_scores(res, value, "beyond", needs)
+    """``better`` beats (``kind``) ``worse`` on the mean of ``value`` over the evaluation rows
+    ``where`` = ``all`` lengths, ``beyond`` the training length or the ``longest`` one."""
+    scores, what = eval_scores(res, value, where, needs)
     a, b = find_setting(scores, better), find_setting(scores, worse)
     if a is None or b is None:
         raise NotTestable(needs)
@@ -372,3 +374,11 @@ def eval_beyond_training(
     means = scores.mean()
     evidence = f"mean {value} {what} (seed means): {labels[a]} {means[a]:.3g}, {labels[b]} {means[b]:.3g}"
     return Finding(evidence, [Comparison(diff(scores, a, b, labels), claim_kind(kind), float(margin))])
+
+
+@check_kind("eval_beyond_training")
+def eval_beyond_training(res: SweepResults, *, needs: str, better: Any, worse: Any, **params: Any):
+    """:func:`eval_beats` past the training length (the same parameters, without ``where``)."""
+    if "where" in params:
+        raise TypeError("eval_beyond_training() got an unexpected keyword argument 'where'")
+    return eval_beats(res, needs=needs, better=better, worse=worse, where="beyond", **params)

@@ -29,6 +29,7 @@ SWEEP_ORDER = (
     "memory_segment",
     "passkey",
     "stop_gradient",
+    "fam_init",
     "fam_position",
     "fam_prev_blocks",
     "position_offset",
