@@ -12,9 +12,9 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 # The spec `make sweep` runs (a name from sweeps/ or a path), its profile and worker count
-SWEEP ?= fam_length
+SWEEP ?= memory_segment
 PROFILE ?= tiny
-WORKERS ?= 1
+WORKERS ?= 2
 
 .PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status reproduce claims report pretrained pretrained-passkey gpu-check clean
 
