@@ -12,7 +12,13 @@
 Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
 (``preset=NAME`` or a YAML path; ``famlab/config/presets``: tiny, small, paper). ``famlab train resume=X``
 without ``preset=`` starts from the resumed run's own config (its ``config.yaml``). A bad setting
-(unknown key, wrong type, out of range) prints one ``famlab: error: ...`` line and exits with 2.
+(unknown key, wrong type, out of range) or an unreadable ``resume`` checkpoint prints one
+``famlab: error: ...`` line and exits with 2.
+
+Exit statuses of ``famlab train`` (:mod:`famlab.train.stops`): 0 done; 2 bad settings or unreadable resume
+checkpoint (no run directory made); 3 diverged: a non-finite training loss (deterministic: the same config
+diverges again; final_metrics.json has ``"stopped"`` and ``"stop_kind": "diverged"``); 4 a checkpoint
+could not be written (disk full: the previous checkpoint is kept, ``resume=`` continues; no final_metrics.json).
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ sections and some keys (see famlab/config/run.py and famlab/config/data.py for a
             checkpoint_every, rsp_start_step, rsp_ramp_steps, ...
   logger.*  wandb=auto|online|offline|disabled, project, entity, group, tags, name
   seed, out_dir, name, resume
+
+exit status: 0 done; 2 bad settings or an unreadable resume checkpoint (no run directory made);
+  3 diverged: a non-finite training loss (deterministic; final_metrics.json has "stopped");
+  4 a checkpoint could not be written (the previous one is kept; resume= continues)
 """
 
 
@@ -146,9 +156,12 @@ def _train_config(items: list[str]) -> Any:
         run = RunDir.of_checkpoint(ckpt)
         if run.is_run():
             return load_run_config_file(run.config_path, overrides)
-        from famlab.train import CKPT_KEY, load_checkpoint
+        from famlab.train import CKPT_KEY, read_checkpoint
 
-        base = load_checkpoint(ckpt)[CKPT_KEY]["config"]
+        extra = read_checkpoint(ckpt, map_location="cpu").get(CKPT_KEY)
+        if not isinstance(extra, dict) or "config" not in extra:
+            raise ConfigError(f"resume: {str(ckpt)!r} is not a famlab checkpoint (no run config in it)")
+        base = extra["config"]
         return load_run_config_dict(base, overrides, str(ckpt))
     return load_run_config(preset, overrides)
 
@@ -163,12 +176,15 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
         print(run_config_to_yaml(cfg), end="")
         return 0
-    from famlab.train import global_rank, train
+    from famlab.train import TrainingStopped, global_rank, train
 
     try:
         run_dir = train(cfg, argv=argv)
     except (ConfigError, FileNotFoundError) as e:
         return _error(str(e))
+    except TrainingStopped as e:  # 3: diverged (deterministic), 4: a checkpoint could not be written
+        print(f"famlab: error: training stopped: {' '.join(str(e).split())}", file=sys.stderr)
+        return e.exit_status
     if global_rank() == 0:
         summary = RunDir(run_dir).read_final_metrics()
         shown = {k: v for k, v in summary.items() if k in ("step", "train/loss_recent_mean", "val/loss")}

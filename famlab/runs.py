@@ -5,12 +5,18 @@
     config.yaml          the resolved RunConfig
     provenance.json      git commit, packages, machine, command line
     metrics.jsonl        one JSON object per logging event (``step`` = optimizer steps)
-    final_metrics.json   written when training ends; ``famlab eval`` adds an ``eval`` section
+    final_metrics.json   written when training ends; ``famlab eval`` adds an ``eval`` section; a run stopped
+                         early (non-finite loss) has it too, with ``stopped`` (the reason) and ``stop_kind``
     eval.csv             ``famlab eval``'s table
     checkpoints/last.ckpt (and periodic ones)
 
 Everything that reads or writes these files (training, ``famlab eval``, sweep workers, analysis) goes
 through :class:`RunDir`, so the layout is written down once. No torch here: analysis and sweeps import it.
+
+Every JSON file is strict JSON: a non-finite float (NaN, inf) is written as ``null``. Files that replace an
+earlier version (final_metrics.json, checkpoints) are written by :func:`write_atomically`: a hidden
+``.<name>.partial`` next to the destination, fsynced, then renamed over it, so a reader or a kill never
+leaves half a file and the previous version stays until the new one is complete.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 CONFIG_FILE = "config.yaml"
 PROVENANCE_FILE = "provenance.json"
@@ -29,6 +38,56 @@ FINAL_METRICS_FILE = "final_metrics.json"
 EVAL_FILE = "eval.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+PARTIAL_SUFFIX = ".partial"  # write_atomically's temporary file: .<name>.partial next to <name>
+STOPPED_KEY = "stopped"  # final_metrics.json of a run stopped before max_steps: the one-line reason
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, in nested dicts and lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kw: Any) -> str:
+    """Strict JSON (non-finite floats as null; ``allow_nan=False`` guards the rest)."""
+    return json.dumps(json_safe(value), allow_nan=False, **kw)
+
+
+def partial_path(path: str | Path) -> Path:
+    """The temporary file :func:`write_atomically` writes before renaming it to ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+
+
+def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` on ``.<name>.partial`` in the same folder (so the rename never
+    crosses filesystems), fsync it, then ``os.replace`` it over ``path`` and fsync the folder. Until the
+    rename, the previous ``path`` is untouched; on an error the partial file is removed and the error raised.
+    A process killed mid-write leaves only the partial file, which the next write to ``path`` replaces."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a crash (not every filesystem allows this)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -104,8 +163,14 @@ class RunDir:
         return self.config_path.is_file()
 
     def is_complete(self) -> bool:
-        """Training finished: final_metrics.json exists."""
-        return self.final_metrics_path.is_file()
+        """Training finished: final_metrics.json exists and does not say the run was stopped early."""
+        return self.final_metrics_path.is_file() and self.stop_reason() is None
+
+    def stop_reason(self) -> str | None:
+        """Why training stopped before ``max_steps`` (final_metrics.json's ``stopped``), None otherwise."""
+        with contextlib.suppress(OSError, ValueError):
+            return self.read_final_metrics().get(STOPPED_KEY)
+        return None
 
     # --- finding runs -------------------------------------------------------------------------------
 
@@ -210,7 +275,7 @@ class RunDir:
         """Append one JSON row to metrics.jsonl."""
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps(row) + "\n")
 
     def read_final_metrics(self) -> dict[str, Any]:
         """final_metrics.json as written ({} if missing)."""
@@ -223,10 +288,9 @@ class RunDir:
         return flatten_metrics(self.read_final_metrics())
 
     def write_final_metrics(self, metrics: dict[str, Any]) -> None:
-        """Replace final_metrics.json (through a temporary file, so a reader never sees half of it)."""
-        tmp = self.final_metrics_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        tmp.replace(self.final_metrics_path)
+        """Replace final_metrics.json (strict JSON, :func:`write_atomically`: a reader never sees half of it)."""
+        text = dumps(metrics, indent=2) + "\n"
+        write_atomically(self.final_metrics_path, lambda f: f.write(text.encode()))
 
     def update_final_metrics(self, **sections: Any) -> dict[str, Any]:
         """Set top-level entries of final_metrics.json (e.g. ``eval={...}``), keeping the rest."""

@@ -30,7 +30,7 @@ def small(**changes) -> ModelConfig:
         (dict(fam_pos="first"), "fam_pos", "'first'", "one of last, float, zero"),
         (dict(ff="relu"), "ff", "'relu'", "one of gelu, swiglu"),
         (dict(rsp_prob=1.5), "rsp_prob", "1.5", "a probability in [0, 1]"),
-        (dict(rope_base=0.0), "rope_base", "0.0", "a number > 0"),
+        (dict(rope_base=0.0), "rope_base", "0.0", "a number > 1.0"),
         (dict(init_from=""), "init_from", "''", "a converted folder (famlab.hf) or null"),
         (dict(n_layers=2.5), "n_layers", "2.5", "an integer > 0"),
     ],

@@ -21,6 +21,7 @@ from typing import Any
 from famlab.config.errors import (
     CheckedDataclass,
     check_choice,
+    check_finite,
     check_flag,
     check_int,
     check_number,
@@ -231,6 +232,7 @@ class DataConfig(CheckedDataclass):
             raise config_error(
                 OWNER, "recall_gap_max", self.recall_gap_max, f"-1 (fill) or >= recall_gap_min={self.recall_gap_min}"
             )
+        check_finite(OWNER, self)
 
     def _check_adaptive(self) -> None:
         """The adaptive curriculum's keys (checked even when it is off) and, when on, what it excludes."""

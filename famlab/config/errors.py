@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import fields
 from typing import Any, Self
 
@@ -79,13 +80,48 @@ def check_int(owner: str, obj: Any, key: str, minimum: int, expected: str | None
         raise config_error(owner, key, value, expected or f"an integer >= {minimum}")
 
 
-def check_number(owner: str, obj: Any, key: str, low: float, high: float | None = None, open_low: bool = False) -> None:
-    """A number >= ``low`` (> with ``open_low``) and, if given, <= ``high``."""
+def is_finite(value: Any) -> bool:
+    """A number that is neither infinite nor NaN (and not a bool)."""
+    return is_number(value) and math.isfinite(value)
+
+
+def check_number(
+    owner: str,
+    obj: Any,
+    key: str,
+    low: float,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> None:
+    """A finite number >= ``low`` (> with ``open_low``) and, if given, <= ``high`` (< with ``open_high``).
+    The message says "finite" when the value is an infinity or NaN."""
     value = getattr(obj, key)
-    ok = is_number(value) and (value > low if open_low else value >= low) and (high is None or value <= high)
+    ok = is_finite(value) and (value > low if open_low else value >= low)
+    ok = ok and (high is None or (value < high if open_high else value <= high))
     if not ok:
-        bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise config_error(owner, key, value, f"a number {bounds}")
+        bounds = f"{'>' if open_low else '>='} {low}"
+        if high is not None:
+            bounds += f" and {'<' if open_high else '<='} {high}"
+        kind = "a finite number" if is_number(value) and not math.isfinite(value) else "a number"
+        raise config_error(owner, key, value, f"{kind} {bounds}")
+
+
+def check_finite(owner: str, obj: Any) -> None:
+    """Every float of a config dataclass is finite: each field whose value is a float, and each float in a
+    list field (nested lists too). The generic last check of every config's ``__post_init__``, so a new float
+    field is covered without a rule of its own (its range still needs one)."""
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, list | tuple):
+            return any(bad(v) for v in value)
+        return isinstance(value, float) and not math.isfinite(value)
+
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if bad(value):
+            allowed = "finite numbers" if isinstance(value, list | tuple) else "a finite number"
+            raise config_error(owner, f.name, value, allowed)
 
 
 def check_choice(owner: str, obj: Any, key: str, allowed: tuple[str, ...]) -> None:

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from famlab.config.errors import CheckedDataclass, check_choice, check_int, config_error
+from famlab.config.errors import (
+    CheckedDataclass,
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    config_error,
+)
 
 ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
 FAM_POSITIONS = ("last", "float", "zero")
@@ -83,10 +90,11 @@ class ModelConfig(CheckedDataclass):
             raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
         if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):
             raise config_error(name, "rsp_prob", self.rsp_prob, "a probability in [0, 1]")
-        if not self.rope_base > 0:
-            raise config_error(name, "rope_base", self.rope_base, "a number > 0")
+        check_number(name, self, "rope_base", 1.0, open_low=True)  # base <= 1: no (or inverted) frequency range
+        check_number(name, self, "norm_eps", 0.0, 1.0, open_low=True, open_high=True)
         if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
             raise config_error(name, "init_from", self.init_from, "a converted folder (famlab.hf) or null")
+        check_finite(name, self)
 
     # --- derived values ---
     @property

@@ -17,10 +17,12 @@ from famlab.config.data import DataConfig
 from famlab.config.errors import (
     ConfigError,
     check_choice,
+    check_finite,
     check_flag,
     check_int,
     check_number,
     config_error,
+    is_finite,
     is_int,
     is_number,
 )
@@ -99,7 +101,7 @@ class TrainConfig:
         if not (is_int(self.devices) and (self.devices >= 1 or self.devices == -1)):
             raise config_error(o, "devices", self.devices, "an integer >= 1, or -1 for all")
         check_number(o, self, "lr", 0.0, open_low=True)
-        check_number(o, self, "eps", 0.0, open_low=True)
+        check_number(o, self, "eps", 0.0, 1.0, open_low=True)
         check_number(o, self, "weight_decay", 0.0)
         check_number(o, self, "grad_clip", 0.0)
         check_number(o, self, "min_lr_ratio", 0.0, 1.0)
@@ -117,6 +119,7 @@ class TrainConfig:
             if not (isinstance(getattr(self, key), str) and getattr(self, key)):
                 raise config_error(o, key, getattr(self, key), "a non-empty string (a Lightning name)")
         check_flag(o, self, "deterministic")
+        check_finite(o, self)
 
     def rsp_prob_at(self, step: int, target: float) -> float:
         """P(RSP) at optimizer step ``step``: 0 before rsp_start_step, then a linear ramp to ``target``
@@ -166,6 +169,7 @@ class LoggerConfig:
         if not (isinstance(self.tags, list | tuple) and all(isinstance(t, str) for t in self.tags)):
             raise config_error("logger", "tags", self.tags, "a list of strings")
         self.tags = list(self.tags)
+        check_finite("logger", self)
 
 
 @dataclass
@@ -186,7 +190,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         check_int("lora", self, "rank", 0, "an integer >= 0 (0 = no LoRA)")
-        if self.alpha is not None and not (is_number(self.alpha) and self.alpha > 0):
+        if self.alpha is not None and not (is_finite(self.alpha) and self.alpha > 0):
             raise config_error("lora", "alpha", self.alpha, "a number > 0, or null for alpha = rank")
         if not (is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise config_error("lora", "dropout", self.dropout, "a number in [0, 1)")
@@ -196,6 +200,7 @@ class LoraConfig:
             raise config_error("lora", "targets", self.targets, "a non-empty list of " + ", ".join(allowed))
         self.targets = targets
         check_flag("lora", self, "merge")
+        check_finite("lora", self)
 
 
 @dataclass
@@ -224,6 +229,7 @@ class RunConfig:
             raise config_error("run", "name", self.name, "a string without '/'")
         if self.resume is not None and not (isinstance(self.resume, str) and self.resume):
             raise config_error("run", "resume", self.resume, "a checkpoint path or run directory")
+        check_finite("run", self)
         data = self.data
         if getattr(data, "stateful", False):
             B = self.model.block_size

@@ -24,27 +24,41 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 from famlab.config import ConfigError, RunConfig
-from famlab.runs import RunDir
+from famlab.runs import STOPPED_KEY, RunDir
 from famlab.train.module import LN2, FamLightningModule
+from famlab.train.stops import TrainingStopped
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's bar without the logger version number."""
+    """Lightning's bar without the logger version number, closed when training fails."""
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """End the bars' line, so the error that follows starts a line of its own on a terminal."""
+        for bar in (getattr(self, "_val_progress_bar", None), getattr(self, "_train_progress_bar", None)):
+            if bar is not None:
+                bar.close()
+
 
 class FinalMetrics(Callback):
     """Writes ``final_metrics.json`` when training ends, on global rank 0 of the processes that
-    trained (so it also works with ``ddp_spawn``, whose launching process holds no counters)."""
+    trained (so it also works with ``ddp_spawn``, whose launching process holds no counters).
+
+    Only after the final checkpoint is saved: Lightning runs checkpoint callbacks' ``on_train_end`` after
+    every other callback's, so this one saves ``last.ckpt`` first (:meth:`Checkpoints.save_final`); a failed
+    save raises and no final_metrics.json claims a finished run."""
 
     def __init__(self, run: RunDir, t0: float):
         self.run, self.t0 = run, t0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, Checkpoints):
+                cb.save_final(trainer)
         if trainer.is_global_zero:
             cfg = pl_module.cfg
             final = final_metrics(cfg, pl_module, trainer, trainer.datamodule, self.run, time.time() - self.t0)
@@ -70,9 +84,13 @@ class Checkpoints(ModelCheckpoint):
     """ModelCheckpoint whose ``last.ckpt`` is always the final state (Lightning's own end-of-training
     save skips it when an earlier periodic save already wrote a ``last.ckpt``)."""
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def save_final(self, trainer: pl.Trainer) -> None:
+        """Save ``last.ckpt`` of the final state unless this step's is saved already (every rank calls it)."""
         if self._last_global_step_saved != trainer.global_step or not self._last_checkpoint_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save_final(trainer)
 
 
 class AdaptiveSeqLen(Callback):
@@ -174,3 +192,26 @@ def final_metrics(
         out["val/loss"] = val
         out["val/bits_per_token"] = val / LN2
     return out
+
+
+def stopped_metrics(
+    module: FamLightningModule, trainer: pl.Trainer, run: RunDir, wall: float, stop: TrainingStopped
+) -> dict[str, Any]:
+    """What ``final_metrics.json`` holds for a run stopped early (:class:`Diverged`): the counters, the
+    reason (``stopped``), its kind and exit status, and the last checkpoint (written before the stop)."""
+    last = run.last_checkpoint
+    return {
+        "step": int(trainer.global_step),
+        "tokens": int(module.tokens_seen),
+        "skipped_steps": int(module.skipped_steps),
+        "train/loss": getattr(stop, "value", None),
+        "train/loss_recent_mean": (sum(module.recent_losses) / len(module.recent_losses))
+        if module.recent_losses
+        else None,
+        "wall_time_s": round(wall, 3),
+        "checkpoint": str(last) if last.is_file() else None,
+        "run_dir": str(run.path),
+        STOPPED_KEY: str(stop),
+        "stop_kind": stop.kind,
+        "exit_status": stop.exit_status,
+    }

@@ -24,6 +24,8 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
   the RSP coin). The carried state is saved in checkpoints (as plain tensors) so resuming continues
   the episode. Validation carries its own state the same way, reset at every validation run.
   The carried stateful-training state is restored on resume only for single-process runs.
+* **Divergence**: the first non-finite training loss raises :class:`~famlab.train.stops.Diverged` before
+  its backward pass (``famlab train`` exits 3; see :mod:`famlab.train.stops`).
 * **Logged metrics**: ``train/loss`` (0 for a window without targets, possible when stateful),
   ``train/weight`` (sum of the loss weights), ``train/lr``, ``train/tokens_per_s`` (all ranks, wall
   time between steps, validation excluded), ``train/tokens``, ``train/rsp_prob``, ``train/seq_len``,
@@ -48,6 +50,7 @@ from famlab.model import FamState, compile_model, state_from_dict, state_to, sta
 from famlab.train.factory import CKPT_KEY, build_model
 from famlab.train.quiet import quiet_lightning
 from famlab.train.regularizers import RandomStatePassing, training_start, upgrade_checkpoint
+from famlab.train.stops import Diverged
 
 LN2 = math.log(2.0)
 
@@ -196,8 +199,20 @@ class FamLightningModule(pl.LightningModule):
         self.last_weight = wsum.detach()
         return wce / wsum.clamp_min(1e-8)
 
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Raise :class:`Diverged` at the first non-finite training loss, before its backward pass (so the
+        weights and the last checkpoint stay those of the step before). With several ranks every rank
+        raises at the same step (one rank's NaN reaches all through the gradients anyway)."""
+        value = float(loss.detach())
+        bad = not math.isfinite(value)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise Diverged(self.global_step + 1, value)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.train_loss(batch)
+        self.check_finite(loss)
         rsp = self.rsp.prob
         n_tok = batch["input"].numel() * self.trainer.world_size
         self.tokens_seen += n_tok

@@ -1,6 +1,7 @@
 """A training run: :func:`train` makes the run directory, the datamodule, the module, the loggers and the
 Lightning Trainer, and fits.
 
+* **Checkpoints** are written atomically in their folder (:mod:`famlab.train.checkpoint_io`).
 * **Run directory** (:class:`famlab.runs.RunDir`): ``config.yaml`` (resolved), ``provenance.json``,
   ``metrics.jsonl``, ``checkpoints/`` (and ``wandb/``), and at the end ``final_metrics.json``.
 * **DDP**: the run directory is made once by the launching process and handed to Lightning's
@@ -30,11 +31,20 @@ from famlab.allocator import reuse_freed_memory
 from famlab.config import ConfigError, RunConfig, run_config_to_yaml
 from famlab.data import build_datamodule
 from famlab.runs import RunDir
-from famlab.train.callbacks import AdaptiveSeqLen, Checkpoints, FinalMetrics, MergeLora, ProgressBar
+from famlab.train.callbacks import (
+    AdaptiveSeqLen,
+    Checkpoints,
+    FinalMetrics,
+    MergeLora,
+    ProgressBar,
+    stopped_metrics,
+)
+from famlab.train.checkpoint_io import AtomicCheckpointIO
 from famlab.train.factory import resolve_pretrained
 from famlab.train.loggers import JsonlLogger, make_wandb_logger
 from famlab.train.module import FamLightningModule
 from famlab.train.quiet import quiet_lightning
+from famlab.train.stops import Diverged
 
 RUN_DIR_ENV = "FAMLAB_RUN_DIR"
 
@@ -59,7 +69,11 @@ def global_rank() -> int:
 
 
 def build_trainer(
-    cfg: RunConfig, run_dir: Path, loggers: list[Logger], extra_callbacks: list[Callback] = ()
+    cfg: RunConfig,
+    run_dir: Path,
+    loggers: list[Logger],
+    extra_callbacks: list[Callback] = (),
+    checkpoint_io: AtomicCheckpointIO | None = None,
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     t = cfg.train
     # periodic step########.ckpt files (all kept) and last.ckpt, which Lightning also writes when
@@ -101,6 +115,7 @@ def build_trainer(
         deterministic=t.deterministic,
         use_distributed_sampler=False,
         benchmark=False,
+        plugins=[checkpoint_io or AtomicCheckpointIO()],  # atomic saves in the checkpoint folder
     )
     return trainer, periodic
 
@@ -112,6 +127,11 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
     ``checkpoints/`` (and ``wandb/``), and at the end ``final_metrics.json``. With ``cfg.resume``
     the weights, optimizer, LR schedule, step counters, data position and carried state come from
     that checkpoint and training continues to ``train.max_steps``.
+
+    Raises :class:`ConfigError` for bad settings or an unreadable ``resume`` checkpoint (before the run
+    directory is made), :class:`~famlab.train.stops.Diverged` at the first non-finite training loss (after
+    writing final_metrics.json with ``stopped``) and :class:`~famlab.train.stops.CheckpointSaveFailed` when a
+    checkpoint cannot be written (no final_metrics.json); see :mod:`famlab.train.stops` for the exit statuses.
     """
     quiet_lightning()
     t0 = time.time()
@@ -128,6 +148,9 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
         msg = " ".join(str(e).split())
         raise ConfigError("data." + msg[len("DataConfig.") :] if msg.startswith("DataConfig.") else msg) from None
     ckpt_path = str(RunDir.resolve_checkpoint(cfg.resume)) if cfg.resume else None
+    checkpoint_io = AtomicCheckpointIO()
+    if ckpt_path:  # an unreadable checkpoint is a one-line error before any run directory exists
+        checkpoint_io.preload(ckpt_path)
 
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:  # a worker re-launched by Lightning's DDP launcher (or a run dir set by the user)
@@ -155,7 +178,7 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
         extra.append(MergeLora(run))
     if cfg.data.seq_len_adaptive:
         extra.append(AdaptiveSeqLen.from_config(cfg))
-    trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=extra)
+    trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=extra, checkpoint_io=checkpoint_io)
 
     set_env = not inherited
     if set_env:
@@ -164,6 +187,10 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
         with warnings.catch_warnings():
             quiet_lightning()
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except Diverged as stop:  # deterministic: say so in final_metrics.json for sweep workers, then re-raise
+        if is_zero:
+            run.write_final_metrics(stopped_metrics(module, trainer, run, time.time() - t0, stop))
+        raise
     finally:
         if set_env:
             os.environ.pop(RUN_DIR_ENV, None)
