@@ -215,7 +215,9 @@ def test_search_whose_every_run_fails_stops_after_its_trials_and_retries(tmp_pat
         "--out-root",
         str(tmp_path / "runs"),
     ]
-    subprocess.run(cmd, check=True, timeout=180, capture_output=True)
+    done = subprocess.run(cmd, timeout=180, capture_output=True, text=True)
+    assert done.returncode == 1  # the study is not complete: each failed point in a line, then what is missing
+    assert done.stderr.count("FAILED train.lr=") == 2 and "incomplete: 0 of 2 search trials complete" in done.stderr
     trials = load(url, spec).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 4  # 2 points, each tried twice
     assert Counter(t.user_attrs.get("retry", 0) for t in trials) == {0: 2, 1: 2}

@@ -7,6 +7,7 @@ as a ``famlab train`` child process (:mod:`~famlab.sweep.worker`, never importin
 (``sweeps/slurm/``); ``famlab sweep`` (its parser) lives in famlab/cli.py.
 """
 
+from famlab.sweep.points import missing_lines, requeue
 from famlab.sweep.runner import run_sweep, worker_command
 from famlab.sweep.spec import (
     STORAGE_ENV,
@@ -19,7 +20,7 @@ from famlab.sweep.spec import (
     validate_trials,
 )
 from famlab.sweep.storage import SweepStorage, make_pruner, make_sampler, make_storage, open_study
-from famlab.sweep.worker import TrialFailed, run_trial, work
+from famlab.sweep.worker import TrialFailed, WorkerError, run_trial, work
 
 __all__ = [
     "STORAGE_ENV",
@@ -27,13 +28,16 @@ __all__ = [
     "SweepSpec",
     "SweepStorage",
     "TrialFailed",
+    "WorkerError",
     "default_storage",
     "load_spec",
     "make_pruner",
     "make_sampler",
     "make_storage",
+    "missing_lines",
     "open_study",
     "redact",
+    "requeue",
     "run_sweep",
     "run_trial",
     "spec_path",

@@ -10,6 +10,7 @@ optionally ``claims`` (read by the analysis, kept here as given).
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ SPEC_KEYS = (
 PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles", "notebook"))
 SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file name: never a path, never empty
 
 
 @dataclass
@@ -154,6 +156,49 @@ def _grid(owner: str, grid: dict, variants: dict) -> dict[str, list]:
     return grid
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _param(owner: str, key: str, p: Any) -> Param:
+    """One search-space parameter, checked so that Optuna's ``suggest_*`` can never refuse it mid-sweep."""
+    if not isinstance(p, dict):
+        raise config_error(owner, key, p, "a mapping with type: float, int or categorical")
+    reject_unknown_keys(f"{owner}.{key}", p, PARAM_KEYS)
+    kind = p.get("type")
+    if kind not in ("float", "int", "categorical"):
+        raise config_error(owner, f"{key}.type", kind, "one of float, int, categorical")
+    if kind == "categorical":
+        choices = p.get("choices")
+        if not (isinstance(choices, list) and choices):
+            raise config_error(owner, f"{key}.choices", choices, "a non-empty list")
+        bad = [c for c in choices if not (c is None or isinstance(c, bool | int | float | str))]
+        if bad:
+            raise config_error(owner, f"{key}.choices", choices, "numbers, strings, booleans or null")
+        extra = [k for k in ("low", "high", "log", "step") if k in p]
+        if extra:
+            raise config_error(owner, f"{key}.{extra[0]}", p[extra[0]], "no low/high/log/step for a categorical")
+        return Param(type=kind, choices=choices)
+    low, high, log, step = p.get("low"), p.get("high"), p.get("log", False), p.get("step")
+    number = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _number
+    what = "integers" if kind == "int" else "numbers"
+    if not (number(low) and number(high) and low < high):
+        raise config_error(owner, key, p, f"{what} low < high")
+    if "choices" in p:
+        raise config_error(owner, f"{key}.choices", p["choices"], f"no choices for type {kind} (or type categorical)")
+    if not isinstance(log, bool):
+        raise config_error(owner, f"{key}.log", log, "true or false")
+    if step is not None and not (number(step) and step > 0):
+        raise config_error(owner, f"{key}.step", step, f"{what[:-1]} > 0, or no step")
+    if log and step is not None and not (kind == "int" and step == 1):
+        raise config_error(
+            owner, f"{key}.step", step, "no step with log: true (Optuna samples a log scale continuously)"
+        )
+    if log and low <= 0:
+        raise config_error(owner, f"{key}.low", low, "a number > 0 with log: true")
+    return Param(type=kind, low=low, high=high, log=log, step=step)
+
+
 def _search(owner: str, search: dict) -> dict[str, Any]:
     """The search settings as SweepSpec fields: space, sampler, pruner, n_trials, prune_above."""
     reject_unknown_keys(f"{owner}.search", search, SEARCH_KEYS)
@@ -169,19 +214,7 @@ def _search(owner: str, search: dict) -> dict[str, Any]:
         raise config_error(owner, "search.pruner", pruner, "one of " + ", ".join(PRUNERS))
     if not (isinstance(n_trials, int) and n_trials > 0):
         raise config_error(owner, "search.n_trials", n_trials, "an integer > 0")
-    space = {}
-    for key, p in (search.get("space") or {}).items():
-        reject_unknown_keys(f"{owner}.search.space.{key}", p, PARAM_KEYS)
-        param = Param(**p)
-        if param.type not in ("float", "int", "categorical"):
-            raise config_error(owner, f"search.space.{key}.type", param.type, "one of float, int, categorical")
-        if param.type == "categorical" and not param.choices:
-            raise config_error(owner, f"search.space.{key}.choices", param.choices, "a non-empty list")
-        if param.type != "categorical" and not (
-            isinstance(param.low, int | float) and isinstance(param.high, int | float) and param.low < param.high
-        ):
-            raise config_error(owner, f"search.space.{key}", p, "numbers low < high")
-        space[key] = param
+    space = {key: _param(owner, f"search.space.{key}", p) for key, p in (search.get("space") or {}).items()}
     if not space:
         raise config_error(owner, "search.space", search.get("space"), "at least one parameter")
     return {"space": space, "sampler": sampler, "pruner": pruner, "n_trials": n_trials, "prune_above": prune_above}
@@ -251,8 +284,11 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         trials |= {"n_trials": 0, "prune_above": None}
     else:
         trials = {"grid": None, **_search(owner, search)}
+    study = raw.get("study", owner)
+    if not (isinstance(study, str) and STUDY_NAME.fullmatch(study)):
+        raise config_error(owner, "study", study, "a simple name: letters, digits, _, - and . (not leading)")
     spec = SweepSpec(
-        study=raw.get("study", owner),
+        study=study,
         profile=profile,
         preset=pick("preset", "tiny"),
         overrides=merged("overrides"),

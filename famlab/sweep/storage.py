@@ -2,8 +2,10 @@
 pruners, and opening a spec's study.
 
 Storage is an RDB (SQLite file by default, PostgreSQL on clusters) with heartbeats: a worker killed
-mid-trial leaves a RUNNING trial whose heartbeat goes stale; any worker then marks it failed and
-``RetryHeartbeatStaleTrialCallback`` queues it again. A worker killed before its trial's first
+mid-trial leaves a RUNNING trial whose heartbeat goes stale; any worker then marks it (``stale`` and a
+``fail_reason``: "worker died (no heartbeat since ...)"), fails it, and ``requeue_stale`` queues its
+point again, every time: a dead worker is not the point's fault, so it never uses up the point's
+``max_retries`` (those count failures of the run itself). A worker killed before its trial's first
 heartbeat leaves a RUNNING trial with none; ``SweepStorage`` calls that stale too, after the same
 grace period.
 
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy.orm
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.distributions import BaseDistribution, check_distribution_compatibility
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from famlab.sweep.spec import SweepSpec
@@ -44,8 +47,10 @@ class SweepStorage(RDBStorage):
 
         stale = super()._get_stale_trial_ids(study_id)
         # datetime_start comes from the creating worker's clock (datetime.now()), not the DB's
-        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        now = datetime.datetime.now()
+        cutoff = now - datetime.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
         with _create_scoped_session(self.scoped_session) as session:
+            db_now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
             running = (
                 session.query(models.TrialModel)
                 .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
@@ -58,12 +63,43 @@ class SweepStorage(RDBStorage):
                 for t in running
                 if not t.heartbeats and t.datetime_start is not None and t.datetime_start < cutoff
             ]
-        return stale + [i for i in never_beat if i not in stale]
+            # the last sign of life on this machine's clock (heartbeats are on the database's)
+            last = {t.trial_id: now - (db_now - t.heartbeats[0].heartbeat) for t in running if t.heartbeats}
+            last |= {t.trial_id: t.datetime_start for t in running if not t.heartbeats}
+        stale += [i for i in never_beat if i not in stale]
+        for trial_id in stale:  # marked before fail_stale_trials fails them: a finished trial takes no attrs
+            since = f"{last[trial_id]:%Y-%m-%d %H:%M:%S}" if last.get(trial_id) else "its start"
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(trial_id, "stale", True)
+                self.set_trial_user_attr(trial_id, "fail_reason", f"worker died (no heartbeat since {since})")
+        return stale
 
 
-def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None, max_stale_retries: int = 3) -> RDBStorage:
+def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The storage's stale-trial callback: queue the point of a dead worker's trial again, always.
+    Like ``RetryHeartbeatStaleTrialCallback`` (``failed_trial``, ``retry_history``, the sampler's
+    system attrs: GridSampler's grid_id), but the point keeps its count of its own failures."""
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    user_attrs = {
+        "retry": int(trial.user_attrs.get("retry", 0)),
+        "retry_of": trial.user_attrs.get("retry_of", trial.number),
+        "stale_retries": int(trial.user_attrs.get("stale_retries", 0)) + 1,
+    }
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None) -> RDBStorage:
     """An RDB storage with heartbeats: stale RUNNING trials (no heartbeat for ``grace`` seconds,
-    or none ever, see ``SweepStorage``) are failed and queued again."""
+    or none ever, see ``SweepStorage``) are failed and queued again (``requeue_stale``)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +111,7 @@ def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None, max
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat,
         grace_period=grace or 3 * heartbeat,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_stale_retries),
+        heartbeat_stale_trial_callback=requeue_stale,
     )
 
 
@@ -125,6 +161,8 @@ def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
             "study cannot grow or change: use a new study name (the spec's `study:`) or another storage, and "
             "combine the studies in the analysis (famlab.analysis.load_studies)"
         )
+    if spec.space is not None:
+        check_space(study, spec)
     with contextlib.suppress(Exception):  # informational; a concurrent writer may race us
         if "spec" not in study.user_attrs:
             study.set_user_attr("spec", spec.path)
@@ -133,3 +171,34 @@ def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
         if grid is not None and stored is None:
             study.set_user_attr("grid", grid)
     return study
+
+
+def space_distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of each search parameter, as the worker's ``suggest_*`` calls make them."""
+    dists: dict[str, BaseDistribution] = {}
+    for key, p in (spec.space or {}).items():
+        if p.type == "float":
+            dists[key] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            step = int(p.step or 1)
+            dists[key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=step)
+        else:
+            dists[key] = optuna.distributions.CategoricalDistribution(p.choices)
+    return dists
+
+
+def check_space(study: optuna.Study, spec: SweepSpec) -> None:
+    """Refuse, before any trial, a search space that the study's trials contradict (another kind,
+    log scale or set of choices for a parameter): Optuna would refuse it in every trial."""
+    new = space_distributions(spec)
+    for trial in study.get_trials(deepcopy=False):
+        for key, old in trial.distributions.items():
+            if key not in new:
+                continue
+            try:
+                check_distribution_compatibility(old, new[key])
+            except ValueError:
+                raise ValueError(
+                    f"study {spec.study_name!r} has trials with search.space.{key} = {old}; the spec now makes it "
+                    f"{new[key]}: use a new study name (the spec's `study:`) or another storage"
+                ) from None

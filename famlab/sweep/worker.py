@@ -11,7 +11,9 @@
   wins), so no point is trained twice.
 * A trial that fails by itself (non-zero exit, NaN objective, past ``trial_timeout``) is re-queued
   at most ``max_retries`` times; the rest of the sweep goes on. Stale trials (a dead worker's) are
-  failed and re-queued by the storage (:mod:`famlab.sweep.storage`).
+  failed and re-queued by the storage (:mod:`famlab.sweep.storage`), without using up that budget.
+* An unexpected error (a bug, Optuna refusing a parameter) fails the trial with its reason and stops
+  the worker (``WorkerError``): it is never taken for another worker's takeover, so it never loops.
 * A worker keeps going while there is queued work, and waits while other workers' trials run (they
   may die and come back as retries), so N workers together finish every grid point exactly once.
 """
@@ -37,12 +39,17 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from famlab.runs import RunDir
+from famlab.sweep.points import failed_by_itself, is_stale, points
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, dot_value
 from famlab.sweep.storage import make_storage, open_study
 
 
 class TrialFailed(Exception):
     """A trial that failed by itself (bad value, crash, NaN): recorded, maybe retried, never fatal."""
+
+
+class WorkerError(RuntimeError):
+    """An unexpected error in a trial: the trial is failed with its reason and the worker stops."""
 
 
 def die_with_parent() -> None:
@@ -187,7 +194,7 @@ def _retry_failed(spec: SweepSpec) -> Callable[[optuna.Study, optuna.trial.Froze
     storage's heartbeat callback instead)."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state != TrialState.FAIL or "fail_reason" not in trial.user_attrs:
+        if not failed_by_itself(trial):
             return
         tries = int(trial.user_attrs.get("retry", 0))
         if tries < spec.max_retries:
@@ -217,19 +224,17 @@ def _work_left(study: optuna.Study, spec: SweepSpec) -> tuple[bool, bool]:
         return waiting or len(started) < len(spec.grid_points()), running
     # a search point counts once it completed, was pruned, is running, or failed for good (its last
     # retry failed too): otherwise a spec whose every run fails would start new points forever
-    gave_up = sum(
-        1 for t in trials if t.state == TrialState.FAIL and int(t.user_attrs.get("retry", 0)) >= spec.max_retries
-    )
-    done = gave_up + sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    counted = ("complete", "pending", "failed")
+    done = sum(1 for p in points(study, spec) if p.state(spec) in counted and p.last.state != TrialState.WAITING)
     return waiting or done < spec.n_trials, running
 
 
 def _taken_over(study: optuna.Study, number: int | None) -> bool:
-    """Whether trial ``number`` is already finished in the storage (failed by another worker)."""
+    """Whether trial ``number`` was failed as stale by another worker (marked by the storage)."""
     if number is None:
         return False
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    return trial is not None and trial.state.is_finished()
+    return trial is not None and trial.state.is_finished() and is_stale(trial)
 
 
 def work(
@@ -255,6 +260,12 @@ def work(
         except TrialFailed as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # a bug, or Optuna refusing a parameter: fail the trial, say why
+            with contextlib.suppress(Exception):  # (a trial another worker failed as stale takes no attrs)
+                trial.set_user_attr("fail_reason", f"unexpected {type(err).__name__}: {err}")
+            raise
 
     while True:
         fail_stale_trials(study)
@@ -263,9 +274,12 @@ def work(
             current.clear()
             try:
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_retry_failed(spec)])
-            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            except Exception as err:
                 if not _taken_over(study, current.get("number")):
-                    raise
+                    number = current.get("number")
+                    raise WorkerError(
+                        f"trial {number} failed with an unexpected {type(err).__name__}: {err}; this worker stops"
+                    ) from err
                 # Another worker failed this trial as stale (its heartbeat came late: a busy machine,
                 # a database locked by a frozen process) and queued its point again, so optuna can no
                 # longer record it ("Cannot tell a FAIL trial"). The training child is killed; go on.
