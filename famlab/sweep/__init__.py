@@ -4,7 +4,7 @@ A sweep spec (``sweeps/*.yaml``, format in ``sweeps/README.md``) is data (:mod:`
 the study lives in an RDB store with heartbeats (:mod:`~famlab.sweep.storage`); workers run each trial
 as a ``famlab train`` child process (:mod:`~famlab.sweep.worker`, never importing the trainer);
 :mod:`~famlab.sweep.runner` starts N workers on one machine, SLURM starts them on a cluster
-(``sweeps/slurm/``); ``famlab sweep`` (its parser) lives in famlab/cli.py.
+(``sweeps/slurm/``); ``famlab sweep`` (its parser) lives in famlab/cli/sweep.py.
 """
 
 from famlab.sweep.points import missing_lines, requeue
