@@ -123,16 +123,21 @@ def passkey_rows(accuracy: dict[str, tuple[float, float]], seeds: int = 3) -> li
 
 
 def test_passkey_claims_both_ways_and_ties():
-    holds = synthetic("passkey", passkey_rows({"M1": (1, 0.5), "M1_SG": (1, 0.0), "FAM_M0": (1, 0.75)}), ["variant"])
-    assert fa.run_setting(holds, "data.seq_len") < 1024  # so length 1024 is beyond training
-    assert verdicts(holds) == {"fam_retrieves_longest": H, "stop_gradient_no_better": H}
-    fails = synthetic("passkey", passkey_rows({"M1": (1, 0.0), "M1_SG": (1, 0.5), "FAM_M0": (1, 0.25)}), ["variant"])
-    assert verdicts(fails) == {"fam_retrieves_longest": C, "stop_gradient_no_better": C}
+    rows = passkey_rows({"M1": (0.5, 0.5), "M1_SG": (0.5, 0.0), "FAM_M0": (1, 0.75)})
+    holds = synthetic("passkey", rows, ["variant"])
+    assert fa.run_setting(holds, "data.seq_len") < 1024  # so length 1024 is beyond training (and 64 within)
+    ids = ["fam_retrieves_longest", "fam_beats_bswa_at_training_length", "stop_gradient_no_better"]
+    assert verdicts(holds) == dict.fromkeys(ids, H)
+    (_, within, _) = fa.evaluate_claims(holds)
+    assert within.evidence.startswith("accuracy up to the training length (seed means): FAM 1, best BSWA (M1) 0.5")
+    rows = passkey_rows({"M1": (1, 0.0), "M1_SG": (1, 0.5), "FAM_M0": (0.5, 0.25)})
+    fails = synthetic("passkey", rows, ["variant"])
+    assert verdicts(fails) == dict.fromkeys(ids, C)
     tie = synthetic("passkey", passkey_rows({"M1": (1, 0.0), "M1_SG": (1, 0.0), "FAM_M0": (1, 0.0)}), ["variant"])
     results = fa.evaluate_claims(tie)
-    assert [r.verdict for r in results] == [I, I] and all(r.effect.tie for r in results)
+    assert [r.verdict for r in results] == [I, I, I] and all(r.effect.tie for r in results)
     no_eval = losses("passkey", "variant", {"M1": 2.0, "FAM_M0": 1.9})
-    assert [r.evidence for r in fa.evaluate_claims(no_eval)] == ["not testable: the sweep lacks evaluation tables"] * 2
+    assert [r.evidence for r in fa.evaluate_claims(no_eval)] == ["not testable: the sweep lacks evaluation tables"] * 3
 
 
 def test_stop_gradient_claim():

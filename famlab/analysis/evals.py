@@ -89,9 +89,9 @@ def beyond_training(res: SweepResults, ev: pd.DataFrame) -> pd.DataFrame:
 
 def eval_seed_scores(res: SweepResults, value: str, where: str = "beyond") -> tuple[pd.DataFrame, str]:
     """Per seed (rows) and setting (columns): the mean of ``value`` over the evaluation rows
-    ``where`` = ``beyond`` (lengths past the training length), ``longest`` (the longest length
-    evaluated) or ``all`` (every length), and a description of those rows; an empty frame where there
-    are none."""
+    ``where`` = ``beyond`` (lengths past the training length), ``training`` (lengths up to it),
+    ``longest`` (the longest length evaluated) or ``all`` (every length), and a description of those
+    rows; an empty frame where there are none."""
     long = eval_long(res)
     if long.empty or len(res.varied) != 1 or value not in long.columns or "length" not in long.columns:
         return pd.DataFrame(), ""
@@ -100,12 +100,16 @@ def eval_seed_scores(res: SweepResults, value: str, where: str = "beyond") -> tu
         rows, what = long[long["length"] == longest], f"at length {longest}"
     elif where == "all":
         rows, what = long, "over every evaluated length"
-    elif where == "beyond":
+    elif where in ("beyond", "training"):
         seq_len = run_setting(res, "data.seq_len")
-        rows = long[long["length"] > seq_len] if seq_len else long.iloc[0:0]
-        what = "beyond the training length"
+        inside = long["length"] <= seq_len if seq_len else None
+        if inside is None:
+            rows = long.iloc[0:0]
+        else:
+            rows = long[~inside] if where == "beyond" else long[inside]
+        what = "beyond the training length" if where == "beyond" else "up to the training length"
     else:
-        raise ValueError(f"where={where!r} is not allowed: expected all, beyond or longest")
+        raise ValueError(f"where={where!r} is not allowed: expected all, training, beyond or longest")
     if rows.empty:
         return pd.DataFrame(), what
     frame = rows.pivot_table(index="seed", columns=res.varied[0], values=value, aggfunc="mean")
