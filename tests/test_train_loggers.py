@@ -47,9 +47,13 @@ def test_wandb_offline_writes_run_files(no_wandb_network, tmp_path):
 
 def test_metrics_file_exists_when_nothing_was_logged(tmp_path):
     """A run shorter than log_every, with no validation on the way, still has its metrics.jsonl (the
-    analysis finds run directories by it)."""
+    analysis finds run directories by it); without validation data nothing is logged in it, with some
+    only the final validation of the last step."""
     from famlab.analysis import load_runs
 
-    run_dir = train(tiny(tmp_path, "train.max_steps=1", "train.log_every=50", "name=short"))
+    run_dir = train(tiny(tmp_path, "train.max_steps=1", "train.log_every=50", "data.val_batches=0", "name=short"))
     assert (run_dir / "metrics.jsonl").is_file() and RunDir(run_dir).read_metrics() == []
+    validated = train(tiny(tmp_path, "train.max_steps=1", "train.log_every=50", "name=short"))
+    (row,) = RunDir(validated).read_metrics()
+    assert row["step"] == 1 and set(row) == {"step", "time", "val/loss", "val/bits_per_token"}
     assert str(run_dir.resolve()) in set(load_runs(tmp_path)["run_dir"])

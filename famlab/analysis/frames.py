@@ -225,5 +225,11 @@ def status_table(spec: Any, storage_url: str) -> str:
     counts = df["state"].value_counts().to_dict()
     head = ", ".join(f"{k.lower()}: {v}" for k, v in sorted(counts.items()))
     cols = ["number", "state", *spec.varied, "seed", "objective", "duration_s", "fail_reason"]
-    cols = [c for c in cols if c in df.columns]
-    return f"study {spec.study_name} ({head})\n" + df[cols].to_string(index=False)
+    cols = [c for c in cols if c in df.columns and not (c == "fail_reason" and df[c].isna().all())]
+    text = f"study {spec.study_name} ({head})\n" + df[cols].to_string(index=False)
+    done = df[(df["state"] == "COMPLETE") & df["objective"].notna()] if "objective" in df.columns else df.iloc[:0]
+    if not done.empty:
+        best = done.loc[done["objective"].idxmin() if spec.direction == "minimize" else done["objective"].idxmax()]
+        params = " ".join(f"{k}={best[k]}" for k in [*spec.varied, "seed"] if k in best.index)
+        text += f"\nbest: trial {best['number']} {params} -> {spec.metric} {best['objective']:.4g}"
+    return text

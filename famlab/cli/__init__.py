@@ -172,6 +172,15 @@ def _train_config(items: list[str]) -> Any:
     return load_run_config(preset, overrides)
 
 
+def run_line(run_dir: Path, mode: str, *, done: bool = False) -> str:
+    """``run: DIR (wandb: ...)``: where a run writes, and how its offline wandb run is synced."""
+    if mode != "offline":
+        return f"run: {run_dir} (wandb: {mode})"
+    found = sorted((Path(run_dir) / "wandb").glob("offline-run-*")) if done else []
+    offline = found[-1] if found else Path(run_dir) / "wandb" / "offline-run-*"
+    return f"run: {run_dir} (wandb: offline; sync with: wandb sync {offline})"
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         cfg = _train_config(args.overrides)
@@ -182,10 +191,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
         print(run_config_to_yaml(cfg), end="")
         return 0
-    from famlab.train import TrainingStopped, global_rank, train
+    from famlab.train import TrainingStopped, global_rank, train, wandb_mode
 
     try:
-        run_dir = train(cfg, argv=argv)
+        run_dir = train(cfg, argv=argv, on_start=lambda path, mode: print(run_line(path, mode), flush=True))
     except (ConfigError, FileNotFoundError) as e:
         return _error(str(e))
     except TrainingStopped as e:  # 3: diverged (deterministic), 4: a checkpoint could not be written
@@ -194,7 +203,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if global_rank() == 0:
         summary = RunDir(run_dir).read_final_metrics()
         shown = {k: v for k, v in summary.items() if k in ("step", "train/loss_recent_mean", "val/loss")}
-        print(f"run: {run_dir}")
+        print(run_line(run_dir, wandb_mode(cfg.logger.wandb), done=True))
         if shown:
             print(
                 "final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())

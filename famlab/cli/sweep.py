@@ -15,7 +15,9 @@ def _sweep_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="famlab sweep",
         description="Run or inspect an Optuna sweep. `run` starts workers on the spec's study (creating it "
-        "if needed, resuming it otherwise) and prints the ablation table; `status` lists the trials; "
+        "if needed, resuming it otherwise), prints a line per trial start and end, then the ablation table; "
+        "`status` lists the trials and the best one (it creates nothing: a missing store or study prints "
+        "`no trials yet` and exits 0); "
         "`worker` is one worker (what `run --workers N` and SLURM jobs start).",
     )
     parser.add_argument("action", choices=SWEEP_ACTIONS)
@@ -32,14 +34,30 @@ def _sweep_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run: queue again the points that failed by themselves max_retries times (a new budget)",
     )
+    parser.add_argument(
+        "--worker-index", type=int, default=None, help="worker: its index, printed before its lines (set by run)"
+    )
     return parser
 
 
 def _sweep_args_error(args: argparse.Namespace) -> str | None:
-    for name in ("workers", "threads", "heartbeat", "grace"):
+    for name in ("workers", "threads", "heartbeat", "grace", "worker_index"):
         value = getattr(args, name)
         if value is not None and value < 1:
             return f"--{name} {value}: expected an integer >= 1"
+    return None
+
+
+def missing_store(spec, storage: str) -> str | None:
+    """``sweep status``: one line when the store (a SQLite file) or the study in it does not exist, else None.
+    Opens nothing that would create either."""
+    from famlab.analysis import study_names
+    from famlab.sweep import redact
+
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        return f"study {spec.study_name}: no trials yet (no store at {storage.removeprefix('sqlite:///')})"
+    if spec.study_name not in study_names(storage):
+        return f"study {spec.study_name}: no trials yet (no such study in {redact(storage)})"
     return None
 
 
@@ -56,6 +74,7 @@ def sweep_main(argv: list[str]) -> int:
         make_storage,
         missing_lines,
         open_study,
+        redact,
         run_sweep,
         work,
     )
@@ -72,6 +91,9 @@ def sweep_main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root)
+    if args.action == "status" and (gone := missing_store(spec, storage)):
+        print(gone)  # never create a store or a study to say there is none
+        return 0
     if args.action in ("run", "worker"):
         try:  # a spec that no longer matches its stored study: one line, before any trial starts
             study = open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
@@ -80,6 +102,8 @@ def sweep_main(argv: list[str]) -> int:
             return 2
     if args.action == "worker":
         threads = args.threads or 1
+        if args.worker_index is None:  # started by hand or by a job script (`run` says this once for all)
+            print(f"sweep worker: study {spec.study_name} in {redact(storage)}", flush=True)
         try:
             work(
                 spec,
@@ -88,6 +112,7 @@ def sweep_main(argv: list[str]) -> int:
                 heartbeat=args.heartbeat,
                 grace=args.grace,
                 threads=threads,
+                label=f"w{args.worker_index}" if args.worker_index else "",
             )
         except WorkerError as err:
             print(f"famlab: error: {err}", file=sys.stderr)

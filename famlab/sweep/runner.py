@@ -15,7 +15,7 @@ from pathlib import Path
 
 from optuna.storages import fail_stale_trials
 
-from famlab.sweep.points import requeue
+from famlab.sweep.points import n_points, requeue
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, default_storage, redact
 from famlab.sweep.storage import make_storage, open_study
 from famlab.sweep.worker import WorkerError, die_with_parent, work
@@ -38,8 +38,12 @@ def run_sweep(
     storage_url = storage_url or os.environ.get(STORAGE_ENV) or default_storage(spec, out_root)
     out_root = Path(out_root).resolve()
     threads = threads or 1  # tiny CPU runs slow down badly when threads oversubscribe the cores
-    print(f"sweep {spec.study_name}: storage {redact(storage_url)}, {workers} worker(s)", flush=True)
     study = open_study(spec, make_storage(storage_url, heartbeat=heartbeat, grace=grace))  # create it once, here
+    print(
+        f"sweep: study {spec.study_name} in {redact(storage_url)} ({len(study.trials)} trial(s) so far), "
+        f"{n_points(spec)} {'points' if spec.grid is not None else 'search trials'}, {workers} worker(s)",
+        flush=True,
+    )
     fail_stale_trials(study)  # a dead sweep's trials, past their grace period: queued again now
     for line in requeue(study, spec, retry_failed=retry_failed):
         print(line, flush=True)
@@ -51,7 +55,10 @@ def run_sweep(
         return storage_url
     cmd = worker_command(spec, out_root, heartbeat=heartbeat, grace=grace, threads=threads)
     env = {**os.environ, STORAGE_ENV: storage_url}  # in the environment: never in a process list
-    procs = [subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent) for _ in range(workers)]
+    procs = [
+        subprocess.Popen([*cmd, "--worker-index", str(i + 1)], env=env, preexec_fn=die_with_parent)
+        for i in range(workers)
+    ]
     for i, proc in enumerate(procs):
         code = proc.wait()
         if code:

@@ -140,6 +140,7 @@ def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
     """Create the spec's study, or open it to resume. A study keeps its objective direction and
     (for a grid) its grid and seeds: a spec that changed either is refused with what to do, instead
     of Optuna's error deep inside a trial."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created ..." lines: the sweep says
     study = optuna.create_study(
         study_name=spec.study_name,
         storage=storage,
@@ -163,6 +164,9 @@ def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
         )
     if spec.space is not None:
         check_space(study, spec)
+    if study.metric_names is None:  # a new study: name its objective (Optuna's dashboards and frames)
+        with contextlib.suppress(Exception):
+            study.set_metric_names([spec.metric])
     with contextlib.suppress(Exception):  # informational; a concurrent writer may race us
         if "spec" not in study.user_attrs:
             study.set_user_attr("spec", spec.path)

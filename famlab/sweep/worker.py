@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 
 from famlab.runs import RunDir
 from famlab.sweep.points import failed_by_itself, is_stale, points
+from famlab.sweep.progress import TrialLines
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, dot_value
 from famlab.sweep.storage import make_storage, open_study
 
@@ -117,14 +118,24 @@ def _log_tail(log_path: Path, lines: int = 3) -> str:
     return " | ".join(tail)[-500:]
 
 
-def run_trial(trial: optuna.Trial, spec: SweepSpec, out_root: Path, *, threads: int = 1, poll: float = 1.0) -> float:
+def run_trial(
+    trial: optuna.Trial,
+    spec: SweepSpec,
+    out_root: Path,
+    *,
+    threads: int = 1,
+    poll: float = 1.0,
+    lines: TrialLines | None = None,
+) -> float:
     """Train one run (and evaluate it if the spec says so) in child processes; store its results
-    on the trial; return the objective."""
+    on the trial; return the objective. ``lines`` prints the trial's start line."""
     params = _suggest(trial, spec)
     dup = _duplicate_of(trial, params)
     if dup is not None:
         trial.set_user_attr("duplicate_of", dup)
         raise optuna.TrialPruned(f"grid point already taken by trial {dup}")
+    if lines is not None:
+        lines.start(trial, params)
     trial_dir = out_root / spec.study_name / f"trial-{trial.number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -245,27 +256,39 @@ def work(
     heartbeat: int = 10,
     grace: int | None = None,
     threads: int = 1,
+    label: str = "",
 ) -> None:
-    """One worker: run trials until the study has nothing left to start or to wait for."""
+    """One worker: run trials until the study has nothing left to start or to wait for. It prints a
+    line when a trial starts and when it ends (:mod:`famlab.sweep.progress`; ``label``: the worker's
+    index, printed before each line, when several run)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, heartbeat=heartbeat, grace=grace)
     study = open_study(spec, storage)
+    lines = TrialLines(spec, label)
 
     current: dict[str, int] = {}  # the number of the trial this worker runs now
 
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
+        t0 = time.monotonic()
         try:
-            return run_trial(trial, spec, out_root, threads=threads)
+            value = run_trial(trial, spec, out_root, threads=threads, lines=lines)
         except TrialFailed as err:
             trial.set_user_attr("fail_reason", str(err))
+            retried = int(trial.user_attrs.get("retry", 0)) < spec.max_retries  # as _retry_failed decides
+            lines.failed(trial, str(err), time.monotonic() - t0, retried=retried)
             raise
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as err:
+            lines.pruned(trial, str(err), time.monotonic() - t0)
             raise
         except Exception as err:  # a bug, or Optuna refusing a parameter: fail the trial, say why
             with contextlib.suppress(Exception):  # (a trial another worker failed as stale takes no attrs)
                 trial.set_user_attr("fail_reason", f"unexpected {type(err).__name__}: {err}")
+            with contextlib.suppress(Exception):
+                lines.failed(trial, f"unexpected {type(err).__name__}: {err}", time.monotonic() - t0, retried=False)
             raise
+        lines.done(trial, value, time.monotonic() - t0)
+        return value
 
     while True:
         fail_stale_trials(study)

@@ -1,10 +1,12 @@
-"""Callbacks of a training run: the progress bar, checkpoints, ``final_metrics.json``, the merged LoRA model
-and the adaptive sequence-length curriculum.
+"""Callbacks of a training run (the progress display is :mod:`famlab.train.progress`): checkpoints,
+``final_metrics.json``, the merged LoRA model and the adaptive sequence-length curriculum.
 
 * **Checkpoints**: ``<run_dir>/checkpoints/step########.ckpt`` every ``checkpoint_every`` steps
   (all kept) and ``last.ckpt`` at each of those and at the end of training.
 * ``final_metrics.json``: step counters, the last and recent mean train loss, the last logged validation
-  loss and a fresh validation loss of the final weights (whenever ``data.val_batches`` > 0).
+  loss and a fresh validation loss of the final weights (whenever ``data.val_batches`` > 0). A run whose
+  last step was not validated (shorter than ``val_every``, or not a multiple of it) also logs that final
+  ``val/loss`` at its last step (``metrics.jsonl``, wandb): every run's curve ends with a validation.
 * **Adaptive curriculum** (``data.seq_len_adaptive``, :class:`AdaptiveSeqLen`): after each training batch the
   value of ``data.adaptive_metric`` joins a window; once the window holds ``adaptive_window`` values since the
   last change and their mean is >= ``adaptive_threshold``, the next batch is built at the next length of
@@ -21,27 +23,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from famlab.config import ConfigError, RunConfig
 from famlab.runs import STOPPED_KEY, RunDir
 from famlab.train.module import LN2, FamLightningModule
 from famlab.train.stops import TrainingStopped
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's bar without the logger version number, closed when training fails."""
-
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        return items
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """End the bars' line, so the error that follows starts a line of its own on a terminal."""
-        for bar in (getattr(self, "_val_progress_bar", None), getattr(self, "_train_progress_bar", None)):
-            if bar is not None:
-                bar.close()
 
 
 class FinalMetrics(Callback):
@@ -54,6 +41,11 @@ class FinalMetrics(Callback):
 
     def __init__(self, run: RunDir, t0: float):
         self.run, self.t0 = run, t0
+        self.validated_at: int | None = None  # the step of the last validation of this process
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated_at = trainer.global_step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for cb in trainer.checkpoint_callbacks:
@@ -62,6 +54,12 @@ class FinalMetrics(Callback):
         if trainer.is_global_zero:
             cfg = pl_module.cfg
             final = final_metrics(cfg, pl_module, trainer, trainer.datamodule, self.run, time.time() - self.t0)
+            if "val/loss" in final and self.validated_at != trainer.global_step:  # the last step's validation
+                row = {"val/loss": final["val/loss"], "val/bits_per_token": final["val/bits_per_token"]}
+                for logger in trainer.loggers:
+                    logger.log_metrics(row, step=trainer.global_step)
+                    logger.save()
+                final["val/loss_last_logged"] = final["val/loss"]
             self.run.write_final_metrics(final)
 
 

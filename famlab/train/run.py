@@ -19,6 +19,7 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -36,13 +37,13 @@ from famlab.train.callbacks import (
     Checkpoints,
     FinalMetrics,
     MergeLora,
-    ProgressBar,
     stopped_metrics,
 )
 from famlab.train.checkpoint_io import AtomicCheckpointIO
 from famlab.train.factory import resolve_pretrained
-from famlab.train.loggers import JsonlLogger, make_wandb_logger
+from famlab.train.loggers import JsonlLogger, make_wandb_logger, wandb_mode
 from famlab.train.module import FamLightningModule
+from famlab.train.progress import progress_callbacks
 from famlab.train.quiet import quiet_lightning
 from famlab.train.stops import Diverged
 
@@ -88,7 +89,8 @@ def build_trainer(
         save_on_train_epoch_end=False,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [ProgressBar(refresh_rate=max(1, min(t.log_every, 10))), periodic, *extra_callbacks]
+    progress, bar = progress_callbacks(t.log_every)  # a step bar on a terminal, else plain lines
+    callbacks: list[Callback] = [*progress, periodic, *extra_callbacks]
     validate = t.val_every > 0 and cfg.data.val_batches > 0
     trainer = pl.Trainer(
         max_steps=t.max_steps,
@@ -109,7 +111,7 @@ def build_trainer(
         logger=loggers,
         callbacks=callbacks,
         enable_model_summary=False,
-        enable_progress_bar=True,
+        enable_progress_bar=bar,
         enable_checkpointing=True,
         default_root_dir=str(run_dir),
         deterministic=t.deterministic,
@@ -120,8 +122,11 @@ def build_trainer(
     return trainer, periodic
 
 
-def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
-    """Run ``cfg``; returns the run directory.
+def train(
+    cfg: RunConfig, *, argv: list[str] | None = None, on_start: Callable[[Path, str], None] | None = None
+) -> Path:
+    """Run ``cfg``; returns the run directory. ``on_start(run_dir, wandb_mode)`` is called on global rank 0
+    once the run directory exists, before training starts (``famlab train`` prints the directory then).
 
     The run directory gets ``config.yaml`` (resolved), ``provenance.json``, ``metrics.jsonl``,
     ``checkpoints/`` (and ``wandb/``), and at the end ``final_metrics.json``. With ``cfg.resume``
@@ -179,6 +184,8 @@ def train(cfg: RunConfig, *, argv: list[str] | None = None) -> Path:
     if cfg.data.seq_len_adaptive:
         extra.append(AdaptiveSeqLen.from_config(cfg))
     trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=extra, checkpoint_io=checkpoint_io)
+    if on_start is not None and is_zero:
+        on_start(run_dir, wandb_mode(cfg.logger.wandb))
 
     set_env = not inherited
     if set_env:
