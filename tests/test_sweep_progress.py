@@ -44,16 +44,26 @@ def test_trial_lines_status_best_line_and_metric_name(tmp_path, capsys):
 
 
 def test_a_failing_point_prints_fail_lines_and_its_retry(tmp_path, capsys):
-    path = write_spec(tmp_path, grid={"train.lr": [1.0e30]}, max_retries=1)  # diverges: the run fails
+    path = write_spec(tmp_path, grid={"data.val_batches": [0]}, max_retries=1)  # no validation: no objective
     assert main(["run", path, "--out-root", str(tmp_path / "runs")]) == 1
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("trial ")]
     assert len(lines) == 4, out
-    assert lines[0] == "trial 1/1 start  train.lr=1e+30 seed=0"
-    fail = re.compile(r"trial 1/1 FAIL   train\.lr=1e\+30 seed=0: (famlab train exited|objective) .+ \(\d+ s; (.+)\)")
+    assert lines[0] == "trial 1/1 start  data.val_batches=0 seed=0"
+    fail = re.compile(r"trial 1/1 FAIL   data\.val_batches=0 seed=0: objective val/loss=None .+ \(\d+ s; (.+)\)")
     assert fail.fullmatch(lines[1]) and lines[1].endswith("; queued again)"), lines[1]
-    assert lines[2] == "trial 1/1 start  train.lr=1e+30 seed=0 (retry 1 of 1)"
+    assert lines[2] == "trial 1/1 start  data.val_batches=0 seed=0 (retry 1 of 1)"
     assert fail.fullmatch(lines[3]) and lines[3].endswith("; no retries left)"), lines[3]
+
+
+def test_a_diverging_point_is_not_retried(tmp_path, capsys):
+    path = write_spec(tmp_path, grid={"train.lr": [1.0e30]}, max_retries=1)  # famlab train exits 3
+    assert main(["run", path, "--out-root", str(tmp_path / "runs")]) == 1
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 2, out
+    assert lines[1].startswith("trial 1/1 FAIL   train.lr=1e+30 seed=0: diverged, not retried")
+    assert lines[1].endswith("; no retries left)"), lines[1]
 
 
 def test_status_creates_no_store_and_no_study(tmp_path, capsys):

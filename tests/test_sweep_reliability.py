@@ -127,18 +127,19 @@ def test_a_point_gone_stale_five_times_is_still_completed_by_a_rerun(tmp_path, c
 
 
 def test_a_point_that_failed_by_itself_is_reported_and_rerun_with_retry_failed(tmp_path, capsys):
-    variants = {"ok": {}, "bad": {"train.lr": 1.0e30}}  # 1e30 diverges: NaN validation loss
+    variants = {"ok": {}, "bad": {"train.lr": 1.0e30}}  # 1e30 diverges: famlab train exits 3, not retried
     path = write_spec(tmp_path, grid={"variant": ["ok", "bad"]}, variants=variants, max_retries=1)
     spec, runs = load_spec(path), str(tmp_path / "runs")
     assert main(["sweep", "run", path, "--out-root", runs]) == 1
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if line.startswith("FAILED ")]
-    assert len(failed) == 1 and "variant=bad" in failed[0] and "2 time(s)" in failed[0]
-    assert "not a finite number" in failed[0] and "--retry-failed" in failed[0]
+    assert len(failed) == 1 and "variant=bad" in failed[0] and "1 time(s)" in failed[0]  # max_retries=1 unused
+    assert "diverged, not retried" in failed[0] and "non-finite training loss" in failed[0]
+    assert "--retry-failed" in failed[0]
     assert "incomplete: 1 of 2 grid points (x seed) complete (1 failed)" in err
     url = default_storage(spec, runs)
     assert main(["sweep", "run", path, "--out-root", runs]) == 1  # no budget left: nothing runs again
-    assert len(load(url, spec).trials) == 3
+    assert len(load(url, spec).trials) == 2
     assert main(["sweep", "status", path, "--out-root", runs]) == 0
     assert "FAILED variant=bad" in capsys.readouterr().out
     spec_data = yaml.safe_load(Path(path).read_text())
@@ -201,3 +202,10 @@ def test_workers_and_threads_must_be_positive(tmp_path, capsys, flag):
     assert main(["sweep", "run", path, "--out-root", str(tmp_path / "runs"), *flag]) == 2
     assert f"--{flag[0][2:]} {flag[1]}: expected an integer >= 1" in _one_error_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_worker_reads_famlab_trains_divergence_status():
+    from famlab.sweep.worker import TRAIN_EXIT_DIVERGED
+    from famlab.train.stops import EXIT_DIVERGED
+
+    assert TRAIN_EXIT_DIVERGED == EXIT_DIVERGED

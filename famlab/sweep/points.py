@@ -57,8 +57,10 @@ class Point:
             return "complete"
         if states & {TrialState.WAITING, TrialState.RUNNING}:
             return "pending"
-        if failed_by_itself(self.last) and tries(self.last) >= spec.max_retries:
-            return "failed"
+        if failed_by_itself(self.last) and (
+            tries(self.last) >= spec.max_retries or self.last.user_attrs.get("deterministic")
+        ):
+            return "failed"  # no retries left, or a deterministic failure (divergence): never retried unchanged
         return "lost"
 
 

@@ -44,9 +44,18 @@ from famlab.sweep.progress import TrialLines
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, dot_value
 from famlab.sweep.storage import make_storage, open_study
 
+# `famlab train`'s exit status for a non-finite training loss (famlab.train.stops.EXIT_DIVERGED; a test
+# holds the two equal): the same config and seed diverge again, so such a trial is not retried unchanged
+TRAIN_EXIT_DIVERGED = 3
+
 
 class TrialFailed(Exception):
-    """A trial that failed by itself (bad value, crash, NaN): recorded, maybe retried, never fatal."""
+    """A trial that failed by itself (bad value, crash, NaN): recorded, maybe retried, never fatal.
+    ``deterministic``: it would fail the same way again (divergence), so it is not retried."""
+
+    def __init__(self, message: str, deterministic: bool = False):
+        super().__init__(message)
+        self.deterministic = deterministic
 
 
 class WorkerError(RuntimeError):
@@ -178,6 +187,8 @@ def run_trial(
     run_dir: RunDir | None = seen["run_dir"] or RunDir.newest_under(trial_dir)
     if run_dir is not None:
         trial.set_user_attr("run_dir", str(run_dir))
+    if code == TRAIN_EXIT_DIVERGED:
+        raise TrialFailed(f"diverged, not retried (the same config diverges again): {_log_tail(log_path)}", True)
     if code != 0:
         raise TrialFailed(f"famlab train exited with {code}: {_log_tail(log_path)}")
     if run_dir is None or not run_dir.is_complete():
@@ -205,7 +216,7 @@ def _retry_failed(spec: SweepSpec) -> Callable[[optuna.Study, optuna.trial.Froze
     storage's heartbeat callback instead)."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if not failed_by_itself(trial):
+        if not failed_by_itself(trial) or trial.user_attrs.get("deterministic"):
             return
         tries = int(trial.user_attrs.get("retry", 0))
         if tries < spec.max_retries:
@@ -275,7 +286,10 @@ def work(
             value = run_trial(trial, spec, out_root, threads=threads, lines=lines)
         except TrialFailed as err:
             trial.set_user_attr("fail_reason", str(err))
-            retried = int(trial.user_attrs.get("retry", 0)) < spec.max_retries  # as _retry_failed decides
+            if err.deterministic:
+                trial.set_user_attr("deterministic", True)
+            # as _retry_failed decides
+            retried = not err.deterministic and int(trial.user_attrs.get("retry", 0)) < spec.max_retries
             lines.failed(trial, str(err), time.monotonic() - t0, retried=retried)
             raise
         except optuna.TrialPruned as err:
