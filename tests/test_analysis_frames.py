@@ -59,8 +59,12 @@ def test_trials_frame_and_status_table(store):  # noqa: F811
     text = fa.status_table(spec, store["url"])
     head, columns, *rows = text.splitlines()
     assert head == "study fam_length-tiny (complete: 4)"
-    assert columns.split() == ["number", "state", "model.fam_len", "seed", "objective", "duration_s", "fail_reason"]
+    # fail_reason is shown only when some trial failed
+    assert columns.split() == ["number", "state", "model.fam_len", "seed", "objective", "duration_s"]
+    *rows, best = rows
     assert len(rows) == 4 and all(r.split()[1] == "COMPLETE" for r in rows)
+    top = df.loc[df["objective"].idxmin()]
+    assert best.startswith(f"best: trial {int(top['number'])} model.fam_len={int(top['model.fam_len'])} ")
     for row, objective in zip(rows, df["objective"]):
         assert float(row.split()[4]) == pytest.approx(objective, rel=1e-5)
     other = load_spec("passkey", "tiny", validate_runs=False)

@@ -145,7 +145,10 @@ def test_killed_sweep_restarts_without_rerunning_completed_points(tmp_path, star
     assert_grid_done_once(study, spec)
 
 
-def test_failing_trial_is_retried_a_bounded_number_of_times(tmp_path):
+def test_diverging_trial_fails_once_and_the_rest_of_the_grid_completes(tmp_path):
+    """Divergence is deterministic (famlab train exits 3): retrying the same config would diverge again,
+    so the point fails once even with retries left. Bounded retries of a retriable failure (a run past its
+    trial_timeout) are tested below."""
     path = write_spec(
         tmp_path,
         grid={"train.lr": [0.003, 1.0e30]},  # 1e30 diverges: famlab train stops at the NaN loss, exit 3
@@ -156,10 +159,10 @@ def test_failing_trial_is_retried_a_bounded_number_of_times(tmp_path):
     run_sweep(spec, url, workers=1, out_root=tmp_path / "runs")
     study = load(url, spec)
     failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == 1 + 2  # the first try and two retries
-    assert all(t.params["train.lr"] == 1.0e30 for t in failed)
-    reasons = [t.user_attrs["fail_reason"] for t in failed]
-    assert all("exited with 3" in r and "non-finite training loss" in r for r in reasons), reasons
+    assert len(failed) == 1  # not retried, although max_retries=2
+    assert failed[0].params["train.lr"] == 1.0e30
+    reason = failed[0].user_attrs["fail_reason"]
+    assert "diverged, not retried" in reason and "non-finite training loss" in reason, reason
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.params["train.lr"] for t in complete] == [0.003]
 
@@ -264,3 +267,34 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_and_tagged(tmp_path, monkeyp
     assert files, "no offline wandb run"
     data = b"".join(f.read_bytes() for f in files)
     assert spec.study_name.encode() in data and b"model.mem_segment=1" in data
+
+
+def test_a_point_two_workers_both_started_is_run_by_one(tmp_path, monkeypatch):
+    """Two workers that pick the same grid point at once can each miss the other at the first check
+    (params are written one at a time). The second look, a poll later, prunes the higher number;
+    negative control: without a trial on the point, the same run is not pruned."""
+    import famlab.sweep.worker as worker_mod
+
+    spec = load_spec(write_spec(tmp_path, grid={"model.mem_segment": [1]}, overrides={"train.max_steps": 400}))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name=spec.study_name, storage=make_storage(url))
+    real = worker_mod._duplicate_of
+    calls = []
+
+    def first_check_misses(trial, params):
+        calls.append(trial.number)
+        return None if len(calls) == 1 else real(trial, params)
+
+    monkeypatch.setattr(worker_mod, "_duplicate_of", first_check_misses)
+    other = study.ask({"model.mem_segment": optuna.distributions.CategoricalDistribution([1]),
+                       "seed": optuna.distributions.CategoricalDistribution([0])})  # another worker's, RUNNING
+    mine = study.ask()
+    with pytest.raises(optuna.TrialPruned, match=f"already taken by trial {other.number}"):
+        worker_mod.run_trial(mine, spec, tmp_path / "runs", poll=0.2)
+    assert len(calls) == 2 and mine.number > other.number
+    study.tell(mine, state=TrialState.PRUNED)  # as study.optimize records it
+    study.tell(other, state=TrialState.FAIL)  # the point is free again: the control runs to the end
+    calls.clear()
+    control = study.ask()
+    value = worker_mod.run_trial(control, spec, tmp_path / "runs", poll=0.2)
+    assert value > 0 and len(calls) == 2

@@ -168,6 +168,14 @@ def run_trial(
     seen: dict[str, Any] = {"run_dir": None, "offset": 0, "step": -1}
 
     def report_progress() -> None:  # intermediate values from the run's metrics.jsonl, for pruners
+        if not seen.get("rechecked"):
+            # Two workers that pick the same point within milliseconds can each check before the
+            # other's params are all written; a second look, once both are, leaves one of them.
+            seen["rechecked"] = True
+            again = _duplicate_of(trial, params)
+            if again is not None:
+                trial.set_user_attr("duplicate_of", again)
+                raise optuna.TrialPruned(f"grid point already taken by trial {again}")
         seen["run_dir"] = seen["run_dir"] or RunDir.newest_under(trial_dir)
         if seen["run_dir"] is None:
             return
