@@ -286,8 +286,12 @@ def test_a_point_two_workers_both_started_is_run_by_one(tmp_path, monkeypatch):
         return None if len(calls) == 1 else real(trial, params)
 
     monkeypatch.setattr(worker_mod, "_duplicate_of", first_check_misses)
-    other = study.ask({"model.mem_segment": optuna.distributions.CategoricalDistribution([1]),
-                       "seed": optuna.distributions.CategoricalDistribution([0])})  # another worker's, RUNNING
+    other = study.ask(
+        {
+            "model.mem_segment": optuna.distributions.CategoricalDistribution([1]),
+            "seed": optuna.distributions.CategoricalDistribution([0]),
+        }
+    )  # another worker's, RUNNING
     mine = study.ask()
     with pytest.raises(optuna.TrialPruned, match=f"already taken by trial {other.number}"):
         worker_mod.run_trial(mine, spec, tmp_path / "runs", poll=0.2)
