@@ -19,7 +19,9 @@ WORKERS ?= 2
 .PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
+		sed -e 's|$$(TORCH_SPEC)|$(TORCH_SPEC)|g' -e 's|$$(SWEEP)|$(SWEEP)|g' -e 's|$$(PROFILE)|$(PROFILE)|g' \
+			-e 's|$$(REPRODUCE)|$(REPRODUCE)|g' -e 's|$$(PRETRAINED_DIR)|$(PRETRAINED_DIR)|g'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

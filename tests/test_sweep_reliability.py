@@ -30,6 +30,14 @@ def _search(space: dict, n_trials: int = 4) -> dict:
     return {"sampler": "random", "pruner": "none", "n_trials": n_trials, "space": space}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh study store: a SQLite file, or a database on the real PostgreSQL server."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres").new_database()
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -97,9 +105,9 @@ def test_worker_meeting_an_unexpected_suggest_error_stops_instead_of_looping(tmp
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_a_point_gone_stale_five_times_is_still_completed_by_a_rerun(tmp_path, capsys):
+def test_a_point_gone_stale_five_times_is_still_completed_by_a_rerun(tmp_path, capsys, store_url):
     path = write_spec(tmp_path, grid={"model.mem_segment": [0, 1]})
-    spec, url = load_spec(path), f"sqlite:///{tmp_path / 'study.db'}"
+    spec, url = load_spec(path), store_url
     study = open_study(spec, make_storage(url, heartbeat=1, grace=1))
     study.ask()  # the sampler stamps its grid point; its worker dies before a heartbeat
     time.sleep(2.5)
@@ -152,9 +160,9 @@ def test_a_point_that_failed_by_itself_is_reported_and_rerun_with_retry_failed(t
     assert sorted(t.params["variant"] for t in complete) == ["bad", "ok"]
 
 
-def test_one_sigkilled_worker_does_not_fail_a_sweep_that_completed(tmp_path, capfd):
+def test_one_sigkilled_worker_does_not_fail_a_sweep_that_completed(tmp_path, capfd, store_url):
     path = write_spec(tmp_path, overrides={"train.max_steps": 20, "train.val_every": 10})  # 4 points
-    spec, runs = load_spec(path), tmp_path / "runs"
+    spec, runs, url = load_spec(path), tmp_path / "runs", store_url
     study_seen: dict = {}
     killed: list[int] = []
 
@@ -163,7 +171,7 @@ def test_one_sigkilled_worker_does_not_fail_a_sweep_that_completed(tmp_path, cap
         while time.time() < end and not killed:
             time.sleep(0.5)
             try:
-                study_seen.setdefault("s", load(default_storage(spec, runs), spec))
+                study_seen.setdefault("s", load(url, spec))
                 running = study_seen["s"].get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             except Exception:  # not created yet, or locked
                 continue
@@ -174,14 +182,30 @@ def test_one_sigkilled_worker_does_not_fail_a_sweep_that_completed(tmp_path, cap
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    code = main(["sweep", "run", path, "--workers", "2", "--out-root", str(runs), "--heartbeat", "1", "--grace", "4"])
+    code = main(
+        [
+            "sweep",
+            "run",
+            path,
+            "--workers",
+            "2",
+            "--storage",
+            url,
+            "--out-root",
+            str(runs),
+            "--heartbeat",
+            "1",
+            "--grace",
+            "4",
+        ]
+    )
     killer.join()
     out, err = capfd.readouterr()
     assert killed, "no worker was killed"
     assert code == 0, err
     assert f"(pid {killed[0]}) killed by SIGKILL" in err and "Traceback" not in err
     assert "complete: " in out and "incomplete" not in err  # the status table, and nothing missing
-    study = load(default_storage(spec, runs), spec)
+    study = load(url, spec)
     assert_grid_done_once(study, spec)
     stale = [t for t in study.trials if t.user_attrs.get("stale")]
     assert all(t.user_attrs["fail_reason"].startswith("worker died (no heartbeat since ") for t in stale)
