@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _help(*args: str) -> str:
-    return subprocess.run(["make", "-s", "-C", str(ROOT), "help", *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "help", *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_make_help_expands_variables_and_lists_every_documented_target():
