@@ -91,9 +91,16 @@ def test_train_eval_and_resume(tmp_path, capsys):
     eval_args = ["data.passkey_eval_lengths=[1]", "data.passkey_eval_samples=2", "data.passkey_eval_depth_buckets=2"]
     assert main(["eval", str(run_dir), *eval_args, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "accuracy" in out
     table = pd.read_csv(run_dir / "eval.csv")
     assert len(table) == 2 and set(table["task"]) == {"passkey"}
+    lines = out.splitlines()  # progress per length first, the table, then one summary line
+    (length,) = set(table["length"])
+    assert lines[0].startswith(f"passkey length {length} (1x): accuracy {table['accuracy'].mean():.3f}, digits ")
+    summary = [line for line in lines if line.startswith("eval passkey (mean over 2 cells): ")]
+    assert summary == [
+        f"eval passkey (mean over 2 cells): accuracy {table['accuracy'].mean():.4g}, "
+        f"digit_accuracy {table['digit_accuracy'].mean():.4g}"
+    ]
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert final["step"] == 2 and final["train/loss"] is not None  # training's summary is kept
     assert final["eval"] == {

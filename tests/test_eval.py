@@ -49,9 +49,15 @@ def test_evaluate_passkey_streams_on_a_tiny_model():
     model = tiny_model()
     model.train()
     cfg = DataConfig(task="passkey", seq_len=96, passkey_instruction=False)
+    lines: list[str] = []
     with NoParallel(model):
-        df = evaluate(model, cfg, block_size=16, seed=0, lengths=[110, 400], depth_buckets=2, samples=3)
+        df = evaluate(
+            model, cfg, block_size=16, seed=0, lengths=[110, 400], depth_buckets=2, samples=3, progress=lines.append
+        )
     assert model.training  # restored
+    assert [line.split(":")[0] for line in lines] == ["passkey length 110 (1.14583x)", "passkey length 400 (4.16667x)"]
+    for line, (_, cells) in zip(lines, df.groupby("length")):  # each line reports its length's cells, as they end
+        assert f"accuracy {cells.accuracy.mean():.3f}, digits {cells.digit_accuracy.mean():.3f} (6 prompts, " in line
     assert {"task", "length", "depth", "n", "accuracy", "digit_accuracy"} <= set(df.columns)
     assert len(df) == 4 and (df.task == "passkey").all() and sorted(df.length.unique()) == [110, 400]
     assert df.depth.tolist() == [0.25, 0.75, 0.25, 0.75] and (df.n == 3).all()
@@ -101,8 +107,11 @@ def test_evaluate_scores_right_and_wrong_answers():
     wrong = evaluate(Oracle("passkey", wrong_last=True), cfg, **kw)
     assert (wrong.accuracy == 0).all() and np.allclose(wrong.digit_accuracy, 0.75)
     rcfg = DataConfig(task="recall", seq_len=64, recall_num_pairs=5)
-    rec = evaluate(Oracle("recall"), rcfg, block_size=16, seed=0, gaps=[0, 40], samples=3)
+    lines: list[str] = []
+    rec = evaluate(Oracle("recall"), rcfg, block_size=16, seed=0, gaps=[0, 40], samples=3, progress=lines.append)
     assert (rec.accuracy == 1).all() and (rec.example_accuracy == 1).all() and rec.n.tolist() == [15, 15]
+    assert [line.split(" (")[0] for line in lines] == ["recall gap 0", "recall gap 40"]
+    assert all("accuracy 1.000, whole examples 1.000 (3 examples, " in line for line in lines)
 
 
 def test_evaluate_recall_streams_on_a_tiny_model():
@@ -124,5 +133,9 @@ def test_evaluate_text_bits_per_byte(cache_dir):
     assert cols <= set(df.columns) and df.scope.tolist() == ["bucket", "bucket", "overall"]
     assert df.n_bytes.tolist() == [3 * 99, 3 * 200, 3 * 299]  # 3 test documents; byte 0 has no context
     assert ((df.bpb > 0) & (df.bpb < 16)).all()
-    uniform = evaluate(Oracle("uniform"), cfg, block_size=16, seed=0, max_len=300, buckets=[0, 100, 300])
+    lines: list[str] = []
+    uniform = evaluate(
+        Oracle("uniform"), cfg, block_size=16, seed=0, max_len=300, buckets=[0, 100, 300], progress=lines.append
+    )
     assert np.allclose(uniform.bpb, math.log2(256))
+    assert lines and lines[0].startswith("text test: 8.0000 bits per byte over 3 documents, 897 bytes up to position 300")

@@ -248,7 +248,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = model.to(device)
     try:
-        df = evaluate(model, cfg.data, block_size=cfg.model.block_size, seed=cfg.seed, device=device)
+        df = evaluate(
+            model,
+            cfg.data,
+            block_size=cfg.model.block_size,
+            seed=cfg.seed,
+            device=device,
+            progress=lambda line: print(line, flush=True),
+        )
     except ValueError as e:
         return _error(str(e))
     import pandas as pd
@@ -257,14 +264,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(df.to_string(index=False))
     out = Path(args.out) if args.out else run.eval_path
     df.to_csv(out, index=False)
+    summary = summarize_eval(df)
     run.update_final_metrics(
         eval={
             "task": cfg.data.task,
             "checkpoint": str(args.checkpoint or run.last_checkpoint),
             "csv": str(out),
-            **summarize_eval(df),
+            **summary,
         }
     )
+    what = "overall" if "scope" in df.columns else f"mean over {len(df)} cells"
+    print(f"eval {cfg.data.task} ({what}): " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
     print(f"wrote {out} and {run.final_metrics_path}")
     return 0
 

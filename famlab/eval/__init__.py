@@ -10,6 +10,7 @@ decoding). The tasks' examples and corpora come from :mod:`famlab.data`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -26,14 +27,24 @@ EVALUATIONS = {"passkey": evaluate_passkey, "text": evaluate_text, "recall": eva
 __all__ = ["EVALUATIONS", "EvalRun", "eval_mode", "evaluate", "greedy_decode", "stream"]
 
 
-def evaluate(model, data_cfg: Any, *, block_size: int, seed: int, device: Any = "cpu", **options: Any) -> pd.DataFrame:
+def evaluate(
+    model,
+    data_cfg: Any,
+    *,
+    block_size: int,
+    seed: int,
+    device: Any = "cpu",
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> pd.DataFrame:
     """The task's evaluation (``data_cfg.task``), run through the model's streaming path in eval mode
     without gradients; tidy rows (one per cell).
 
     ``model`` must already be on ``device``; ``data_cfg``: DataConfig, DictConfig or dict. Options per
     task: passkey ``lengths`` (tokens), ``depth_buckets``, ``samples``; text ``split``, ``max_len``,
-    ``buckets`` (edges), ``max_docs``; recall ``gaps`` (tokens), ``samples``."""
+    ``buckets`` (edges), ``max_docs``; recall ``gaps`` (tokens), ``samples``. ``progress(line)`` is
+    called with one line per length (passkey), gap (recall) or split (text) as each finishes."""
     cfg = as_data_config(data_cfg)
-    run = EvalRun(model, cfg, block_size=int(block_size), seed=int(seed), device=device)
+    run = EvalRun(model, cfg, block_size=int(block_size), seed=int(seed), device=device, progress=progress)
     with torch.no_grad(), eval_mode(model):
         return EVALUATIONS[cfg.task](run, **options)

@@ -11,6 +11,8 @@ The examples themselves are :mod:`famlab.data.passkey`'s.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
@@ -36,6 +38,7 @@ def evaluate_passkey(
         raise ValueError(f"lengths={lengths} is not allowed: expected lengths >= {need} tokens (the fixed prompt)")
     rows = []
     for li, length in enumerate(lengths):
+        t0 = time.monotonic()
         for di in range(D):
             rng = np.random.default_rng([int(run.seed), PasskeyTask.code, SPLIT_CODES["eval"], length, li, di, D])
             groups: dict[int, tuple[list, list]] = {}  # answer length -> (prompts, answers)
@@ -68,4 +71,9 @@ def evaluate_passkey(
                     "digit_accuracy": float(np.mean(digits)),
                 }
             )
+        done = rows[-D:]
+        run.say(
+            f"passkey length {length} ({length / cfg.seq_len:g}x): accuracy {np.mean([r['accuracy'] for r in done]):.3f}, "
+            f"digits {np.mean([r['digit_accuracy'] for r in done]):.3f} ({n * D} prompts, {time.monotonic() - t0:.1f} s)"
+        )
     return pd.DataFrame(rows)

@@ -10,6 +10,8 @@ The examples themselves are :mod:`famlab.data.recall`'s.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
@@ -28,6 +30,7 @@ def evaluate_recall(run: EvalRun, gaps: list[int] | None = None, samples: int | 
     n = samples or cfg.recall_eval_samples
     rows = []
     for gi, gap in enumerate(gaps):
+        t0 = time.monotonic()
         rng = np.random.default_rng([int(run.seed), RecallTask.code, SPLIT_CODES["eval"], gap, gi])
         examples = [task.example(rng, gap) for _ in range(n)]
         tokens = torch.from_numpy(np.stack([t for t, _ in examples])).to(device)
@@ -53,5 +56,9 @@ def evaluate_recall(run: EvalRun, gaps: list[int] | None = None, samples: int | 
                 "accuracy": right.mean().item(),
                 "example_accuracy": right.all(dim=1).float().mean().item(),
             }
+        )
+        run.say(
+            f"recall gap {gap} ({gap / cfg.seq_len:g}x): accuracy {rows[-1]['accuracy']:.3f}, "
+            f"whole examples {rows[-1]['example_accuracy']:.3f} ({n} examples, {time.monotonic() - t0:.1f} s)"
         )
     return pd.DataFrame(rows)

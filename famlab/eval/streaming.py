@@ -18,13 +18,19 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class EvalRun:
     """One evaluation: the model (already on ``device``, in eval mode), the task's data config, the
-    model's block size (the streaming chunk grid) and the seed of the evaluation examples."""
+    model's block size (the streaming chunk grid) and the seed of the evaluation examples;
+    ``progress`` (optional) receives one line per finished length or gap, as it finishes."""
 
     model: Any
     cfg: DataConfig
     block_size: int
     seed: int
     device: Any = "cpu"
+    progress: Callable[[str], None] | None = None
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
 
 
 def stream(

@@ -10,6 +10,8 @@ The run's seed is unused (the documents are fixed). The corpus and its split are
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
@@ -66,6 +68,7 @@ def evaluate_text(
         sums.index_add_(0, idx[mask], ce[mask])
         counts.index_add_(0, idx[mask], torch.ones_like(ce[mask]))
 
+    t0 = time.monotonic()
     stream(run.model, tokens[:, :-1], run.block_size, collect)
     rows = []
     for i in range(nb):
@@ -90,6 +93,10 @@ def evaluate_text(
             "bpb": sums.sum().item() / total / LN2 if total else float("nan"),
             "n_bytes": int(total),
         }
+    )
+    run.say(
+        f"text {split}: {rows[-1]['bpb']:.4f} bits per byte over {len(arrays)} documents, "
+        f"{int(total)} bytes up to position {L} ({time.monotonic() - t0:.1f} s)"
     )
     df = pd.DataFrame(rows)
     df["split"] = split
