@@ -39,7 +39,12 @@ class SweepStorage(RDBStorage):
     ``study.optimize`` creates the trial (RUNNING, several writes while the sampler stamps it)
     before it starts the heartbeat thread. A worker killed in that window leaves a trial Optuna
     never calls stale (it skips trials without a heartbeat row), so every other worker would wait
-    for it forever and its grid point would never run."""
+    for it forever and its grid point would never run.
+
+    Optuna has no public hook for this: ``fail_stale_trials`` asks the storage's private
+    ``_get_stale_trial_ids``, so that is what this overrides (pyproject allows optuna < 6). If a
+    release renames it, ``tests/test_sweep_storage.py::test_trial_killed_before_its_first_heartbeat_goes_stale_and_is_rerun``
+    fails: the guarantee is pinned by that test, not by the name."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb import models
