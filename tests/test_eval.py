@@ -138,4 +138,6 @@ def test_evaluate_text_bits_per_byte(cache_dir):
         Oracle("uniform"), cfg, block_size=16, seed=0, max_len=300, buckets=[0, 100, 300], progress=lines.append
     )
     assert np.allclose(uniform.bpb, math.log2(256))
-    assert lines and lines[0].startswith("text test: 8.0000 bits per byte over 3 documents, 897 bytes up to position 300")
+    assert lines and lines[0].startswith(
+        "text test: 8.0000 bits per byte over 3 documents, 897 bytes up to position 300"
+    )
