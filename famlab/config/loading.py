@@ -1,9 +1,16 @@
 """Loading a run configuration: presets, dotlist overrides, run files and checkpoints, merged with OmegaConf.
 
-Merge order: the structured schema (:class:`RunConfig`'s dataclass defaults) <- the preset YAML
-(``famlab/config/presets/<name>.yaml``, or a path) <- dotlist overrides (``train.lr=1e-3``). Every layer is
-checked for unknown keys before it is merged (:mod:`famlab.config.schema`); every error is one line naming the
-dotted key (:class:`ConfigError`; the CLI prints it and exits 2).
+Merge order: the structured schema (:class:`RunConfig`'s dataclass defaults) <- the presets a preset's
+``defaults:`` list names (each resolved the same way, first to last) <- the preset YAML
+(``famlab/config/presets/<name>.yaml``, or a path; ``experiment=NAME`` is the same as ``preset=NAME``, as
+Hydra users type it) <- config group choices in command-line order (``model=fam_m0``, ``data=passkey_symbols``:
+``famlab/config/groups/<section>/<name>.yaml``, one section's settings each) <- dotlist overrides
+(``train.lr=1e-3``). Every layer is checked for unknown keys before it is merged (:mod:`famlab.config.schema`);
+every error is one line naming the dotted key (:class:`ConfigError`; the CLI prints it and exits 2).
+
+Composition is these few merges, written here rather than through hydra-core's compose API: famlab's
+overrides are OmegaConf dotlists (Hydra's grammar quotes and escapes differently, and would change what
+commands users already run mean), and the strict keys with "did you mean" stay in one place.
 """
 
 from __future__ import annotations
@@ -17,6 +24,65 @@ from famlab.config.run import RunConfig
 from famlab.config.schema import build_config, is_text_key, merge_layers, one_line, structured_schema
 
 PRESET_DIR = Path(__file__).with_name("presets")
+GROUP_DIR = Path(__file__).with_name("groups")
+PRESET_KEYS = ("preset=", "experiment=")  # experiment=: Hydra's name for a preset that sets several groups
+
+
+def group_names(section: str) -> list[str]:
+    """The choices of config group ``section`` (``model``, ``data``): YAML files under ``groups/<section>/``."""
+    return sorted(p.stem for p in (GROUP_DIR / section).glob("*.yaml"))
+
+
+def group_sections() -> list[str]:
+    return sorted(p.name for p in GROUP_DIR.iterdir() if p.is_dir())
+
+
+def _closest(value: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(value, names, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except Exception as e:
+        raise ConfigError(f"{what} {str(path)!r}: {one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r}: expected a mapping at the top level")
+    return data
+
+
+def group_layer(section: str, name: str) -> tuple[dict[str, Any], str]:
+    """``model=fam_m0`` -> ({"model": {...}}, source) from ``groups/model/fam_m0.yaml``."""
+    names = group_names(section)
+    if name not in names:
+        raise ConfigError(
+            f"{section}={name!r}: no such {section} group (available: {', '.join(names)}){_closest(name, names)}"
+        )
+    data = _read_yaml_mapping(GROUP_DIR / section / f"{name}.yaml", f"{section} group")
+    return {section: data}, f" (in {section} group {name})"
+
+
+def preset_layers(preset: str, seen: tuple[str, ...] = ()) -> list[tuple[dict[str, Any], str]]:
+    """A preset's layers: those of its ``defaults:`` presets (first to last), then its own body."""
+    path = preset_path(preset)
+    if str(path) in seen:
+        chain = " -> ".join(Path(p).stem for p in (*seen, str(path)))
+        raise ConfigError(f"preset {path.stem!r}: its defaults form a cycle ({chain})")
+    data = _read_yaml_mapping(path, "preset")
+    defaults = data.pop("defaults", [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) and d for d in defaults):
+        raise ConfigError(
+            f"preset {str(path)!r}: defaults={defaults!r} is not allowed: expected a list of preset names"
+        )
+    layers: list[tuple[dict[str, Any], str]] = []
+    for parent in defaults:
+        layers += preset_layers(parent, (*seen, str(path)))
+    return [*layers, (data, f" (in preset {path.stem})")]
 
 
 def preset_names() -> list[str]:
@@ -31,8 +97,7 @@ def preset_path(preset: str) -> Any:
     named = PRESET_DIR / f"{preset}.yaml"
     if named.is_file():
         return named
-    close = difflib.get_close_matches(str(preset), preset_names(), n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
+    hint = _closest(str(preset), preset_names())
     raise ConfigError(f"preset={preset!r}: no such preset (available: {', '.join(preset_names())}){hint}")
 
 
@@ -61,30 +126,25 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def load_run_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """schema <- preset YAML <- dotlist overrides -> a validated :class:`RunConfig`.
+    """schema <- preset (and its defaults) <- group choices <- dotlist overrides -> a validated :class:`RunConfig`.
 
     ``preset``: a name in ``famlab/config/presets`` (``tiny``, ``small``, ``paper``), a YAML path, or None
     (dataclass defaults). Raises :class:`ConfigError` (a ``ValueError``) with a one-line message.
     """
-    from omegaconf import OmegaConf
-
     overrides = list(overrides)
-    picked = [o for o in overrides if o.startswith("preset=")]
-    if picked:  # "preset=NAME" among the overrides selects the preset (the last one wins)
-        overrides = [o for o in overrides if not o.startswith("preset=")]
+    picked = [o for o in overrides if o.startswith(PRESET_KEYS)]
+    if picked:  # "preset=NAME" (or "experiment=NAME") among the overrides selects the preset (the last one wins)
+        overrides = [o for o in overrides if not o.startswith(PRESET_KEYS)]
         preset = picked[-1].split("=", 1)[1] or None
+    sections = group_sections()
+    groups = [o.split("=", 1) for o in overrides if o.split("=", 1)[0].strip() in sections]
+    overrides = [o for o in overrides if o.split("=", 1)[0].strip() not in sections]
     layers: list[tuple[dict[str, Any], str]] = []
     name = ""
     if preset:
-        path = preset_path(preset)
-        name = path.stem
-        try:
-            data = OmegaConf.to_container(OmegaConf.load(path)) or {}
-        except Exception as e:
-            raise ConfigError(f"preset {str(path)!r}: {one_line(e)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"preset {str(path)!r}: expected a mapping at the top level")
-        layers.append((data, f" (in preset {name})"))
+        layers += preset_layers(preset)
+        name = preset_path(preset).stem
+    layers += [group_layer(section.strip(), choice.strip()) for section, choice in groups]
     user = parse_overrides(list(overrides))
     if name and "preset" not in user:
         layers.append(({"preset": name}, ""))
