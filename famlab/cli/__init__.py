@@ -42,6 +42,7 @@ EXAMPLES_TRAIN = """examples:
   famlab train preset=tiny model.attention=bswa model.mem_segment=3 train.max_steps=300
   famlab train preset=small data.task=text data.stateful=true logger.wandb=online logger.group=ablation
   famlab train resume=runs/tiny-fam/20260101-120000 train.max_steps=600
+  famlab train -m preset=tiny model.fam_len=2,4,8 seed=0,1   (a grid of 6 runs, run as a sweep)
 
 sections and some keys (see famlab/config/run.py and famlab/config/data.py for all):
   model.*   attention=full|bswa|txl|fam, block_size, mem_segment, fam_len, d_model, n_layers, ...
@@ -82,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"preset=NAME (one of {', '.join(preset_names())}, or a YAML path) and dotlist settings",
     )
     p_train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p_train.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="Hydra's multirun: KEY=A,B,C lists (and range(...)) make a grid run as a sweep (famlab sweep)",
+    )
+    p_train.add_argument("--workers", type=int, default=1, help="-m: worker processes (default 1)")
 
     p_eval = sub.add_parser(
         "eval",
@@ -182,9 +190,18 @@ def run_line(run_dir: Path, mode: str, *, done: bool = False) -> str:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from famlab.cli.multirun import has_sweep, multirun_main
+
+    if args.multirun:
+        if args.workers < 1:
+            return _error(f"--workers {args.workers}: expected an integer >= 1")
+        return multirun_main(args.overrides, workers=args.workers)
     try:
         cfg = _train_config(args.overrides)
     except (ValueError, FileNotFoundError) as e:
+        swept = has_sweep(args.overrides)
+        if swept:
+            return _error(f"{swept}: several values sweep only with -m (famlab train -m {swept} ...); a list is [a,b]")
         return _error(str(e))
     if args.print_config:
         from famlab.config import run_config_to_yaml
