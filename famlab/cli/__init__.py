@@ -220,7 +220,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if global_rank() == 0:
         summary = RunDir(run_dir).read_final_metrics()
         shown = {k: v for k, v in summary.items() if k in ("step", "train/loss_recent_mean", "val/loss")}
-        print(run_line(run_dir, wandb_mode(cfg.logger.wandb), done=True))
+        print(run_line(run_dir, "disabled" if cfg.train.fast_dev_run else wandb_mode(cfg.logger.wandb), done=True))
         if shown:
             print(
                 "final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
