@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main
+from famlab.cli.complete import add_completion_parser, autocomplete, complete_setting, completion_code
+from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main, sweep_parser
 from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
 from famlab.runs import RunDir
 
@@ -64,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="famlab",
         description="Train, evaluate and ablate BSWA and TransformerFAM models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="run `famlab COMMAND --help` for the options of a command",
+        epilog="run `famlab COMMAND --help` for the options of a command; `famlab train KEY=VALUE ... --print-config`\n"
+        "prints the resolved config without training; `famlab train -m KEY=A,B ...` runs a grid as a sweep;\n"
+        'shell completion: eval "$(famlab completion bash)"',
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -81,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="key=value",
         help=f"preset=NAME (one of {', '.join(preset_names())}, or a YAML path) and dotlist settings",
-    )
+    ).completer = complete_setting
     p_train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p_train.add_argument(
         "-m",
@@ -99,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         "and add a summary to final_metrics.json.",
     )
     p_eval.add_argument("run_dir", help="a run directory (or a run-name directory: its newest run)")
-    p_eval.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. data.passkey_eval_samples=16")
+    p_eval.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="settings, e.g. data.passkey_eval_samples=16"
+    ).completer = complete_setting
     p_eval.add_argument("--checkpoint", help="a checkpoint file (default: <run_dir>/checkpoints/last.ckpt)")
     p_eval.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p_eval.add_argument("--out", help="CSV path (default: <run_dir>/eval.csv)")
@@ -116,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="run or inspect an Optuna sweep (sweeps/*.yaml); `famlab sweep --help` for its options",
         add_help=False,
+        parents=[sweep_parser(add_help=False)],  # its arguments, for shell completion (sweep_main parses them)
     )
     p_claims = sub.add_parser(
         "claims",
@@ -129,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     p_claims.add_argument("--runs-root", default="runs", help="where the default SQLite stores live (default runs/)")
     p_claims.add_argument("--markdown", action="store_true", help="print a Markdown table (paper, statement, effect)")
     p_claims.add_argument("--csv", default=None, help="also write the full scoreboard (every column) to this CSV")
+    add_completion_parser(sub)
     sub.add_parser(
         "report",
         help="execute the analysis notebooks against the sweep results, render HTML into reports/",
@@ -302,13 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``famlab`` script; returns the exit status (2 for bad settings)."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    autocomplete(parser)  # a shell asking for completions ($_ARGCOMPLETE): answer and exit
     if argv[:1] == ["sweep"]:
         return sweep_main(argv[1:])
     if argv[:1] == ["report"]:  # its own parser: famlab.report
         from famlab.report import main as report_main
 
         return report_main(argv[1:])
-    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -319,4 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_eval(args)
     if args.command == "claims":
         return cmd_claims(args)
+    if args.command == "completion":
+        print(completion_code(args.shell))
+        return 0
     return cmd_data(args, parser)

@@ -10,11 +10,14 @@ from pathlib import Path
 SWEEP_ACTIONS = ("run", "status", "worker", "dashboard")
 
 
-def _sweep_parser() -> argparse.ArgumentParser:
+def sweep_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The parser of ``famlab sweep`` (``add_help=False``: a parent of the main parser's ``sweep``, for completion)."""
+    from famlab.cli.complete import complete_setting, complete_spec
     from famlab.sweep import STORAGE_ENV
 
     parser = argparse.ArgumentParser(
         prog="famlab sweep",
+        add_help=add_help,
         description="Run or inspect an Optuna sweep. `run` starts workers on the spec's study (creating it "
         "if needed, resuming it otherwise), prints a line per trial start and end, then the ablation table; "
         "`status` lists the trials and the best one (it creates nothing: a missing store or study prints "
@@ -27,13 +30,13 @@ def _sweep_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("action", choices=SWEEP_ACTIONS)
-    parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec")
+    parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec").completer = complete_spec
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
         help="run settings for every trial (not a key the sweep varies); the study becomes <study>.<hash>",
-    )
+    ).completer = complete_setting
     parser.add_argument(
         "--study", default=None, help="the study name (default: the spec's, <study>.<hash> with overrides)"
     )
@@ -98,7 +101,7 @@ def sweep_main(argv: list[str]) -> int:
 
     if argv and argv[0] not in SWEEP_ACTIONS and not argv[0].startswith("-"):
         argv = ["run", *argv]
-    args = _sweep_parser().parse_intermixed_args(argv)
+    args = sweep_parser().parse_intermixed_args(argv)
     if bad := _sweep_args_error(args):
         print(f"famlab: error: {bad}", file=sys.stderr)
         return 2
