@@ -19,7 +19,9 @@ FAST = [*TINY, "train.max_steps=2", "data.batch_size=2"]
 
 
 def test_hydra_syntax_splits_into_base_and_grid():
-    base, grid = split_sweeps(["preset=tiny", "model.fam_len=2,4,8", "seed=range(0,2)", "data.passkey_eval_lengths=[1,2]"])
+    base, grid = split_sweeps(
+        ["preset=tiny", "model.fam_len=2,4,8", "seed=range(0,2)", "data.passkey_eval_lengths=[1,2]"]
+    )
     assert base == ["preset=tiny", "data.passkey_eval_lengths=[1,2]"]  # a bracketed list is one value
     assert grid == {"model.fam_len": [2, 4, 8], "seed": [0, 1]}
     with pytest.raises(ConfigError, match="swept twice"):

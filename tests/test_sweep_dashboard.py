@@ -47,7 +47,9 @@ def test_no_store_is_one_line_and_starts_nothing(tmp_path, capsys):
 def test_without_the_extra_it_says_how_to_install(study, capsys, monkeypatch):
     path, out_root, _ = study
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna_dashboard" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "optuna_dashboard" else real(name, *a)
+    )
     assert main(["sweep", "dashboard", path, "--out-root", str(out_root)]) == 2
     assert "pip install -e '.[dashboard]'" in capsys.readouterr().out
 
@@ -58,7 +60,18 @@ def test_dashboard_serves_http(study):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "famlab.cli", "sweep", "dashboard", path, "--out-root", str(out_root), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "famlab.cli",
+        "sweep",
+        "dashboard",
+        path,
+        "--out-root",
+        str(out_root),
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         status, deadline = None, time.monotonic() + 60  # a bounded wait for the server to come up
