@@ -16,7 +16,7 @@ SWEEP ?= memory_segment
 PROFILE ?= tiny
 WORKERS ?= 2
 
-.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status reproduce claims report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
@@ -84,6 +84,12 @@ sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite u
 
 sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running, failed, pruned
 	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE)
+
+PORT ?= 8080
+
+dashboard: $(STAMP) ## optuna-dashboard on the $(SWEEP) study ($(PROFILE)) at http://127.0.0.1:$(PORT) (installs the .[dashboard] extra)
+	$(BIN)/pip install -q -e '.[dashboard]'
+	$(BIN)/famlab sweep dashboard $(SWEEP) --profile $(PROFILE) --port $(PORT) $(if $(STORAGE),--storage '$(STORAGE)')
 
 # The studies `make reproduce` runs: every spec whose tiny profile checks a claim of the paper (block_size has no
 # claim: `make sweep SWEEP=block_size`)

@@ -172,6 +172,13 @@ class RunDir:
             return self.read_final_metrics().get(STOPPED_KEY)
         return None
 
+    def wandb_id(self) -> str | None:
+        """The id of the run's wandb run (its newest ``wandb/[offline-]run-<time>-<id>`` folder), None without one."""
+        found = sorted(
+            (p for p in (self.path / "wandb").glob("*run-*-*") if p.is_dir()), key=lambda p: p.name.split("run-", 1)[1]
+        )
+        return found[-1].name.rsplit("-", 1)[1] if found else None
+
     # --- finding runs -------------------------------------------------------------------------------
 
     @classmethod

@@ -57,3 +57,21 @@ def test_metrics_file_exists_when_nothing_was_logged(tmp_path):
     (row,) = RunDir(validated).read_metrics()
     assert row["step"] == 1 and set(row) == {"step", "time", "val/loss", "val/bits_per_token"}
     assert str(run_dir.resolve()) in set(load_runs(tmp_path)["run_dir"])
+
+
+def test_resume_continues_the_same_wandb_run(no_wandb_network, tmp_path):
+    first = train(tiny(tmp_path, "train.max_steps=2", "logger.wandb=offline", "name=wb"))
+    (run_id,) = [p.name.rsplit("-", 1)[1] for p in (first / "wandb").glob("offline-run-*")]
+    assert RunDir(first).wandb_id() == run_id
+    resumed = train(tiny(tmp_path, "train.max_steps=3", "logger.wandb=offline", "name=wb", f"resume={first}"))
+    assert resumed != first
+    runs = list((resumed / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith(f"-{run_id}")  # the same wandb run id, resumed
+    # a fresh run (no resume) gets a new id: the negative control
+    fresh = train(tiny(tmp_path, "train.max_steps=1", "logger.wandb=offline", "name=wb"))
+    assert RunDir(fresh).wandb_id() not in (None, run_id)
+    # resuming a run that had no wandb starts a new wandb run as before
+    plain = train(tiny(tmp_path, "train.max_steps=1", "logger.wandb=disabled", "name=plain"))
+    assert RunDir(plain).wandb_id() is None
+    again = train(tiny(tmp_path, "train.max_steps=2", "logger.wandb=offline", "name=plain", f"resume={plain}"))
+    assert RunDir(again).wandb_id() not in (None, run_id)

@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main
+from famlab.cli.complete import add_completion_parser, autocomplete, complete_setting, completion_code
+from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main, sweep_parser
 from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
 from famlab.runs import RunDir
 
@@ -42,6 +43,7 @@ EXAMPLES_TRAIN = """examples:
   famlab train preset=tiny model.attention=bswa model.mem_segment=3 train.max_steps=300
   famlab train preset=small data.task=text data.stateful=true logger.wandb=online logger.group=ablation
   famlab train resume=runs/tiny-fam/20260101-120000 train.max_steps=600
+  famlab train -m preset=tiny model.fam_len=2,4,8 seed=0,1   (a grid of 6 runs, run as a sweep)
 
 sections and some keys (see famlab/config/run.py and famlab/config/data.py for all):
   model.*   attention=full|bswa|txl|fam, block_size, mem_segment, fam_len, d_model, n_layers, ...
@@ -63,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="famlab",
         description="Train, evaluate and ablate BSWA and TransformerFAM models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="run `famlab COMMAND --help` for the options of a command",
+        epilog="run `famlab COMMAND --help` for the options of a command; `famlab train KEY=VALUE ... --print-config`\n"
+        "prints the resolved config without training; `famlab train -m KEY=A,B ...` runs a grid as a sweep;\n"
+        'shell completion: eval "$(famlab completion bash)"',
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -80,8 +84,15 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="key=value",
         help=f"preset=NAME (one of {', '.join(preset_names())}, or a YAML path) and dotlist settings",
-    )
+    ).completer = complete_setting
     p_train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p_train.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="Hydra's multirun: KEY=A,B,C lists (and range(...)) make a grid run as a sweep (famlab sweep)",
+    )
+    p_train.add_argument("--workers", type=int, default=1, help="-m: worker processes (default 1)")
 
     p_eval = sub.add_parser(
         "eval",
@@ -91,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         "and add a summary to final_metrics.json.",
     )
     p_eval.add_argument("run_dir", help="a run directory (or a run-name directory: its newest run)")
-    p_eval.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. data.passkey_eval_samples=16")
+    p_eval.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="settings, e.g. data.passkey_eval_samples=16"
+    ).completer = complete_setting
     p_eval.add_argument("--checkpoint", help="a checkpoint file (default: <run_dir>/checkpoints/last.ckpt)")
     p_eval.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p_eval.add_argument("--out", help="CSV path (default: <run_dir>/eval.csv)")
@@ -108,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="run or inspect an Optuna sweep (sweeps/*.yaml); `famlab sweep --help` for its options",
         add_help=False,
+        parents=[sweep_parser(add_help=False)],  # its arguments, for shell completion (sweep_main parses them)
     )
     p_claims = sub.add_parser(
         "claims",
@@ -121,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     p_claims.add_argument("--runs-root", default="runs", help="where the default SQLite stores live (default runs/)")
     p_claims.add_argument("--markdown", action="store_true", help="print a Markdown table (paper, statement, effect)")
     p_claims.add_argument("--csv", default=None, help="also write the full scoreboard (every column) to this CSV")
+    add_completion_parser(sub)
     sub.add_parser(
         "report",
         help="execute the analysis notebooks against the sweep results, render HTML into reports/",
@@ -182,9 +197,18 @@ def run_line(run_dir: Path, mode: str, *, done: bool = False) -> str:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from famlab.cli.multirun import has_sweep, multirun_main
+
+    if args.multirun:
+        if args.workers < 1:
+            return _error(f"--workers {args.workers}: expected an integer >= 1")
+        return multirun_main(args.overrides, workers=args.workers)
     try:
         cfg = _train_config(args.overrides)
     except (ValueError, FileNotFoundError) as e:
+        swept = has_sweep(args.overrides)
+        if swept:
+            return _error(f"{swept}: several values sweep only with -m (famlab train -m {swept} ...); a list is [a,b]")
         return _error(str(e))
     if args.print_config:
         from famlab.config import run_config_to_yaml
@@ -203,7 +227,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if global_rank() == 0:
         summary = RunDir(run_dir).read_final_metrics()
         shown = {k: v for k, v in summary.items() if k in ("step", "train/loss_recent_mean", "val/loss")}
-        print(run_line(run_dir, wandb_mode(cfg.logger.wandb), done=True))
+        print(run_line(run_dir, "disabled" if cfg.train.fast_dev_run else wandb_mode(cfg.logger.wandb), done=True))
         if shown:
             print(
                 "final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
@@ -295,13 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``famlab`` script; returns the exit status (2 for bad settings)."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    autocomplete(parser)  # a shell asking for completions ($_ARGCOMPLETE): answer and exit
     if argv[:1] == ["sweep"]:
         return sweep_main(argv[1:])
     if argv[:1] == ["report"]:  # its own parser: famlab.report
         from famlab.report import main as report_main
 
         return report_main(argv[1:])
-    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -312,4 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_eval(args)
     if args.command == "claims":
         return cmd_claims(args)
+    if args.command == "completion":
+        print(completion_code(args.shell))
+        return 0
     return cmd_data(args, parser)

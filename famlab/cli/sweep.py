@@ -1,4 +1,5 @@
-"""``famlab sweep {run,status,worker} SPEC``: the sweep command's parser and what each action does."""
+"""``famlab sweep {run,status,worker,dashboard} SPEC [key=value ...]``: the sweep command's parser and what each
+action does. ``key=value`` overrides go into every trial (:func:`famlab.sweep.overrides.with_overrides`)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,39 @@ import argparse
 import sys
 from pathlib import Path
 
-SWEEP_ACTIONS = ("run", "status", "worker")
+SWEEP_ACTIONS = ("run", "status", "worker", "dashboard")
 
 
-def _sweep_parser() -> argparse.ArgumentParser:
+def sweep_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The parser of ``famlab sweep`` (``add_help=False``: a parent of the main parser's ``sweep``, for completion)."""
+    from famlab.cli.complete import complete_setting, complete_spec
     from famlab.sweep import STORAGE_ENV
 
     parser = argparse.ArgumentParser(
         prog="famlab sweep",
+        add_help=add_help,
         description="Run or inspect an Optuna sweep. `run` starts workers on the spec's study (creating it "
         "if needed, resuming it otherwise), prints a line per trial start and end, then the ablation table; "
         "`status` lists the trials and the best one (it creates nothing: a missing store or study prints "
         "`no trials yet` and exits 0); "
-        "`worker` is one worker (what `run --workers N` and SLURM jobs start).",
+        "`worker` is one worker (what `run --workers N` and SLURM jobs start); "
+        "`dashboard` starts optuna-dashboard on the study's store (pip install -e '.[dashboard]').",
+        epilog="examples:\n  famlab sweep run memory_segment --workers 2\n"
+        "  famlab sweep run fam_length train.max_steps=50 train.val_every=25   (a study of its own)\n"
+        "  famlab sweep dashboard fam_length --port 8081",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("action", choices=SWEEP_ACTIONS)
-    parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec")
+    parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec").completer = complete_spec
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="run settings for every trial (not a key the sweep varies); the study becomes <study>.<hash>",
+    ).completer = complete_setting
+    parser.add_argument(
+        "--study", default=None, help="the study name (default: the spec's, <study>.<hash> with overrides)"
+    )
     parser.add_argument("--profile", default="tiny", help="the spec profile: tiny (CPU) or paper (cluster)")
     parser.add_argument("--storage", default=None, help=f"Optuna storage URL (default: ${STORAGE_ENV} or SQLite)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
@@ -37,6 +55,9 @@ def _sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--worker-index", type=int, default=None, help="worker: its index, printed before its lines (set by run)"
     )
+    parser.add_argument("--port", type=int, default=8080, help="dashboard: the HTTP port (default 8080)")
+    parser.add_argument("--host", default="127.0.0.1", help="dashboard: the address to listen on")
+    parser.add_argument("--dry-run", action="store_true", help="dashboard: print the command, start nothing")
     return parser
 
 
@@ -62,41 +83,43 @@ def missing_store(spec, storage: str) -> str | None:
 
 
 def sweep_main(argv: list[str]) -> int:
-    """``famlab sweep {run,status,worker} SPEC``; ``famlab sweep SPEC`` means run."""
+    """``famlab sweep {run,status,worker,dashboard} SPEC [key=value ...]``; ``famlab sweep SPEC`` means run."""
     import os
 
-    from famlab.analysis import ablation_text, claims_text, status_table
     from famlab.sweep import (
         STORAGE_ENV,
         WorkerError,
         default_storage,
         load_spec,
         make_storage,
-        missing_lines,
         open_study,
         redact,
         run_sweep,
         work,
     )
+    from famlab.sweep.overrides import with_overrides
 
     if argv and argv[0] not in SWEEP_ACTIONS and not argv[0].startswith("-"):
         argv = ["run", *argv]
-    args = _sweep_parser().parse_args(argv)
+    args = sweep_parser().parse_intermixed_args(argv)
     if bad := _sweep_args_error(args):
         print(f"famlab: error: {bad}", file=sys.stderr)
         return 2
     try:
-        spec = load_spec(args.spec, args.profile, validate_runs=args.action != "status")
+        spec = load_spec(args.spec, args.profile, validate_runs=False)
+        spec = with_overrides(spec, args.overrides, args.study, check=args.action in ("run", "worker"))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root)
-    if args.action == "status" and (gone := missing_store(spec, storage)):
+    if args.action in ("status", "dashboard") and (gone := missing_store(spec, storage)):
         print(gone)  # never create a store or a study to say there is none
-        return 0
+        return 0 if args.action == "status" else 1
+    if args.action == "dashboard":
+        return dashboard(storage, args.host, args.port, dry_run=args.dry_run)
     if args.action in ("run", "worker"):
         try:  # a spec that no longer matches its stored study: one line, before any trial starts
-            study = open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
+            open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -128,22 +151,63 @@ def sweep_main(argv: list[str]) -> int:
             grace=args.grace,
             threads=args.threads,
             retry_failed=args.retry_failed,
+            worker_args=[*args.overrides, *(["--study", args.study] if args.study else [])],
         )
+    return report(spec, storage, args.action)
+
+
+def report(spec, storage: str, action: str) -> int:
+    """After ``run`` (or for ``status``): the status table, the ablation table and the claims (run), then a
+    line per missing point; 1 when a run left points missing."""
+    from famlab.analysis import ablation_text, claims_text, status_table
+    from famlab.sweep import make_storage, missing_lines
+
     status = status_table(spec, storage)
     print(status)
-    table = ablation_text(spec, storage) if args.action == "run" else ""
+    table = ablation_text(spec, storage) if action == "run" else ""
     if table:
         print(f"\n{table}")
         claims = claims_text(spec, storage)
         if claims:
             print(f"\n{claims}")
-    if args.action == "status" and status.endswith("no trials yet"):
+    if action == "status" and status.endswith("no trials yet"):
         return 0
-    if args.action == "status":
-        import optuna
+    import optuna
 
-        study = optuna.load_study(study_name=spec.study_name, storage=make_storage(storage))
+    study = optuna.load_study(study_name=spec.study_name, storage=make_storage(storage))
     missing = missing_lines(study, spec)  # each point that failed by itself, and what is missing: one line each
     for line in missing:
-        print(line, file=sys.stderr if args.action == "run" else sys.stdout)
-    return 1 if missing and args.action == "run" else 0
+        print(line, file=sys.stderr if action == "run" else sys.stdout)
+    return 1 if missing and action == "run" else 0
+
+
+def dashboard_command(storage: str, host: str, port: int) -> list[str]:
+    """``optuna-dashboard STORAGE --host HOST --port PORT`` (the script next to this Python, else on PATH)."""
+    import shutil
+
+    script = Path(sys.executable).parent / "optuna-dashboard"
+    exe = str(script) if script.exists() else shutil.which("optuna-dashboard") or "optuna-dashboard"
+    return [exe, storage, "--host", host, "--port", str(port)]
+
+
+def dashboard(storage: str, host: str, port: int, *, dry_run: bool = False) -> int:
+    """``famlab sweep dashboard``: optuna-dashboard on the study's store, until Ctrl-C (``dry_run``: print it)."""
+    import importlib.util
+    import shlex
+    import subprocess
+
+    from famlab.sweep import redact
+
+    cmd = dashboard_command(storage, host, port)
+    shown = shlex.join([*cmd[:1], redact(storage), *cmd[2:]])
+    if dry_run:
+        print(shown)
+        return 0
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        print("famlab: error: optuna-dashboard is not installed: pip install -e '.[dashboard]' (or make dashboard)")
+        return 2
+    print(f"dashboard: http://{host}:{port} ({shown}; Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0

@@ -46,9 +46,11 @@ class ModelConfig(CheckedDataclass):
     rope_base: float = 10000.0
     # --- attention ---
     attention: str = "fam"  # full | bswa | txl | fam
-    block_size: int = 1024  # B: tokens per block
-    mem_segment: int = 3  # m: cached previous blocks each block attends (no per-token window)
-    fam_len: int = 64  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`)
+    # defaults: a small run whose sequence (data.seq_len 256) has 4 blocks, so blocks 3 and 4 see block 1
+    # only through FAM (the paper's B=1024, m=3, L_F=64 are preset=paper; L_F = B/16 as there)
+    block_size: int = 64  # B: tokens per block
+    mem_segment: int = 1  # m: cached previous blocks each block attends (no per-token window)
+    fam_len: int = 4  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`)
     stop_grad: bool = False  # detach the memory-segment keys/values (TransformerXL practice; not `full`)
     txl_window: int | None = None  # txl: per-token window over the memory; None = mem_segment*block_size
     # --- FAM switches ---

@@ -64,6 +64,10 @@ class TrainConfig:
     * ``devices``/``strategy``/``accelerator``/``precision``/``num_nodes``: passed to the Trainer
       (``devices=-1``: all). DDP with FAM uses ``find_unused_parameters`` (a step that starts from
       the carried/RSP state does not touch the FAM prompt).
+    * ``fast_dev_run``: Lightning's dry run: ``true`` (1 step) or N steps, one validation batch, no
+      checkpoints, no metrics rows, no wandb/CSV/TensorBoard run (the run directory holds its config).
+    * ``early_stopping_patience``: N > 0 stops training after N validations (``val_every``) without a
+      ``val/loss`` better by more than ``early_stopping_min_delta`` (Lightning's ``EarlyStopping``); 0 = off.
     """
 
     max_steps: int = 1000
@@ -91,9 +95,23 @@ class TrainConfig:
     rsp_ramp_steps: int = 0
     compile: str = "none"
     compile_mode: str = "default"
+    fast_dev_run: Any = False  # bool, or an integer number of steps
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         o = "train"
+        if not (isinstance(self.fast_dev_run, bool) or (is_int(self.fast_dev_run) and self.fast_dev_run >= 0)):
+            raise config_error(o, "fast_dev_run", self.fast_dev_run, "true, false or a number of steps >= 0")
+        check_int(o, self, "early_stopping_patience", 0, "an integer >= 0 (0 = no early stopping)")
+        check_number(o, self, "early_stopping_min_delta", 0.0)
+        if self.early_stopping_patience and not self.val_every:
+            raise config_error(
+                o,
+                "early_stopping_patience",
+                self.early_stopping_patience,
+                "0 when train.val_every=0 (it watches val/loss)",
+            )
         for key in ("max_steps", "accumulate_grad_batches", "num_nodes", "log_every"):
             check_int(o, self, key, 1)
         for key in ("warmup_steps", "val_every", "checkpoint_every", "rsp_start_step", "rsp_ramp_steps"):
@@ -150,6 +168,8 @@ class LoggerConfig:
     for the wandb host; otherwise offline), ``online``, ``offline`` (files under
     ``<run_dir>/wandb``, sync later with ``wandb sync``) or ``disabled`` (no wandb at all).
     Empty ``name`` = the run name plus its timestamp; empty ``group``/``entity`` = none.
+    ``csv``: Lightning's ``CSVLogger`` too (``<run_dir>/csv/metrics.csv``); ``tensorboard``: Lightning's
+    ``TensorBoardLogger`` (``<run_dir>/tensorboard``; needs the ``tensorboard`` package).
     """
 
     wandb: str = "auto"
@@ -158,9 +178,13 @@ class LoggerConfig:
     group: str = ""
     tags: list[str] = dataclasses.field(default_factory=list)
     name: str = ""
+    csv: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         check_choice("logger", self, "wandb", WANDB_MODES)
+        check_flag("logger", self, "csv")
+        check_flag("logger", self, "tensorboard")
         for key in ("project", "entity", "group", "name"):
             if not isinstance(getattr(self, key), str):
                 raise config_error("logger", key, getattr(self, key), "a string")

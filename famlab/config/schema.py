@@ -18,6 +18,7 @@ import typing
 from typing import Any
 
 from famlab.config.errors import ConfigError
+from famlab.config.foreign import foreign_hint
 
 
 def one_line(msg: Any) -> str:
@@ -62,6 +63,9 @@ def check_user_keys(root: type, schema: Any, data: Any, source: str) -> None:
                     raise ConfigError(f"{full}: expected a mapping of {key} settings, got {value!r}{source}")
                 walk(value, full + ".")
             elif full not in all_keys:
+                foreign = foreign_hint(full, value, all_keys)  # a Lightning/Hydra name: famlab's name for it
+                if foreign:
+                    raise ConfigError(f"{foreign[0]}: unknown key; {foreign[1]}{source}")
                 pool = [k for k in all_keys if k.startswith(prefix)] if prefix else all_keys + names
                 # a section's key given without its section ("lr=1" -> train.lr) before spelling matches
                 close = [] if prefix else [k for k in all_keys if k.endswith(f".{key}")][:1]

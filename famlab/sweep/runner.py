@@ -31,8 +31,10 @@ def run_sweep(
     grace: int | None = None,
     threads: int | None = None,
     retry_failed: bool = False,
+    worker_args: list[str] = (),
 ) -> str:
-    """Start ``workers`` worker processes on one study and wait for them. Returns the storage URL."""
+    """Start ``workers`` worker processes on one study and wait for them. Returns the storage URL.
+    ``worker_args``: more arguments of each ``famlab sweep worker`` (the command line's overrides)."""
     if workers < 1 or (threads is not None and threads < 1):
         raise ValueError(f"workers={workers} and threads={threads}: each must be an integer >= 1")
     storage_url = storage_url or os.environ.get(STORAGE_ENV) or default_storage(spec, out_root)
@@ -53,7 +55,7 @@ def run_sweep(
         except WorkerError as err:
             print(f"sweep {spec.study_name}: worker stopped: {err}", file=sys.stderr, flush=True)
         return storage_url
-    cmd = worker_command(spec, out_root, heartbeat=heartbeat, grace=grace, threads=threads)
+    cmd = [*worker_command(spec, out_root, heartbeat=heartbeat, grace=grace, threads=threads), *worker_args]
     env = {**os.environ, STORAGE_ENV: storage_url}  # in the environment: never in a process list
     procs = [
         subprocess.Popen([*cmd, "--worker-index", str(i + 1)], env=env, preexec_fn=die_with_parent)

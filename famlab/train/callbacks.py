@@ -83,7 +83,10 @@ class Checkpoints(ModelCheckpoint):
     save skips it when an earlier periodic save already wrote a ``last.ckpt``)."""
 
     def save_final(self, trainer: pl.Trainer) -> None:
-        """Save ``last.ckpt`` of the final state unless this step's is saved already (every rank calls it)."""
+        """Save ``last.ckpt`` of the final state unless this step's is saved already (every rank calls it).
+        Nothing under ``fast_dev_run`` (Lightning's dry run saves no checkpoint)."""
+        if trainer.fast_dev_run:
+            return
         if self._last_global_step_saved != trainer.global_step or not self._last_checkpoint_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from famlab.config import RunConfig
+from famlab.config import ConfigError, RunConfig
 from famlab.runs import RunDir
 
 
@@ -94,7 +94,9 @@ def wandb_mode(setting: str) -> str:
     return "online" if wandb_api_key_available() else "offline"
 
 
-def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> Logger | None:
+def make_wandb_logger(cfg: RunConfig, run_dir: Path, resume_id: str | None = None) -> Logger | None:
+    """Lightning's ``WandbLogger`` for ``logger.wandb`` (None when disabled). ``resume_id``: the wandb run id of
+    the run that ``resume=`` continues: the same wandb run goes on (``resume="allow"``), not a new one."""
     mode = wandb_mode(cfg.logger.wandb)
     if mode == "disabled":
         return None
@@ -114,6 +116,36 @@ def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> Logger | None:
         config=cfg.to_dict(),
         log_model=False,
         settings=wandb.Settings(silent=True),
+        **({"id": resume_id, "resume": "allow"} if resume_id else {}),
     )
     logger._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None, which wandb warns about
     return logger
+
+
+def file_loggers(cfg: RunConfig, run_dir: Path) -> list[Logger]:
+    """Lightning's CSV (``logger.csv``: ``<run_dir>/csv/metrics.csv``) and TensorBoard (``logger.tensorboard``:
+    ``<run_dir>/tensorboard``) loggers, as asked; none under ``train.fast_dev_run``."""
+    if cfg.train.fast_dev_run:
+        return []
+    out: list[Logger] = []
+    if cfg.logger.csv:
+        from pytorch_lightning.loggers import CSVLogger
+
+        out.append(CSVLogger(str(run_dir), name="csv", version=""))
+    if cfg.logger.tensorboard:
+        check_file_loggers(cfg)
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        out.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+    return out
+
+
+def check_file_loggers(cfg: RunConfig) -> None:
+    """A one-line :class:`ConfigError` when ``logger.tensorboard`` is on without the ``tensorboard`` package
+    (``train()`` checks before it makes the run directory)."""
+    import importlib.util
+
+    if cfg.logger.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ConfigError(
+            "logger.tensorboard=True is not allowed here: it needs the tensorboard package (pip install tensorboard)"
+        )

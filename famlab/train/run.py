@@ -41,7 +41,7 @@ from famlab.train.callbacks import (
 )
 from famlab.train.checkpoint_io import AtomicCheckpointIO
 from famlab.train.factory import resolve_pretrained
-from famlab.train.loggers import JsonlLogger, make_wandb_logger, wandb_mode
+from famlab.train.loggers import JsonlLogger, check_file_loggers, file_loggers, make_wandb_logger, wandb_mode
 from famlab.train.module import FamLightningModule
 from famlab.train.progress import progress_callbacks
 from famlab.train.quiet import quiet_lightning
@@ -92,6 +92,12 @@ def build_trainer(
     progress, bar = progress_callbacks(t.log_every)  # a step bar on a terminal, else plain lines
     callbacks: list[Callback] = [*progress, periodic, *extra_callbacks]
     validate = t.val_every > 0 and cfg.data.val_batches > 0
+    if t.early_stopping_patience and validate:
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        callbacks.append(
+            EarlyStopping("val/loss", patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta)
+        )
     trainer = pl.Trainer(
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -118,6 +124,7 @@ def build_trainer(
         use_distributed_sampler=False,
         benchmark=False,
         plugins=[checkpoint_io or AtomicCheckpointIO()],  # atomic saves in the checkpoint folder
+        fast_dev_run=t.fast_dev_run,
     )
     return trainer, periodic
 
@@ -152,6 +159,7 @@ def train(
     except ValueError as e:
         msg = " ".join(str(e).split())
         raise ConfigError("data." + msg[len("DataConfig.") :] if msg.startswith("DataConfig.") else msg) from None
+    check_file_loggers(cfg)
     ckpt_path = str(RunDir.resolve_checkpoint(cfg.resume)) if cfg.resume else None
     checkpoint_io = AtomicCheckpointIO()
     if ckpt_path:  # an unreadable checkpoint is a one-line error before any run directory exists
@@ -174,8 +182,11 @@ def train(
             extra={"run_dir": str(run_dir), "resume_from": ckpt_path, "malloc": malloc},
         )
 
-    loggers: list[Logger] = [JsonlLogger(run_dir)]
-    wb = make_wandb_logger(cfg, run_dir) if is_zero or not inherited else None
+    loggers: list[Logger] = [JsonlLogger(run_dir), *file_loggers(cfg, run_dir)]
+    resume_id = RunDir.of_checkpoint(ckpt_path).wandb_id() if ckpt_path else None  # the same wandb run goes on
+    wb = None
+    if (is_zero or not inherited) and not cfg.train.fast_dev_run:
+        wb = make_wandb_logger(cfg, run_dir, resume_id)
     if wb is not None:
         loggers.append(wb)
     extra: list[Callback] = [FinalMetrics(run, t0)]
@@ -185,7 +196,7 @@ def train(
         extra.append(AdaptiveSeqLen.from_config(cfg))
     trainer, _ = build_trainer(cfg, run_dir, loggers, extra_callbacks=extra, checkpoint_io=checkpoint_io)
     if on_start is not None and is_zero:
-        on_start(run_dir, wandb_mode(cfg.logger.wandb))
+        on_start(run_dir, "disabled" if wb is None else wandb_mode(cfg.logger.wandb))
 
     set_env = not inherited
     if set_env:
