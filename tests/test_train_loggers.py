@@ -75,3 +75,22 @@ def test_resume_continues_the_same_wandb_run(no_wandb_network, tmp_path):
     assert RunDir(plain).wandb_id() is None
     again = train(tiny(tmp_path, "train.max_steps=2", "logger.wandb=offline", "name=plain", f"resume={plain}"))
     assert RunDir(again).wandb_id() not in (None, run_id)
+
+
+def test_eval_is_logged_to_the_runs_wandb_run(no_wandb_network, tmp_path, capsys):
+    from famlab.cli import main
+
+    run_dir = train(tiny(tmp_path, "train.max_steps=2", "logger.wandb=offline", "name=wb"))
+    run_id = RunDir(run_dir).wandb_id()
+    small = ["data.passkey_eval_lengths=[1]", "data.passkey_eval_samples=2", "data.passkey_eval_depth_buckets=2"]
+    assert main(["eval", str(run_dir), *small, "--device", "cpu"]) == 0
+    assert f"wandb: logged to run {run_id} " in capsys.readouterr().out
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)  # the same run, resumed
+    (log,) = runs[-1].glob("run-*.wandb")
+    data = log.read_bytes()
+    assert b"eval/accuracy" in data and b"eval/table" in data
+    # negative control: a run without wandb gets none from its evaluation
+    plain = train(tiny(tmp_path, "train.max_steps=1", "logger.wandb=disabled", "name=plain"))
+    assert main(["eval", str(plain), *small, "--device", "cpu"]) == 0
+    assert "wandb:" not in capsys.readouterr().out and not (plain / "wandb").exists()

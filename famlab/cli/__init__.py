@@ -297,6 +297,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **summary,
         }
     )
+    from famlab.train.loggers import log_eval_to_wandb
+
+    logged = log_eval_to_wandb(cfg, run, df, summary)
+    if logged:
+        print(f"wandb: logged to run {logged} ({run.path / 'wandb'})")
     what = "overall" if "scope" in df.columns else f"mean over {len(df)} cells"
     print(f"eval {cfg.data.task} ({what}): " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
     print(f"wrote {out} and {run.final_metrics_path}")

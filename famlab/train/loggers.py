@@ -149,3 +149,31 @@ def check_file_loggers(cfg: RunConfig) -> None:
         raise ConfigError(
             "logger.tensorboard=True is not allowed here: it needs the tensorboard package (pip install tensorboard)"
         )
+
+
+def log_eval_to_wandb(cfg: RunConfig, run: RunDir, table: Any, summary: dict[str, float]) -> str | None:
+    """Add an evaluation (``famlab eval``) to the run's own wandb run: the table as ``eval/table`` and each
+    summary number as ``eval/<metric>`` in its summary. Resumes the run's wandb id (``resume="allow"``) in
+    the mode ``logger.wandb`` gives; nothing when the run had no wandb run or wandb is disabled. Returns
+    the wandb id used."""
+    run_id = run.wandb_id()
+    mode = wandb_mode(cfg.logger.wandb)
+    if run_id is None or mode == "disabled":
+        return None
+    import wandb
+
+    lc = cfg.logger
+    with wandb.init(
+        id=run_id,
+        resume="allow",
+        dir=str(run.path),
+        project=lc.project,
+        entity=lc.entity or None,
+        group=lc.group or None,
+        mode=mode,
+        settings=wandb.Settings(silent=True),
+    ) as wb:
+        wb.log({"eval/table": wandb.Table(dataframe=table)})
+        for key, value in summary.items():
+            wb.summary[f"eval/{key}"] = value
+    return run_id
