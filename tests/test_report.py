@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -48,19 +49,62 @@ def test_notebooks_are_thin_calls_into_famlab_analysis():
         assert code[1].startswith(SETUP) and code[1].count("import") == SETUP.count("import")
 
 
-def test_write_notebooks_and_a_report_without_the_notebook_folder(tmp_path):
+def test_write_notebooks_and_a_report_without_the_notebook_folder(tmp_path, monkeypatch):
     written = report.write_notebooks(tmp_path / "nb")
     assert [p.stem for p in written] == [nb.name for nb in report.NOTEBOOKS]
     assert nbformat.read(written[0], as_version=4) == report.build_notebook(report.NOTEBOOKS[0])
-    bench = tmp_path / "bench"
-    bench.mkdir()
-    write_bench_file(bench / "bench_1.json", "20260101-000000", 512, {"bswa": 0.1, "fam": 0.11}, None)
+    # a checkout whose bench/results/ is empty: the cost page reads the committed docs/results/
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    committed = tmp_path / "docs" / "results"
+    committed.mkdir(parents=True)
+    write_bench_file(committed / "bench_1.json", "20260101-000000", 512, {"bswa": 0.1, "fam": 0.11}, None)
+    monkeypatch.chdir(tmp_path / "bench")  # from a subfolder, too
     entries = report.build_report(  # an installed package without analysis/: built from the templates
-        tmp_path / "out", only=["cost"], bench_dir=bench, notebook_dir=tmp_path / "missing", quiet=True
+        tmp_path / "out", only=["cost"], notebook_dir=tmp_path / "missing", quiet=True
     )
     assert [(e.name, e.ok) for e in entries] == [("cost", True)]
-    assert entries[0].status == "1 bench files; sequence lengths [512]; variants ['bswa', 'fam']"
-    assert (tmp_path / "out" / "cost.html").exists() and "cost.html" in _html_text(tmp_path / "out" / "index.html")
+    assert entries[0].status == f"1 bench files read from {committed}; sequence lengths [512]; variants ['bswa', 'fam']"
+    page = _html_text(tmp_path / "out" / "cost.html")
+    assert f"read from {committed}" in page and "cost.html" in _html_text(tmp_path / "out" / "index.html")
+
+
+def test_inputs_are_found_from_the_working_directory_or_a_parent(tmp_path, monkeypatch):
+    """famlab.analysis.locate: runs/ with sweeps/, bench/results/ with results, else docs/results/."""
+    monkeypatch.chdir(tmp_path)
+    assert fa.runs_root() == Path("runs") and fa.bench_dir() == Path("bench/results")  # nothing anywhere
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "runs" / "sweeps").mkdir(parents=True)
+    (tmp_path / "analysis" / "runs").mkdir()  # a runs/ without stores is not the one
+    assert fa.runs_root(start=tmp_path / "analysis") == tmp_path / "runs"
+    assert fa.runs_root("elsewhere", start=tmp_path / "analysis") == Path("elsewhere")  # given: used as is
+    for folder in ("bench/results", "docs/results"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert fa.bench_dir(start=tmp_path / "analysis") == Path("bench/results")  # both empty
+    write_bench_file(tmp_path / "docs/results/bench_1.json", "20260101-000000", 512, {"fam": 0.1}, None)
+    assert fa.bench_dir(start=tmp_path / "analysis") == tmp_path / "docs/results"
+    write_bench_file(tmp_path / "bench/results/bench_2.json", "20260101-000000", 512, {"fam": 0.1}, None)
+    assert fa.bench_dir(start=tmp_path / "analysis") == tmp_path / "bench/results"  # fresh results first
+
+
+def test_a_notebook_opened_in_analysis_finds_the_checkouts_store(store, tmp_path, monkeypatch):  # noqa: F811
+    """A notebook run as Jupyter runs it (working directory analysis/, no parameters) reads the
+    study from the checkout's runs/sweeps/<study>/<profile>.db, and imports this famlab."""
+    db = tmp_path / "runs" / "sweeps" / "fam_length" / "tiny.db"
+    db.parent.mkdir(parents=True)
+    shutil.copy(store["url"].removeprefix("sqlite:///"), db)
+    (tmp_path / "analysis").mkdir()
+    cells = report.build_notebook(next(nb for nb in report.NOTEBOOKS if nb.name == "fam_length")).cells[:3]
+    cells.append(nbformat.v4.new_code_cell("import famlab\nprint(famlab.__file__)"))
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": dict(report.KERNEL)})
+    nbformat.write(nb, tmp_path / "analysis" / "fam_length.ipynb")
+    monkeypatch.chdir(tmp_path / "analysis")
+    monkeypatch.delenv("FAMLAB_STORAGE", raising=False)
+    report.execute(tmp_path / "analysis" / "fam_length.ipynb", tmp_path / "executed.ipynb", {})
+    outputs = [o for c in nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells for o in c.get("outputs", [])]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert f"study fam_length-tiny (Table 5) in sqlite:///{db}: 4 trials (complete 4)" in text
+    assert "famlab sweep run" not in text
+    assert str(Path(__file__).resolve().parents[1] / "famlab" / "__init__.py") in text  # this checkout's famlab
 
 
 # the studies the tiny store holds (the other sweeps have no trials there), and the cost notebook
