@@ -10,6 +10,7 @@ waits for the load event and every image, and returns what a small script reads 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -90,20 +91,16 @@ class Browser:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             self.send("Browser.close")
-        except (OSError, RuntimeError):
-            pass
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for fd in (self.to_browser, self.from_browser):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.profile.cleanup()
 
     def send(self, method: str, params: dict | None = None, session: bool = False) -> dict:

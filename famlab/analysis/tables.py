@@ -250,7 +250,9 @@ def paper_agreement(res: SweepResults, metric: str | None = None) -> pd.DataFram
             if settings
             else None,
         }
-        row["direction agrees with the paper"] = direction_text(rho, len(settings), row["famlab best"], row["paper best"])
+        row["direction agrees with the paper"] = direction_text(
+            rho, len(settings), row["famlab best"], row["paper best"]
+        )
         if fam and bswa:
             f, b = fam[0], bswa
             best_ours = b[int(np.nanargmax([sign * famlab_mean[s] for s in b]))]

@@ -100,8 +100,7 @@ def sweep_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
             "storage = None  # Optuna storage URL; None: $FAMLAB_STORAGE or <runs_root>/sweeps/<study>/<profile>.db\n"
             'profile = "tiny"  # the spec profile: tiny (CPU) or paper (cluster)\n'
             f'spec = "{nb.name}"  # a spec name from sweeps/ or a path to a spec YAML\n'
-            "runs_root = None  # where the default SQLite stores live; None: the nearest runs/ with sweeps/ "
-            "in this folder or a parent\n"
+            "runs_root = None  # folder of the default SQLite stores; None: the nearest runs/ with sweeps/ (here or up)\n"
             "tables_dir = None  # if set, the tables are also written there as Markdown and LaTeX",
             ["parameters"],
         ),
@@ -175,8 +174,7 @@ def cost_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
         (
             "code",
             "# Parameters (papermill overrides these)\n"
-            "bench_dir = None  # folder of famlab.bench JSON results (bench_*.json); None: bench/results/, "
-            "else the committed docs/results/\n"
+            "bench_dir = None  # folder of famlab.bench bench_*.json; None: bench/results/, else docs/results/\n"
             "tables_dir = None  # if set, the tables are also written there as Markdown and LaTeX",
             ["parameters"],
         ),

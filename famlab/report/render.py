@@ -263,7 +263,11 @@ def write_index(
             f'<tr class="{cls}"><td>{link}</td><td><code>{html.escape(e.name)}</code></td>'
             f"<td>{status_html(e.status)}</td><td>{nb_link}</td></tr>"
         )
-    where = html.escape(redact(storage)) if storage else f"default SQLite stores under {html.escape(str(runs_root))}/sweeps/"
+    where = (
+        html.escape(redact(storage))
+        if storage
+        else f"default SQLite stores under {html.escape(str(runs_root))}/sweeps/"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>famlab report</title>
 <style>
