@@ -16,7 +16,7 @@ SWEEP ?= memory_segment
 PROFILE ?= tiny
 WORKERS ?= 2
 
-.PHONY: help install install-peers postgres data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres chromium notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
@@ -36,6 +36,11 @@ postgres: ## install the PostgreSQL server binaries (Debian package) for the mul
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 	@ls /usr/lib/postgresql/*/bin/initdb
+
+chromium: ## install Chromium (Debian package) for the headless-browser test of the HTML report
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v chromium
 
 lint: $(STAMP) ## ruff lint and format check, and the import rules of docs/architecture.md (import-linter)
 	$(BIN)/ruff check .
@@ -106,6 +111,10 @@ claims: $(STAMP) ## the claims scoreboard of the $(PROFILE) sweeps: every paper 
 
 report: $(STAMP) ## execute the analysis notebooks against the $(PROFILE) sweep results, HTML into reports/ (STORAGE=URL optional)
 	$(BIN)/famlab report --profile $(PROFILE) --out reports $(if $(STORAGE),--storage '$(STORAGE)') $(REPORT_ARGS)
+
+notebook: $(STAMP) ## install JupyterLab (the .[notebook] extra) and open the analysis notebooks (analysis/)
+	$(BIN)/pip install -q -e '.[notebook]'
+	cd analysis && $(abspath $(BIN))/jupyter lab $(NOTEBOOK_ARGS)
 
 # The converted SmolLM2-135M-Instruct folder `make pretrained` writes (model.init_from=$(PRETRAINED_DIR))
 PRETRAINED_DIR ?= runs/pretrained/smollm2-135m

@@ -57,12 +57,27 @@ def test_agreement_with_table_11_by_hand():
     assert table.loc[("paper Table 11", "Isabelle")].tolist() == [65.0, 72.6, 72.0, 73.6]
     agr = fa.paper_agreement(res)
     # famlab scores -loss rank M0 < M2 < M1 < FAM; Isabelle ranks M0 < M2 < M1 < FAM too
-    assert agr.loc["Isabelle", "spearman rho"] == pytest.approx(1.0) and agr.loc["Isabelle", "agree"]
+    assert agr.loc["Isabelle", "spearman rho"] == pytest.approx(1.0)
+    assert (
+        agr.loc["Isabelle", "direction agrees with the paper"]
+        == "yes (Spearman rho=+1.00 over 4 settings; same best setting (FAM))"
+    )
+    assert "agree" not in agr.columns  # the bare True/False column is gone: the words say what agrees
     # Quality: 27.8, 26.3, 26.7, 27.9 -> ranks 3, 1, 2, 4 vs famlab 1, 3, 2, 4
     assert agr.loc["Quality", "spearman rho"] == pytest.approx(fa.spearman([1, 3, 2, 4], [3, 1, 2, 4]))
     assert agr.loc["Isabelle", "famlab FAM - best BSWA"] == pytest.approx(2.4 - 2.5)
     assert agr.loc["Isabelle", "paper FAM - best BSWA"] == pytest.approx(73.6 - 72.6)
-    assert agr["sign agrees"].all() and agr.loc["PG-19", "famlab best"] == "FAM"
+    assert agr.loc["Quality", "direction agrees with the paper"].startswith("yes (Spearman rho=+0.20 over 4 settings")
+    assert (agr["FAM vs BSWA agrees with the paper"] == "yes").all() and agr.loc["PG-19", "famlab best"] == "FAM"
+    # negative control: famlab's order reversed (M0 best, FAM worst) disagrees, and says why
+    reversed_losses = {"M0": 2.4, "M1": 2.6, "M2": 2.5, "FAM": 3.0}
+    rows = [{"variant": v, "seed": 0, "objective": x, "val/loss": x} for v, x in reversed_losses.items()]
+    flipped = fa.paper_agreement(synthetic("memory_segment", rows, ["variant"]))
+    assert (
+        flipped.loc["Isabelle", "direction agrees with the paper"]
+        == "no (Spearman rho=-1.00 over 4 settings; best setting differs: famlab M0, paper FAM)"
+    )
+    assert (flipped["FAM vs BSWA agrees with the paper"] == "no").all()
     claims = fa.paper_claims(res)
     # FAM wins and the best BSWA is M1 of M0..M2 on the means, but one seed gives no interval
     assert claims["verdict"].tolist() == ["inconclusive", "inconclusive"]
@@ -202,7 +217,7 @@ def test_columns_shaped_table_and_eval_from_store(store):  # noqa: F811
             rows = long[(long["variant"] == variant) & (long["gap"] == gap)]
             assert ev.loc[gap, variant] == pytest.approx(rows["accuracy"].mean())
     agr = fa.paper_agreement(res)
-    assert {"FAM wins (famlab)", "FAM wins (paper)", "sign agrees"} <= set(agr.columns)
+    assert {"FAM wins (famlab)", "FAM wins (paper)", "FAM vs BSWA agrees with the paper"} <= set(agr.columns)
     assert agr["FAM wins (paper)"].all()
 
 

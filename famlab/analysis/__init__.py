@@ -15,7 +15,8 @@ Typical use (the notebooks in ``analysis/`` are thin wrappers around this)::
 
 The modules: ``frames`` (the only reader of Optuna storages and run directories), ``results``
 (a sweep's trials with its spec), ``stats``, ``tables``, ``evals``, ``verdicts``, ``claims``, ``scoreboard``, ``plots``,
-``export`` and ``cost`` (bench results).
+``export``, ``cost`` (bench results) and ``locate`` (where the stores and bench results are found
+when not given: the working directory, then its parents).
 """
 
 from famlab.analysis.claims import (
@@ -44,6 +45,7 @@ from famlab.analysis.frames import (
     study_names,
     trials_frame,
 )
+from famlab.analysis.locate import bench_dir, find_up, runs_root
 from famlab.analysis.plots import METRIC_LABELS, PARAM_LABELS, plot_ablation, plot_curves, plot_eval, plot_grid
 from famlab.analysis.results import SweepResults, load_sweep, run_setting, storage_for
 from famlab.analysis.scoreboard import (
@@ -99,6 +101,7 @@ __all__ = [
     "ablation_text",
     "aggregate",
     "all_tables",
+    "bench_dir",
     "bench_summary",
     "check_claim",
     "check_kind",
@@ -112,6 +115,7 @@ __all__ = [
     "eval_values",
     "evaluate_claims",
     "export_tables",
+    "find_up",
     "format_mean_ci",
     "load_bench",
     "load_runs",
@@ -135,6 +139,7 @@ __all__ = [
     "read_curves",
     "run_config",
     "run_setting",
+    "runs_root",
     "scoreboard",
     "scoreboard_markdown",
     "scoreboard_text",

@@ -63,14 +63,18 @@ def load_bench(paths: str | Path | Iterable[str | Path] = "bench/results") -> pd
 
 
 def bench_summary(bench: pd.DataFrame, where: str | Path = "bench/results") -> str:
-    """One line on what bench results there are (or how to make some)."""
+    """One line on what bench results there are and which folder they were read from (or how to
+    make some)."""
     if bench.empty:
         return (
-            f"No bench results in {where}: run `make bench` or "
+            f"No bench results in {where} (nor committed ones in docs/results/): run `make bench` or "
             "`python -m famlab.bench --quick --no-memory --seq-len 1024` first."
         )
     lengths = sorted(int(t) for t in bench["seq_len"].dropna().unique())
-    return f"{bench['file'].nunique()} bench files; sequence lengths {lengths}; variants {sorted(bench['variant'].unique())}"
+    return (
+        f"{bench['file'].nunique()} bench files read from {where}; sequence lengths {lengths}; "
+        f"variants {sorted(bench['variant'].unique())}"
+    )
 
 
 VARIANT_ORDER = ("full", "bswa", "txl", "fam", "fam-ref")

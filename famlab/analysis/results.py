@@ -11,13 +11,15 @@ from typing import Any
 import pandas as pd
 
 from famlab.analysis.frames import load_study, run_config
+from famlab.analysis.locate import runs_root
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, default_storage, load_spec, redact
 
 
-def storage_for(spec: Any, storage: str | None = None, root: str | Path = "runs") -> str:
+def storage_for(spec: Any, storage: str | None = None, root: str | Path | None = None) -> str:
     """The storage URL of a spec's study: ``storage`` if given, else $FAMLAB_STORAGE, else the
-    default SQLite file ``<root>/sweeps/<study>/<profile>.db``."""
-    return storage or os.environ.get(STORAGE_ENV) or default_storage(spec, root)
+    default SQLite file ``<root>/sweeps/<study>/<profile>.db`` (``root`` None: the nearest ``runs/``
+    with stores, :func:`famlab.analysis.locate.runs_root`)."""
+    return storage or os.environ.get(STORAGE_ENV) or default_storage(spec, runs_root(root))
 
 
 @dataclass
@@ -107,11 +109,12 @@ def load_sweep(
     profile: str = "tiny",
     *,
     storage: str | None = None,
-    root: str | Path = "runs",
+    root: str | Path | None = None,
     config: bool = False,
 ) -> SweepResults:
     """The results of a sweep, by spec (name from ``sweeps/``, a YAML path, or a loaded
-    ``SweepSpec``) and profile. Never raises for a missing store or study: ``message`` says so."""
+    ``SweepSpec``) and profile; ``root`` None finds the stores from the working directory or a parent
+    (:func:`famlab.analysis.locate.runs_root`). Never raises for a missing store or study: ``message`` says so."""
     if not isinstance(spec, SweepSpec):
         try:
             spec = load_spec(str(spec), profile, validate_runs=False)

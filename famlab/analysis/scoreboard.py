@@ -82,7 +82,7 @@ def scoreboard(
     profile: str = "tiny",
     *,
     storage: str | None = None,
-    root: str | Path = "runs",
+    root: str | Path | None = None,
     studies: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per claim: study, the paper's table or figure, claim id, the paper's statement,

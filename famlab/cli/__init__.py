@@ -132,7 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_claims.add_argument("--profile", default="tiny", help="the spec profile (tiny or paper)")
     p_claims.add_argument("--storage", default=None, help="Optuna storage URL (default: each spec's SQLite store)")
-    p_claims.add_argument("--runs-root", default="runs", help="where the default SQLite stores live (default runs/)")
+    p_claims.add_argument(
+        "--runs-root",
+        default=None,
+        help="where the default SQLite stores live (default: the nearest runs/ with sweeps/, here or in a parent)",
+    )
     p_claims.add_argument("--markdown", action="store_true", help="print a Markdown table (paper, statement, effect)")
     p_claims.add_argument("--csv", default=None, help="also write the full scoreboard (every column) to this CSV")
     add_completion_parser(sub)

@@ -2,15 +2,17 @@
 
 ::
 
-    famlab report [--storage URL] [--profile tiny] [--out reports/] [--only fam_length,cost]
+    famlab report [--storage URL] [--profile tiny] [--out reports/] [--only fam_length,cost] [--show-code]
     famlab report --write-notebooks            # regenerate analysis/*.ipynb from the templates here
 
 Every notebook in ``analysis/`` (one per sweep spec, plus ``cost.ipynb`` for the bench results) is
 executed with papermill (its ``parameters`` cell gets the storage URL, profile, spec and the
 folders), saved executed as ``<out>/<name>.ipynb``, rendered with nbconvert's HTMLExporter (plots
-embedded as PNG images) to ``<out>/<name>.html``; ``<out>/index.html`` links them with one status
-line each. Tables also go to ``<out>/tables/`` as Markdown and LaTeX. A missing store or study
-is not an error: that notebook shows a message. Works offline.
+embedded as PNG images; the code cells hidden unless ``--show-code``) to ``<out>/<name>.html``;
+``<out>/index.html`` links them with one status line each. Tables also go to ``<out>/tables/`` as
+Markdown and LaTeX. A missing store or study is not an error: that notebook is not rendered and its
+index line says how to run it (``not run: `famlab sweep run passkey --profile tiny```); the cost
+notebook reads the committed ``docs/results/`` when ``bench/results/`` has no results. Works offline.
 
 The notebooks are generated from the templates in this module (:func:`build_notebook`), committed
 without outputs; ``--write-notebooks`` rewrites them after a template change.
@@ -61,11 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", default="tiny", help="the spec profile (tiny or paper)")
     parser.add_argument("--out", default="reports", help="output folder (default reports/)")
-    parser.add_argument("--runs-root", default="runs", help="where the default SQLite stores live (default runs/)")
-    parser.add_argument("--bench-dir", default="bench/results", help="famlab.bench JSON results for the cost notebook")
+    parser.add_argument(
+        "--runs-root",
+        default=None,
+        help="where the default SQLite stores live (default: the nearest runs/ with sweeps/, here or in a parent)",
+    )
+    parser.add_argument(
+        "--bench-dir",
+        default=None,
+        help="famlab.bench JSON results for the cost notebook (default: bench/results/, else the committed "
+        "docs/results/)",
+    )
     parser.add_argument("--only", default=None, help="comma list of notebooks, e.g. fam_length,cost")
     parser.add_argument("--notebooks", default=None, help="folder of the notebooks (default: analysis/)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument(
+        "--show-code", action="store_true", help="keep the notebooks' code cells in the HTML (hidden by default)"
+    )
     parser.add_argument(
         "--write-notebooks", action="store_true", help="regenerate analysis/*.ipynb from the templates and exit"
     )
@@ -85,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             only=only,
             notebook_dir=args.notebooks,
             timeout=args.timeout,
+            show_code=args.show_code,
         )
     except ValueError as err:
         print(f"famlab report: error: {err}", file=sys.stderr)

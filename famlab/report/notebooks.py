@@ -88,8 +88,9 @@ def sweep_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
             f"# {nb.title}\n\n{nb.about}\n\n"
             "famlab's objective is usually a loss (lower is better); the paper's numbers are task scores "
             "(higher is better). The tables show famlab's seed means beside the paper's numbers; the agreement "
-            "table compares the *orderings* (Spearman rank correlation of famlab's score, the negated loss, "
-            "with the paper's score).\n\n"
+            "table compares the *orderings*: its column *direction agrees with the paper* is yes when famlab's "
+            "score (the negated loss) and the paper's score rank the settings alike (Spearman rho > 0), and "
+            "says whether the best setting is the same too.\n\n"
             "Re-run with `famlab report` or `papermill` (parameters below).",
             [],
         ),
@@ -99,7 +100,7 @@ def sweep_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
             "storage = None  # Optuna storage URL; None: $FAMLAB_STORAGE or <runs_root>/sweeps/<study>/<profile>.db\n"
             'profile = "tiny"  # the spec profile: tiny (CPU) or paper (cluster)\n'
             f'spec = "{nb.name}"  # a spec name from sweeps/ or a path to a spec YAML\n'
-            'runs_root = "runs"  # where the default SQLite stores live\n'
+            "runs_root = None  # folder of the default SQLite stores; None: the nearest runs/ with sweeps/ (here or up)\n"
             "tables_dir = None  # if set, the tables are also written there as Markdown and LaTeX",
             ["parameters"],
         ),
@@ -173,14 +174,16 @@ def cost_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
         (
             "code",
             "# Parameters (papermill overrides these)\n"
-            'bench_dir = "bench/results"  # folder of famlab.bench JSON results (bench_*.json)\n'
+            "bench_dir = None  # folder of famlab.bench bench_*.json; None: bench/results/, else docs/results/\n"
             "tables_dir = None  # if set, the tables are also written there as Markdown and LaTeX",
             ["parameters"],
         ),
         (
             "code",
             setup_source(
-                'bench = fa.load_bench(bench_dir)\ndisplay(Markdown(f"**{fa.bench_summary(bench, bench_dir)}**"))'
+                "bench_dir = fa.bench_dir(bench_dir)\n"
+                "bench = fa.load_bench(bench_dir)\n"
+                'display(Markdown(f"**{fa.bench_summary(bench, bench_dir)}**"))'
             ),
             [],
         ),

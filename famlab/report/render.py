@@ -17,30 +17,40 @@ from famlab.resources import notebook_dir as default_notebook_dir
 class Entry:
     name: str
     title: str
-    status: str  # one line: what the notebook found
-    ok: bool  # executed without an error
+    status: str  # one line: what the notebook found (`backticks` mark a command)
+    ok: bool  # executed without an error (a skipped notebook is ok)
     html: str = ""
     ipynb: str = ""
     seconds: float = 0.0
 
 
-def status_line(nb: NotebookSpec, params: dict[str, Any]) -> str:
-    """The index line of one notebook: what its sweep (or bench folder) holds."""
+def status_line(nb: NotebookSpec, params: dict[str, Any]) -> tuple[str, bool]:
+    """The index line of one notebook (what its sweep or bench folder holds) and whether there is
+    anything to analyse: a study without trials is ``not run: `famlab sweep run X --profile P```,
+    and its notebook is not rendered (nor one without completed trials, nor the cost notebook
+    without bench results)."""
     from famlab import analysis as fa
 
     if nb is COST_NOTEBOOK:
-        return fa.bench_summary(fa.load_bench(params["bench_dir"]), params["bench_dir"])
+        bench = fa.load_bench(params["bench_dir"])
+        return fa.bench_summary(bench, params["bench_dir"]), not bench.empty
     res = fa.load_sweep(params["spec"], params["profile"], storage=params["storage"], root=params["runs_root"])
-    return res.summary()
+    if res.ok:
+        return res.summary(), True
+    if res.spec is not None and res.trials.empty and not res.message.startswith("No results: cannot read"):
+        return f"not run: `famlab sweep run {Path(res.spec.path).stem} --profile {res.spec.profile}`", False
+    return res.message, False
 
 
-def to_html(notebook_path: str | Path, html_path: str | Path) -> Path:
-    """Render an executed notebook to standalone HTML (images embedded as data URIs)."""
+def to_html(notebook_path: str | Path, html_path: str | Path, *, show_code: bool = False) -> Path:
+    """Render an executed notebook to standalone HTML (images embedded as data URIs); the code
+    cells' inputs are left out unless ``show_code`` (their outputs and the Markdown stay)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook_path, as_version=4)
     exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input = not show_code
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
@@ -88,17 +98,23 @@ def build_report(
     *,
     storage: str | None = None,
     profile: str = "tiny",
-    runs_root: str | Path = "runs",
-    bench_dir: str | Path = "bench/results",
+    runs_root: str | Path | None = None,
+    bench_dir: str | Path | None = None,
     only: list[str] | None = None,
     notebook_dir: str | Path | None = None,
     timeout: int = 600,
     quiet: bool = False,
+    show_code: bool = False,
 ) -> list[Entry]:
-    """Execute the notebooks (all, or ``only`` these names), render HTML and the index. The
+    """Execute the notebooks (all, or ``only`` these names) that have data, render HTML (code hidden
+    unless ``show_code``) and the index; a notebook without data gets only its index line. The
     notebooks come from ``notebook_dir`` (default :func:`famlab.resources.notebook_dir`; built from the templates when
-    that folder does not exist, e.g. for an installed package)."""
+    that folder does not exist, e.g. for an installed package). ``runs_root`` and ``bench_dir`` None:
+    found from the working directory or a parent (:mod:`famlab.analysis.locate`)."""
     import tempfile
+
+    from famlab.analysis.locate import bench_dir as find_bench_dir
+    from famlab.analysis.locate import runs_root as find_runs_root
 
     chosen = [nb for nb in NOTEBOOKS if only is None or nb.name in only]
     unknown = sorted(set(only or []) - {nb.name for nb in NOTEBOOKS})
@@ -115,25 +131,34 @@ def build_report(
         tmp = tempfile.TemporaryDirectory()
         src = Path(tmp.name)
         write_notebooks(src)
+    runs_root = find_runs_root(runs_root).resolve()
+    bench_dir = find_bench_dir(bench_dir).resolve()
     entries = []
     try:
         for nb in chosen:
             if nb is COST_NOTEBOOK:
-                params = {"bench_dir": str(Path(bench_dir).resolve()), "tables_dir": str(tables)}
+                params = {"bench_dir": str(bench_dir), "tables_dir": str(tables)}
             else:
                 params = {
                     "storage": storage,
                     "profile": profile,
                     "spec": nb.name,
-                    "runs_root": str(Path(runs_root).resolve()),
+                    "runs_root": str(runs_root),
                     "tables_dir": str(tables),
                 }
             t0 = time.perf_counter()
             try:
-                status = status_line(nb, params)
+                status, has_data = status_line(nb, params)
             except Exception as err:  # the notebook shows the details
-                status = f"cannot read results: {err}"
+                status, has_data = f"cannot read results: {err}", True
             ok, executed = True, out / f"{nb.name}.ipynb"
+            for stale in (executed, out / f"{nb.name}.html"):  # an earlier report's page of it
+                stale.unlink(missing_ok=True)
+            if not has_data:
+                entries.append(Entry(nb.name, nb.title, status, ok))
+                if not quiet:
+                    print(f"skip {nb.name:16s}        {status}", flush=True)
+                continue
             try:
                 logs.mkdir(exist_ok=True)
                 log = logs / f"{nb.name}.log"
@@ -144,7 +169,7 @@ def build_report(
                 status = f"notebook failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}"
             entry = Entry(nb.name, nb.title, status, ok, seconds=time.perf_counter() - t0)
             if executed.exists():
-                to_html(executed, out / f"{nb.name}.html")
+                to_html(executed, out / f"{nb.name}.html", show_code=show_code)
                 entry.html, entry.ipynb = f"{nb.name}.html", executed.name
             entries.append(entry)
             if not quiet:
@@ -153,7 +178,7 @@ def build_report(
         if tmp is not None:
             tmp.cleanup()
     board = claims_board(profile, storage, runs_root)
-    write_index(out, entries, profile=profile, storage=storage, board=board)
+    write_index(out, entries, profile=profile, storage=storage, board=board, runs_root=runs_root)
     return entries
 
 
@@ -208,7 +233,23 @@ def title_html(title: str) -> str:
     return html.escape(title.replace("<sub>", "_").replace("</sub>", ""))
 
 
-def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str | None, board: Any = None) -> Path:
+def status_html(status: str) -> str:
+    """A status line as HTML: escaped, with `backticked` commands as code."""
+    parts = html.escape(status).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: plain text
+        return html.escape(status)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def write_index(
+    out: Path,
+    entries: list[Entry],
+    *,
+    profile: str,
+    storage: str | None,
+    board: Any = None,
+    runs_root: str | Path = "runs",
+) -> Path:
     """``<out>/index.html``: the claims scoreboard (where ``board`` is given), then one row per
     notebook with its status line and links."""
     from famlab.sweep.spec import redact
@@ -217,12 +258,16 @@ def write_index(out: Path, entries: list[Entry], *, profile: str, storage: str |
     for e in entries:
         link = f'<a href="{html.escape(e.html)}">{title_html(e.title)}</a>' if e.html else title_html(e.title)
         nb_link = f'<a href="{html.escape(e.ipynb)}">ipynb</a>' if e.ipynb else ""
-        cls = "fail" if not e.ok else "empty" if e.status.startswith("No ") else "ok"
+        cls = "fail" if not e.ok else "ok" if e.html else "empty"
         rows.append(
             f'<tr class="{cls}"><td>{link}</td><td><code>{html.escape(e.name)}</code></td>'
-            f"<td>{html.escape(e.status)}</td><td>{nb_link}</td></tr>"
+            f"<td>{status_html(e.status)}</td><td>{nb_link}</td></tr>"
         )
-    where = html.escape(redact(storage)) if storage else "default SQLite stores under runs/sweeps/"
+    where = (
+        html.escape(redact(storage))
+        if storage
+        else f"default SQLite stores under {html.escape(str(runs_root))}/sweeps/"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>famlab report</title>
 <style>
