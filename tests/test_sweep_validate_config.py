@@ -163,3 +163,32 @@ def test_train_checks_what_the_sweep_checks(tmp_path, capsys):
     with pytest.raises(ValueError, match="data.seq_len=128"):
         check_trainable(load_run_config("tiny", ["data.seq_len=128"]))
     check_trainable(load_run_config("tiny"))  # negative control
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.d_model=1000000000", "model.d_model=1000000000 is not allowed: a training step needs at least"),
+        ("data.seq_len=100000000000000000000", "data.seq_len=100000000000000000000 is not allowed: a training step"),
+        ("seed=100000000000000000000000", "seed=100000000000000000000000 is not allowed: expected an integer in [0,"),
+    ],
+)
+def test_huge_sizes_are_one_line_and_exit_2(tmp_path, capsys, override, message):
+    assert main(["train", "preset=tiny", override, f"out_dir={tmp_path}"]) == 2
+    err = _one_error_line(capsys)
+    assert message in err
+    assert not list(tmp_path.iterdir())  # refused before any allocation or run directory
+
+
+def test_the_memory_estimate_names_the_key_and_the_estimate():
+    big_block = load_run_config("tiny", ["model.block_size=100000"])  # one block padded to 100000 tokens
+    with pytest.raises(ValueError) as err:
+        check_trainable(big_block, memory=8 * 2**30)
+    msg = str(err.value)
+    assert msg.startswith("model.block_size=100000 is not allowed: a training step needs at least 150 GiB")
+    assert "more than the 8 GiB this machine has" in msg and "\n" not in msg
+    check_trainable(big_block, memory=TIB)  # allowed where it fits: one block of causal attention
+    check_trainable(load_run_config("tiny", ["model.block_size=512"]), memory=8 * 2**30)  # block = seq_len
+    # a memory segment longer than the sequence costs nothing more (the model cuts it to the blocks there are)
+    huge_m = load_run_config("tiny", ["model.mem_segment=100000", "model.attention=bswa"])
+    check_trainable(huge_m, memory=2**30)
