@@ -81,7 +81,8 @@ def test_run_config_checks_and_name():
     assert RunConfig(preset="tiny").run_name == "tiny-fam" and RunConfig(name="mine").run_name == "mine"
     assert RunConfig(model=ModelConfig(attention="bswa")).run_name == "run-bswa"
     for changes, message in [
-        (dict(seed=-1), "run.seed=-1 is not allowed: expected an integer >= 0"),
+        (dict(seed=-1), "run.seed=-1 is not allowed: expected an integer in [0, 4294967295]"),
+        (dict(seed=2**32), "run.seed=4294967296 is not allowed: expected an integer in [0, 4294967295]"),
         (dict(name="a/b"), "run.name='a/b' is not allowed: expected a string without '/'"),
         (dict(name=".."), "run.name='..' is not allowed"),
         (dict(out_dir=""), "run.out_dir='' is not allowed: expected a non-empty path"),

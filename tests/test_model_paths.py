@@ -190,3 +190,33 @@ def test_dtypes_match_fp32(dtype, tol):
     assert out.dtype == dtype
     assert_close(out.float(), ref(toks), tol=tol, what=str(dtype))
     assert_close(stream(other, toks, [5]).float(), out.float(), tol=tol / 10 if dtype == torch.float64 else tol)
+
+
+# ---------------------------------------------------------------- a memory segment longer than the sequence
+
+
+@pytest.mark.parametrize("attention", ["bswa", "txl", "fam"])
+@pytest.mark.parametrize("impl", ["fast", "layer_major", "reference"])
+def test_a_memory_segment_longer_than_the_sequence_changes_nothing(attention, impl):
+    """m = 100000 on 4 blocks reads what m = n_blocks - 1 reads (and carries the same state into a second
+    chunk), without allocating memory for blocks that cannot exist (the paths cut m to what the chunk holds)."""
+    from famlab.model.memory import SegmentMemory
+
+    cfg = tiny_cfg(attention=attention, mem_segment=3)
+    huge = tiny_cfg(attention=attention, mem_segment=100000, txl_window=cfg.window)
+    small, big = make_model(cfg), FamLM(huge).eval()
+    big.load_state_dict(small.state_dict())  # the same weights
+    toks = tokens(cfg, 2, 4 * cfg.block_size)
+    with torch.no_grad():
+        a, state_a = small(toks, impl=impl, return_state=True)
+        b, state_b = big(toks, impl=impl, return_state=True)
+        # equal up to float rounding: m=100000 is cut to the 4 blocks the chunk holds (one more than any block
+        # reads, so the state keeps them all), so the softmax sees one more masked block than m=3 does
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        if impl != "reference":  # the reference path returns no state
+            again = tokens(cfg, 2, 3 * cfg.block_size, seed=2)  # after 4 blocks of memory: more than m=3
+            a2, b2 = small(again, impl=impl, state=state_a), big(again, impl=impl, state=state_b)
+            assert state_b.layers[0].mem_k.shape[2] == 4 * cfg.block_size > state_a.layers[0].mem_k.shape[2]
+            assert not torch.equal(a2, b2)  # negative control: m=3 forgot the oldest block m=100000 keeps
+    assert SegmentMemory.within_reach(huge, 4, 0).mem_segment == 4  # what the parallel paths pad for
+    assert SegmentMemory.within_reach(cfg, 4, 0) is cfg  # a segment within reach is left as it is

@@ -5,6 +5,7 @@
 * :mod:`~famlab.config.data`: :class:`DataConfig`, every data and evaluation setting
 * :mod:`~famlab.config.run`: :class:`RunConfig` and its training, logger and LoRA sections
 * :mod:`~famlab.config.schema`: a nested dataclass as an OmegaConf schema (unknown keys, merging, building)
+* :mod:`~famlab.config.trainable`: :func:`check_trainable`, what ``famlab train`` and sweeps check before building
 * :mod:`~famlab.config.loading`: presets (``presets/*.yaml``), overrides, run files -> :class:`RunConfig`
 """
 
@@ -56,6 +57,7 @@ from famlab.config.run import (
     RunConfig,
     TrainConfig,
 )
+from famlab.config.trainable import check_trainable, parameter_count, training_bytes
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -90,6 +92,9 @@ __all__ = [
     "check_keys",
     "reject_unknown_keys",
     "check_number",
+    "check_trainable",
+    "parameter_count",
+    "training_bytes",
     "config_error",
     "is_finite",
     "is_int",

@@ -36,6 +36,7 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 TRAIN_COMPILE = ("none", "fam_scan", "fam_update", "model")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+SEED_MAX = 2**32 - 1  # numpy.random.seed's (and so Lightning's seed_everything's) largest seed
 
 
 @dataclass
@@ -246,7 +247,10 @@ class RunConfig:
     resume: str | None = None
 
     def __post_init__(self) -> None:
-        check_int("run", self, "seed", 0)
+        if not (is_int(self.seed) and 0 <= self.seed <= SEED_MAX):
+            raise config_error(
+                "run", "seed", self.seed, f"an integer in [0, {SEED_MAX}] (numpy's and torch's seed range)"
+            )
         if not (isinstance(self.out_dir, str) and self.out_dir):
             raise config_error("run", "out_dir", self.out_dir, "a non-empty path")
         if not isinstance(self.name, str) or "/" in self.name or self.name in (".", ".."):

@@ -40,15 +40,16 @@ from typing import Any
 import numpy as np
 
 from famlab.config import DataConfig, config_error
+from famlab.config.trainable import (
+    FILLER,
+    INSTRUCTION,
+    KEY_SENTENCE,
+    QUESTION,
+    check_passkey_fits,
+    check_passkey_vocab,
+)
 from famlab.data.base import Task
 
-INSTRUCTION = (
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-    "I will quiz you about the important information there.\n"
-)
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-KEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key. "
-QUESTION = "\nWhat is the pass key? The pass key is "
 PAD = 0  # right padding byte after an example (weight 0)
 
 
@@ -210,21 +211,10 @@ def encode(text: str) -> np.ndarray:
 
 def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
     """The Pieces of ``cfg.tokenizer`` (checked against the model's ``vocab_size``)."""
+    check_passkey_vocab(cfg, vocab_size)
     if cfg.tokenizer == "bytes":
-        if vocab_size < 128:
-            raise ValueError(
-                f"vocab_size={vocab_size} is not allowed for task='passkey': expected >= 128 (ASCII bytes)"
-            )
         return byte_pieces(cfg.passkey_instruction)
     if cfg.tokenizer == "symbols":
-        if vocab_size <= SYMBOL_FILLER0 + 1:
-            raise config_error(
-                "DataConfig",
-                "tokenizer",
-                cfg.tokenizer,
-                f"a model with vocab_size > {SYMBOL_FILLER0 + 1} (pad, 10 digits, 2 markers, filler symbols); "
-                f"it has {vocab_size}",
-            )
         return symbol_pieces(vocab_size)
     tok = load_tokenizer(cfg.tokenizer)
     if len(tok) > vocab_size:
@@ -244,16 +234,7 @@ class PasskeyTask(Task):
     def __init__(self, cfg: DataConfig, *, vocab_size: int, block_size: int):
         super().__init__(cfg, vocab_size=vocab_size, block_size=block_size)
         self.pieces = pieces_for(cfg, vocab_size)
-        need = self.pieces.fixed_len("9" * cfg.passkey_key_digits)
-        if cfg.min_seq_len + 1 < need:
-            raise config_error(
-                "DataConfig",
-                cfg.min_seq_len_key,
-                getattr(cfg, cfg.min_seq_len_key),
-                f"every seq_len >= {need - 1} for a passkey prompt (passkey_instruction="
-                f"{cfg.passkey_instruction}, passkey_key_digits={cfg.passkey_key_digits}); "
-                "set passkey_instruction=false for shorter prompts",
-            )
+        check_passkey_fits(cfg, self.pieces.fixed_len("9" * cfg.passkey_key_digits))
 
     def length_range(self, row_len: int) -> tuple[int, int]:
         cfg, B = self.cfg, self.block_size

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from famlab.config import DataConfig
+from famlab.config.trainable import check_recall_fits
 from famlab.data.base import Task
 
 PAD = 0
@@ -43,22 +44,11 @@ class RecallTask(Task):
 
     def __init__(self, cfg: DataConfig, *, vocab_size: int, block_size: int):
         super().__init__(cfg, vocab_size=vocab_size, block_size=block_size)
-        used = 1 + cfg.recall_noise_vocab + cfg.recall_key_vocab + cfg.recall_value_vocab
-        if used > vocab_size:
-            raise ValueError(
-                f"DataConfig.recall_noise_vocab+recall_key_vocab+recall_value_vocab="
-                f"{used - 1} is not allowed: expected at most vocab_size - 1 = {vocab_size - 1} (token 0 is padding)"
-            )
+        check_recall_fits(cfg, vocab_size)
         self.noise_base = 1
         self.key_base = 1 + cfg.recall_noise_vocab
         self.value_base = self.key_base + cfg.recall_key_vocab
         self.body = 2 * cfg.recall_num_pairs + 2 * cfg.num_queries
-        if cfg.min_seq_len + 1 < self.body:
-            key = cfg.min_seq_len_key
-            raise ValueError(
-                f"DataConfig.{key}={getattr(cfg, key)!r} is not allowed: expected every seq_len >= "
-                f"{self.body - 1} for {cfg.recall_num_pairs} pairs and {cfg.num_queries} queries"
-            )
 
     def example(self, rng: np.random.Generator, gap: int) -> tuple[np.ndarray, np.ndarray]:
         """One example with a gap of ``gap`` tokens: tokens [2N + gap + 2Q], weights (same shape)."""

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from famlab.config import config_error, reject_unknown_keys
 from famlab.resources import spec_file
+from famlab.sweep.validate import validate_trials
 
 STORAGE_ENV = "FAMLAB_STORAGE"
 SAMPLERS = ("tpe", "random")
@@ -227,7 +228,7 @@ def _trial_settings(owner: str, pick: Callable[[str, Any], Any]) -> dict[str, An
         raise config_error(owner, "seeds", seeds, "a non-empty list of integers")
     objective = pick("objective", None) or {}
     reject_unknown_keys(f"{owner}.objective", objective, ("metric", "direction"))
-    metric, direction = objective.get("metric", "val_loss"), objective.get("direction", "minimize")
+    metric, direction = objective.get("metric", "val/loss"), objective.get("direction", "minimize")
     if direction not in DIRECTIONS:
         raise config_error(owner, "objective.direction", direction, "one of " + ", ".join(DIRECTIONS))
     max_retries = pick("max_retries", 2)
@@ -306,30 +307,6 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
     if validate_runs:
         validate_trials(spec)
     return spec
-
-
-def validate_trials(spec: SweepSpec) -> None:
-    """Resolve the run config of every trial (grid) or of the space's corners (search) so a typo'd
-    key or a bad value fails now, naming the trial, not an hour into the sweep."""
-    from famlab.config import load_run_config
-
-    if spec.grid is not None:
-        candidates = spec.grid_points()
-    else:
-        candidates = []
-        for corner in ("low", "high"):
-            params = {}
-            for key, p in spec.space.items():
-                params[key] = p.choices[0 if corner == "low" else -1] if p.type == "categorical" else getattr(p, corner)
-                if p.type == "int":
-                    params[key] = int(params[key])
-            candidates.append(params)
-    for params in candidates:
-        try:
-            load_run_config(spec.preset, spec.trial_overrides(params))
-        except ValueError as err:
-            shown = ", ".join(f"{k}={v}" for k, v in params.items())
-            raise ValueError(f"{Path(spec.path).stem}: trial ({shown}) has a bad run config: {err}") from None
 
 
 def default_storage(spec: SweepSpec, root: str | Path = "runs") -> str:

@@ -47,11 +47,13 @@ from famlab.sweep.storage import make_storage, open_study
 # `famlab train`'s exit status for a non-finite training loss (famlab.train.stops.EXIT_DIVERGED; a test
 # holds the two equal): the same config and seed diverge again, so such a trial is not retried unchanged
 TRAIN_EXIT_DIVERGED = 3
+# `famlab train`'s (and `famlab eval`'s) exit status for bad settings: the same settings are refused again
+TRAIN_EXIT_BAD_SETTINGS = 2
 
 
 class TrialFailed(Exception):
     """A trial that failed by itself (bad value, crash, NaN): recorded, maybe retried, never fatal.
-    ``deterministic``: it would fail the same way again (divergence), so it is not retried."""
+    ``deterministic``: it would fail the same way again (divergence, settings famlab train refuses), so it is not retried."""
 
     def __init__(self, message: str, deterministic: bool = False):
         super().__init__(message)
@@ -197,6 +199,8 @@ def run_trial(
         trial.set_user_attr("run_dir", str(run_dir))
     if code == TRAIN_EXIT_DIVERGED:
         raise TrialFailed(f"diverged, not retried (the same config diverges again): {_log_tail(log_path)}", True)
+    if code == TRAIN_EXIT_BAD_SETTINGS:
+        raise TrialFailed(f"bad settings, not retried (famlab train refuses them again): {_log_tail(log_path)}", True)
     if code != 0:
         raise TrialFailed(f"famlab train exited with {code}: {_log_tail(log_path)}")
     if run_dir is None or not run_dir.is_complete():
@@ -205,7 +209,12 @@ def run_trial(
         eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu"]
         code = _run_child(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
         if code != 0:
-            raise TrialFailed(f"famlab eval exited with {code}: {_log_tail(trial_dir / 'eval.log')}")
+            tail = _log_tail(trial_dir / "eval.log")
+            if code == TRAIN_EXIT_BAD_SETTINGS:
+                raise TrialFailed(
+                    f"bad evaluation settings, not retried (famlab eval refuses them again): {tail}", True
+                )
+            raise TrialFailed(f"famlab eval exited with {code}: {tail}")
         if run_dir.eval_path.exists():
             import pandas as pd
 

@@ -29,7 +29,7 @@ from pytorch_lightning.loggers import Logger
 
 from famlab import provenance
 from famlab.allocator import reuse_freed_memory
-from famlab.config import ConfigError, RunConfig, run_config_to_yaml
+from famlab.config import ConfigError, RunConfig, check_trainable, run_config_to_yaml
 from famlab.data import build_datamodule
 from famlab.runs import RunDir
 from famlab.train.callbacks import (
@@ -148,6 +148,7 @@ def train(
     quiet_lightning()
     t0 = time.time()
     cfg = resolve_pretrained(cfg)
+    check_trainable(cfg)  # what a sweep checks on every trial before its first: task fit, sizes
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     malloc = "default"

@@ -6,6 +6,8 @@ layer-major) or a list of per-block (k, v) pairs (reference, wavefront)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -24,6 +26,17 @@ class SegmentMemory:
         self.stop_grad = cfg.detach_memory
         self.window = cfg.window
         self.capacity = None if self.full else self.m * self.B
+
+    @staticmethod
+    def within_reach(cfg: ModelConfig, n_blk: int, mem_len: int) -> ModelConfig:
+        """``cfg`` with ``mem_segment`` cut to the blocks a chunk of ``n_blk`` blocks after ``mem_len`` memory
+        keys holds (the state's and the chunk's own): no block can read more, and the state after the chunk
+        keeps as many, so the results are the same while a memory segment longer than the sequence costs
+        nothing more (no padding for blocks that cannot exist). A txl window keeps its width."""
+        most = -(-mem_len // cfg.block_size) + n_blk
+        if cfg.attention == "full" or cfg.mem_segment <= most:
+            return cfg
+        return dataclasses.replace(cfg, mem_segment=most, txl_window=cfg.window)
 
     @staticmethod
     def applies(cfg: ModelConfig) -> bool:

@@ -27,13 +27,13 @@ def check_block_aligned(model, state: FamState) -> None:
 def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
     if model.cfg.attention == "full":
         return forward_full(model, x, state)
-    cfg = model.cfg
     b, T, d = x.shape
+    check_block_aligned(model, state)
+    n_blk = -(-T // model.cfg.block_size)  # blocks, the last one possibly partial
+    cfg = SegmentMemory.within_reach(model.cfg, n_blk, state.layers[0].mem_k.shape[2])
     B, L_F, P = cfg.block_size, cfg.effective_fam_len, cfg.fam_prev_blocks
     segment, fam_memory = SegmentMemory(cfg), FamMemory(cfg)
-    check_block_aligned(model, state)
     g0 = state.pos // B  # absolute index of the first block
-    n_blk = -(-T // B)  # blocks, the last one possibly partial
     n_full = T // B  # complete blocks: only these update the FAM
     Tp = n_blk * B
     x = F.pad(x, (0, 0, 0, Tp - T))  # zero rows after the end; causal masking hides them

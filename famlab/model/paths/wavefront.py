@@ -97,8 +97,8 @@ def stacked_params(model) -> dict[str, Tensor | None]:
 
 
 def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
-    cfg = model.cfg
     b, T, d = x.shape
+    cfg = SegmentMemory.within_reach(model.cfg, -(-T // model.cfg.block_size), state.layers[0].mem_k.shape[2])
     B, m, L_F, P = cfg.block_size, cfg.mem_segment, cfg.effective_fam_len, cfg.fam_prev_blocks
     H, G, D = cfg.n_heads, cfg.kv_heads, cfg.head_dim
     L, Q = len(model.layers), L_F + B  # Q rows per block: [F; X]
@@ -200,7 +200,7 @@ def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
 def final_state(model, state: FamState, T: int, fams, mems, olds, part, fam_cos, fam_sin) -> FamState:
     """The state after the chunk's T tokens, as the layer-major path leaves it, from the wavefront's
     per-layer FAM, memory blocks, older FAM keys and partial block."""
-    cfg = model.cfg
+    cfg = SegmentMemory.within_reach(model.cfg, -(-T // model.cfg.block_size), state.layers[0].mem_k.shape[2])
     B, m, L_F, P = cfg.block_size, cfg.mem_segment, cfg.effective_fam_len, cfg.fam_prev_blocks
     n_full = T // B
     empty = state.layers[0].mem_k[:, :, :0]

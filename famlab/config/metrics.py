@@ -1,0 +1,37 @@
+"""The metric names a run writes, by its config: what a sweep's objective and ``metrics:`` may name.
+
+``final_metrics.json`` (:mod:`famlab.train.callbacks`) holds the counters and losses below, the validation
+loss when ``data.val_batches`` > 0, and, after ``famlab eval``, an ``eval`` section that sweeps read flattened
+as ``eval/<name>`` (its numbers by task, as ``famlab.cli.summarize_eval`` writes them). ``metrics.jsonl``
+holds the per-step ``train/...`` and ``val/...`` rows (:mod:`famlab.train.module`); a sweep's objective is
+read from ``final_metrics.json`` (and from ``metrics.jsonl`` by a pruner). Tests hold these lists to what a
+short run writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FINAL_METRICS = ("step", "tokens", "skipped_steps", "train/loss", "train/loss_recent_mean", "wall_time_s")
+VAL_METRICS = ("val/loss", "val/bits_per_token", "val/loss_last_logged")  # with data.val_batches > 0
+EVAL_METRICS = {  # famlab eval's summary numbers per task (final_metrics.json's "eval" section)
+    "passkey": ("eval/accuracy", "eval/digit_accuracy"),
+    "text": ("eval/bpb",),
+    "recall": ("eval/accuracy", "eval/example_accuracy"),
+}
+EVAL_TEXT = ("eval/task", "eval/checkpoint", "eval/csv")  # strings, not numbers
+TEXT_METRICS = ("checkpoint", "run_dir")  # final_metrics.json's strings
+
+
+def logged_metrics(cfg: Any, *, evaluate: bool = False, numeric: bool = True) -> list[str]:
+    """The names a run of ``cfg`` (a :class:`~famlab.config.RunConfig`) leaves in its final metrics, as a
+    sweep reads them: numbers only (an objective), or with ``numeric=False`` the strings too (a table may
+    show them); ``evaluate``: after ``famlab eval`` (the ``eval/...`` names of the task)."""
+    names = list(FINAL_METRICS)
+    if cfg.data.val_batches > 0:
+        names += VAL_METRICS
+    if evaluate:
+        names += EVAL_METRICS[cfg.data.task]
+    if not numeric:  # val/loss_last_logged is always there: null without validation
+        names += TEXT_METRICS + (EVAL_TEXT if evaluate else ()) + (() if cfg.data.val_batches > 0 else VAL_METRICS[2:])
+    return names
