@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -29,6 +30,7 @@ from famlab.cli import main
 CASES = all_cases()
 BY_ID = {c.id: c for c in CASES}
 PREFIX = "famlab: error:"
+ERROR_LINE = re.compile(r"famlab( sweep)?: error: \S")  # argparse names the subcommand: "famlab sweep: error:"
 
 
 @dataclass
@@ -82,7 +84,7 @@ def check_refused(case: Case, rc, out: str, err: str, accepted: list, out_dir: P
     assert not accepted, f"{case.id}: wrongly accepted (reached {accepted})"
     assert rc == 2, f"{case.id}: exit {rc!r}, expected 2 (wrongly accepted?)\n{text}"
     lines = [line for line in err.splitlines() if "error" in line.lower()]
-    assert len(lines) == 1 and lines[0].startswith(PREFIX), f"{case.id}: not one error line:\n{err}"
+    assert len(lines) == 1 and ERROR_LINE.match(lines[0]), f"{case.id}: not one error line:\n{err}"
     if case.names:
         assert case.names in lines[0], f"{case.id}: {case.names!r} not named in: {lines[0]}"
     assert SECRET not in text, f"{case.id}: printed a password: {text}"

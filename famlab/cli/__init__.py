@@ -130,9 +130,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from famlab.analysis.scoreboard import scoreboard, scoreboard_markdown, scoreboard_text
+    from famlab.analysis.scoreboard import claim_studies, scoreboard, scoreboard_markdown, scoreboard_text
+    from famlab.sweep.urls import normalize_storage, storage_problem
 
-    board = scoreboard(args.profile, storage=args.storage, root=args.runs_root)
+    storage = normalize_storage(args.storage) if args.storage else None
+    if storage and (problem := storage_problem(storage)):
+        return _error(problem)
+    if not claim_studies(args.profile):
+        return _error(f"--profile {args.profile!r}: no spec with claims has this profile (e.g. tiny, paper)")
+    board = scoreboard(args.profile, storage=storage, root=args.runs_root)
     print(scoreboard_markdown(board) if args.markdown else scoreboard_text(board))
     if args.csv:
         board.to_csv(args.csv, index=False)
@@ -164,8 +170,8 @@ def _train_config(items: list[str]) -> Any:
             return load_run_config_file(run.config_path, overrides)
         from famlab.train import CKPT_KEY, read_checkpoint
 
-        extra = read_checkpoint(ckpt, map_location="cpu").get(CKPT_KEY)
-        if not isinstance(extra, dict) or "config" not in extra:
+        extra = read_checkpoint(ckpt, map_location="cpu", needs=("state_dict", CKPT_KEY))[CKPT_KEY]
+        if not isinstance(extra, dict) or not isinstance(extra.get("config"), dict):
             raise ConfigError(f"resume: {str(ckpt)!r} is not a famlab checkpoint (no run config in it)")
         base = extra["config"]
         return load_run_config_dict(base, overrides, str(ckpt))
@@ -191,6 +197,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
         print(run_config_to_yaml(cfg), end="")
         return 0
+    if problem := RunDir.writable_problem(cfg.out_dir, "out_dir"):  # before torch and the model
+        return _error(problem)
     from famlab.train import TrainingStopped, global_rank, train, wandb_mode
 
     try:
@@ -228,6 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from famlab.train import load_model
 
+    if args.checkpoint and not Path(args.checkpoint).expanduser().is_file():
+        return _error(f"--checkpoint {args.checkpoint!r}: no such checkpoint file")
     try:
         run = RunDir.resolve(args.run_dir)
         trained = load_run_config_file(run.config_path)

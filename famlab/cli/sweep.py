@@ -61,11 +61,19 @@ def missing_store(spec, storage: str) -> str | None:
     return None
 
 
+def _fail(err: object) -> int:
+    """A bad argument, spec or store: one line, exit 2."""
+    print(f"famlab: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
+
+
 def sweep_main(argv: list[str]) -> int:
     """``famlab sweep {run,status,worker} SPEC``; ``famlab sweep SPEC`` means run."""
     import os
 
     from famlab.analysis import ablation_text, claims_text, status_table
+    from famlab.runs import RunDir
+    from famlab.sweep.urls import normalize_storage, storage_problem
     from famlab.sweep import (
         STORAGE_ENV,
         WorkerError,
@@ -83,14 +91,16 @@ def sweep_main(argv: list[str]) -> int:
         argv = ["run", *argv]
     args = _sweep_parser().parse_args(argv)
     if bad := _sweep_args_error(args):
-        print(f"famlab: error: {bad}", file=sys.stderr)
-        return 2
+        return _fail(bad)
     try:
         spec = load_spec(args.spec, args.profile, validate_runs=args.action != "status")
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root)
+        return _fail(err)
+    storage = normalize_storage(args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root))
+    if args.action != "status" and (bad := RunDir.writable_problem(args.out_root, "--out-root")):
+        return _fail(bad)  # trials write their run directories there
+    if bad := storage_problem(storage):
+        return _fail(bad)
     if args.action == "status" and (gone := missing_store(spec, storage)):
         print(gone)  # never create a store or a study to say there is none
         return 0
@@ -98,8 +108,7 @@ def sweep_main(argv: list[str]) -> int:
         try:  # a spec that no longer matches its stored study: one line, before any trial starts
             study = open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return _fail(err)
     if args.action == "worker":
         threads = args.threads or 1
         if args.worker_index is None:  # started by hand or by a job script (`run` says this once for all)
