@@ -68,7 +68,7 @@ CHECKPOINTS = {  # a file where a checkpoint should be
     "empty": lambda tmp, good: b"",
     "garbage": lambda tmp, good: bytes(range(256)) * 8,
     "truncated": lambda tmp, good: good[: len(good) // 2],
-    "pickle": lambda tmp, good: pickle.dumps({"state_dict": {}, "famlab": {"config": {}}}),
+    "pickle": lambda tmp, good: pickle.dumps({"state_dict": {}, "famlab": {"config": {}}}, protocol=2),
     "hello": lambda tmp, good: torch_bytes({"hello": 1}, tmp),
     "no_config": lambda tmp, good: torch_bytes({"state_dict": {}}, tmp),
     "bad_config": lambda tmp, good: torch_bytes({"state_dict": {}, "famlab": {"config": {"model": 5}}}, tmp),
@@ -376,7 +376,7 @@ def spec_cases() -> list[Case]:
         Case("spec_profile", "spec", lambda w, o: ["sweep", "run", str(w.valid_spec), "--profile=huge", f"--out-root={o}"], "huge"),
         Case("spec_workers", "spec", lambda w, o: ["sweep", "run", str(w.valid_spec), "--workers=0", f"--out-root={o}"], "--workers"),
         Case("spec_workers_text", "spec", lambda w, o: ["sweep", "run", str(w.valid_spec), "--workers=many", f"--out-root={o}"], "--workers"),
-        Case("spec_action", "spec", lambda w, o: ["sweep", "frobnicate", str(w.valid_spec), f"--out-root={o}"], "frobnicate"),
+        Case("spec_action", "spec", lambda w, o: ["sweep", "frobnicate", str(w.valid_spec), f"--out-root={o}"], "valid.yaml"),
     ]
     return cases
 
@@ -442,7 +442,7 @@ def config_cases() -> list[Case]:
     cases = []
     for key, t, _ in config_fields():
         for value in config_values(key, t):
-            cases.append(Case(f"key_{key}={value}", "config", lambda w, o, k=key, v=value: ["train", "preset=tiny", f"{k}={v}", f"out_dir={o}", "--print-config"], key))
+            cases.append(Case(f"key_{key}={value}", "config", lambda w, o, k=key, v=value: ["train", "preset=tiny", f"out_dir={o}", f"{k}={v}", "--print-config"], key))
         section, _, leaf = key.rpartition(".")
         typo = f"{section}.{leaf}x" if section else f"{leaf}x"
         cases.append(Case(f"unknown_{typo}", "config", lambda w, o, k=typo: ["train", "preset=tiny", f"{k}=1", f"out_dir={o}"], typo))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from typing import Any
 
@@ -31,7 +32,10 @@ def sections(root: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(root) if dataclasses.is_dataclass(hints[f.name])}
 
 
+@functools.cache
 def structured_schema(root: type) -> Any:
+    """The OmegaConf schema of ``root``, made once per process (about 0.1 s each): shared, so read it or merge
+    it (``OmegaConf.merge`` copies), never change it."""
     from omegaconf import OmegaConf
 
     return OmegaConf.structured(root)
