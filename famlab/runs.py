@@ -249,7 +249,9 @@ class RunDir:
             data = OmegaConf.to_container(OmegaConf.load(self.config_path), resolve=True)
         except Exception as e:  # YAML syntax, undecodable bytes, a bad interpolation, ...
             why = " ".join(str(e).split("\n")[0].split())
-            raise ValueError(f"{str(self.config_path)!r}: not a readable run config: {type(e).__name__}: {why}") from None
+            raise ValueError(
+                f"{str(self.config_path)!r}: not a readable run config: {type(e).__name__}: {why}"
+            ) from None
         if not isinstance(data, dict):
             raise ValueError(f"{str(self.config_path)!r}: a run config must be a mapping, got {type(data).__name__}")
         return data

@@ -174,7 +174,9 @@ def make_world(root: Path, good_checkpoint: bytes) -> World:
         w.ckpt_file[kind].parent.mkdir(exist_ok=True)
         w.ckpt_file[kind].write_bytes(data)
         w.ckpt_run[kind] = write_run(root / "ckpt_runs" / kind, w.good_config, data)
-    w.config_run = {kind: write_run(root / "config_runs" / kind, text, good_checkpoint) for kind, (text, _) in CONFIG_FILES.items()}
+    w.config_run = {
+        kind: write_run(root / "config_runs" / kind, text, good_checkpoint) for kind, (text, _) in CONFIG_FILES.items()
+    }
     w.folder_of_runs = root / "folder_of_runs"  # <out_dir>/<name>/<stamp>: a folder of run names
     for name in ("a", "b"):
         write_run(w.folder_of_runs / name, w.good_config, good_checkpoint)
@@ -324,30 +326,77 @@ def checkpoint_cases() -> list[Case]:
     cases = []
     for kind in CHECKPOINTS:
         cases += [
-            Case(f"resume_file_{kind}", "checkpoint", lambda w, o, k=kind: ["train", f"resume={w.ckpt_file[k]}", f"out_dir={o}"], kind),
-            Case(f"resume_run_{kind}", "checkpoint", lambda w, o, k=kind: ["train", f"resume={w.ckpt_run[k]}", f"out_dir={o}"], kind),
-            Case(f"resume_preset_{kind}", "checkpoint", lambda w, o, k=kind: train_into(o, f"resume={w.ckpt_file[k]}"), kind),
-            Case(f"eval_run_{kind}", "checkpoint", lambda w, o, k=kind: ["eval", str(w.ckpt_run[k]), f"--out={o / 'e.csv'}"], kind),
+            Case(
+                f"resume_file_{kind}",
+                "checkpoint",
+                lambda w, o, k=kind: ["train", f"resume={w.ckpt_file[k]}", f"out_dir={o}"],
+                kind,
+            ),
+            Case(
+                f"resume_run_{kind}",
+                "checkpoint",
+                lambda w, o, k=kind: ["train", f"resume={w.ckpt_run[k]}", f"out_dir={o}"],
+                kind,
+            ),
+            Case(
+                f"resume_preset_{kind}",
+                "checkpoint",
+                lambda w, o, k=kind: train_into(o, f"resume={w.ckpt_file[k]}"),
+                kind,
+            ),
+            Case(
+                f"eval_run_{kind}",
+                "checkpoint",
+                lambda w, o, k=kind: ["eval", str(w.ckpt_run[k]), f"--out={o / 'e.csv'}"],
+                kind,
+            ),
             Case(
                 f"eval_checkpoint_{kind}",
                 "checkpoint",
-                lambda w, o, k=kind: ["eval", str(w.ckpt_run["empty"]), f"--checkpoint={w.ckpt_file[k]}", f"--out={o / 'e.csv'}"],
+                lambda w, o, k=kind: [
+                    "eval",
+                    str(w.ckpt_run["empty"]),
+                    f"--checkpoint={w.ckpt_file[k]}",
+                    f"--out={o / 'e.csv'}",
+                ],
                 kind,
             ),
         ]
     cases += [
-        Case("resume_etc_passwd", "checkpoint", lambda w, o: ["train", "resume=/etc/passwd", f"out_dir={o}"], "/etc/passwd"),
+        Case(
+            "resume_etc_passwd",
+            "checkpoint",
+            lambda w, o: ["train", "resume=/etc/passwd", f"out_dir={o}"],
+            "/etc/passwd",
+        ),
         Case("resume_preset_etc_passwd", "checkpoint", lambda w, o: train_into(o, "resume=/etc/passwd"), "/etc/passwd"),
         Case("resume_dev_null", "checkpoint", lambda w, o: ["train", "resume=/dev/null", f"out_dir={o}"], "/dev/null"),
-        Case("resume_folder_of_runs", "checkpoint", lambda w, o: ["train", f"resume={w.folder_of_runs}", f"out_dir={o}"], "folder_of_runs"),
-        Case("resume_missing", "checkpoint", lambda w, o: ["train", f"resume={w.root / 'nope'}", f"out_dir={o}"], "nope"),
+        Case(
+            "resume_folder_of_runs",
+            "checkpoint",
+            lambda w, o: ["train", f"resume={w.folder_of_runs}", f"out_dir={o}"],
+            "folder_of_runs",
+        ),
+        Case(
+            "resume_missing", "checkpoint", lambda w, o: ["train", f"resume={w.root / 'nope'}", f"out_dir={o}"], "nope"
+        ),
         Case("resume_preset_missing", "checkpoint", lambda w, o: train_into(o, f"resume={w.root / 'nope'}"), "nope"),
         Case("eval_folder_of_runs", "checkpoint", lambda w, o: ["eval", str(w.folder_of_runs)], "folder_of_runs"),
         Case("eval_missing", "checkpoint", lambda w, o: ["eval", str(w.root / "nope")], "nope"),
         Case("eval_a_file", "checkpoint", lambda w, o: ["eval", str(w.file)], "a_file"),
         Case("eval_etc", "checkpoint", lambda w, o: ["eval", "/etc"], "/etc"),
-        Case("eval_checkpoint_dir", "checkpoint", lambda w, o: ["eval", str(w.ckpt_run["empty"]), f"--checkpoint={w.root}", f"--out={o / 'e.csv'}"], "--checkpoint"),
-        Case("eval_checkpoint_missing", "checkpoint", lambda w, o: ["eval", str(w.ckpt_run["empty"]), f"--checkpoint={w.root / 'nope.ckpt'}"], "nope.ckpt"),
+        Case(
+            "eval_checkpoint_dir",
+            "checkpoint",
+            lambda w, o: ["eval", str(w.ckpt_run["empty"]), f"--checkpoint={w.root}", f"--out={o / 'e.csv'}"],
+            "--checkpoint",
+        ),
+        Case(
+            "eval_checkpoint_missing",
+            "checkpoint",
+            lambda w, o: ["eval", str(w.ckpt_run["empty"]), f"--checkpoint={w.root / 'nope.ckpt'}"],
+            "nope.ckpt",
+        ),
     ]
     return cases
 
@@ -356,9 +405,24 @@ def config_file_cases() -> list[Case]:
     cases = []
     for kind, (_, names) in CONFIG_FILES.items():
         cases += [
-            Case(f"config_resume_{kind}", "config.yaml", lambda w, o, k=kind: ["train", f"resume={w.config_run[k]}", f"out_dir={o}"], names),
-            Case(f"config_print_{kind}", "config.yaml", lambda w, o, k=kind: ["train", f"resume={w.config_run[k]}", "--print-config"], names),
-            Case(f"config_eval_{kind}", "config.yaml", lambda w, o, k=kind: ["eval", str(w.config_run[k]), f"--out={o / 'e.csv'}"], names),
+            Case(
+                f"config_resume_{kind}",
+                "config.yaml",
+                lambda w, o, k=kind: ["train", f"resume={w.config_run[k]}", f"out_dir={o}"],
+                names,
+            ),
+            Case(
+                f"config_print_{kind}",
+                "config.yaml",
+                lambda w, o, k=kind: ["train", f"resume={w.config_run[k]}", "--print-config"],
+                names,
+            ),
+            Case(
+                f"config_eval_{kind}",
+                "config.yaml",
+                lambda w, o, k=kind: ["eval", str(w.config_run[k]), f"--out={o / 'e.csv'}"],
+                names,
+            ),
         ]
     return cases
 
@@ -366,17 +430,58 @@ def config_file_cases() -> list[Case]:
 def spec_cases() -> list[Case]:
     cases = []
     for kind, (_, names) in SPECS.items():
-        cases.append(Case(f"spec_run_{kind}", "spec", lambda w, o, k=kind: ["sweep", "run", str(w.spec[k]), f"--out-root={o}"], names))
+        cases.append(
+            Case(
+                f"spec_run_{kind}",
+                "spec",
+                lambda w, o, k=kind: ["sweep", "run", str(w.spec[k]), f"--out-root={o}"],
+                names,
+            )
+        )
         if kind not in RUN_CONFIG_SPECS:  # `status` reads a spec without resolving its trials' run configs
-            cases.append(Case(f"spec_status_{kind}", "spec", lambda w, o, k=kind: ["sweep", "status", str(w.spec[k]), f"--out-root={o}"], names))
+            cases.append(
+                Case(
+                    f"spec_status_{kind}",
+                    "spec",
+                    lambda w, o, k=kind: ["sweep", "status", str(w.spec[k]), f"--out-root={o}"],
+                    names,
+                )
+            )
     cases += [
-        Case("spec_worker_syntax", "spec", lambda w, o: ["sweep", "worker", str(w.spec["syntax"]), f"--out-root={o}"], "spec"),
-        Case("spec_missing", "spec", lambda w, o: ["sweep", "run", str(w.root / "nope.yaml"), f"--out-root={o}"], "nope"),
+        Case(
+            "spec_worker_syntax",
+            "spec",
+            lambda w, o: ["sweep", "worker", str(w.spec["syntax"]), f"--out-root={o}"],
+            "spec",
+        ),
+        Case(
+            "spec_missing", "spec", lambda w, o: ["sweep", "run", str(w.root / "nope.yaml"), f"--out-root={o}"], "nope"
+        ),
         Case("spec_a_folder", "spec", lambda w, o: ["sweep", "status", str(w.root), f"--out-root={o}"], "not found"),
-        Case("spec_profile", "spec", lambda w, o: ["sweep", "run", str(w.valid_spec), "--profile=huge", f"--out-root={o}"], "huge"),
-        Case("spec_workers", "spec", lambda w, o: ["sweep", "run", str(w.valid_spec), "--workers=0", f"--out-root={o}"], "--workers"),
-        Case("spec_workers_text", "spec", lambda w, o: ["sweep", "run", str(w.valid_spec), "--workers=many", f"--out-root={o}"], "--workers"),
-        Case("spec_action", "spec", lambda w, o: ["sweep", "frobnicate", str(w.valid_spec), f"--out-root={o}"], "valid.yaml"),
+        Case(
+            "spec_profile",
+            "spec",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), "--profile=huge", f"--out-root={o}"],
+            "huge",
+        ),
+        Case(
+            "spec_workers",
+            "spec",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), "--workers=0", f"--out-root={o}"],
+            "--workers",
+        ),
+        Case(
+            "spec_workers_text",
+            "spec",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), "--workers=many", f"--out-root={o}"],
+            "--workers",
+        ),
+        Case(
+            "spec_action",
+            "spec",
+            lambda w, o: ["sweep", "frobnicate", str(w.valid_spec), f"--out-root={o}"],
+            "valid.yaml",
+        ),
     ]
     return cases
 
@@ -404,12 +509,34 @@ def storage_cases() -> list[Case]:
                 Case(
                     f"storage_{action}_{kind}",
                     "storage",
-                    lambda w, o, u=url, a=action: ["sweep", a, str(w.valid_spec), f"--storage={u(w)}", f"--out-root={o}"],
+                    lambda w, o, u=url, a=action: [
+                        "sweep",
+                        a,
+                        str(w.valid_spec),
+                        f"--storage={u(w)}",
+                        f"--out-root={o}",
+                    ],
                     names,
                 )
             )
-        cases.append(Case(f"storage_env_{kind}", "storage", lambda w, o, u=url: ["sweep", "status", str(w.valid_spec), f"--out-root={o}"], names, setup=lambda mp, w, o, u=url: mp.setenv("FAMLAB_STORAGE", u(w)), subprocess_ok=False))
-        cases.append(Case(f"storage_claims_{kind}", "storage", lambda w, o, u=url: ["claims", f"--storage={u(w)}", f"--runs-root={o}"], names))
+        cases.append(
+            Case(
+                f"storage_env_{kind}",
+                "storage",
+                lambda w, o, u=url: ["sweep", "status", str(w.valid_spec), f"--out-root={o}"],
+                names,
+                setup=lambda mp, w, o, u=url: mp.setenv("FAMLAB_STORAGE", u(w)),
+                subprocess_ok=False,
+            )
+        )
+        cases.append(
+            Case(
+                f"storage_claims_{kind}",
+                "storage",
+                lambda w, o, u=url: ["claims", f"--storage={u(w)}", f"--runs-root={o}"],
+                names,
+            )
+        )
     return cases
 
 
@@ -418,18 +545,67 @@ def out_dir_cases() -> list[Case]:
         Case("out_dir_under_file", "out_dir", lambda w, o: train_into(w.file / "runs"), "a_file"),
         Case("out_dir_is_file", "out_dir", lambda w, o: train_into(w.file), "a_file"),
         Case("out_dir_proc", "out_dir", lambda w, o: train_into(Path("/proc/famlab-fuzz")), "/proc/famlab-fuzz"),
-        Case("out_dir_read_only", "out_dir", lambda w, o: train_into(o / "runs"), "out_dir", setup=read_only, subprocess_ok=False),
-        Case("out_dir_read_only_itself", "out_dir", lambda w, o: train_into(o), "out_dir", setup=read_only, subprocess_ok=False),
+        Case(
+            "out_dir_read_only",
+            "out_dir",
+            lambda w, o: train_into(o / "runs"),
+            "out_dir",
+            setup=read_only,
+            subprocess_ok=False,
+        ),
+        Case(
+            "out_dir_read_only_itself",
+            "out_dir",
+            lambda w, o: train_into(o),
+            "out_dir",
+            setup=read_only,
+            subprocess_ok=False,
+        ),
         Case("out_dir_full", "out_dir", lambda w, o: train_into(o), "out_dir", setup=disk_full, subprocess_ok=False),
-        Case("out_root_under_file", "out_dir", lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={w.file / 'runs'}"], "a_file"),
-        Case("out_root_is_file", "out_dir", lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={w.file}"], "a_file"),
-        Case("out_root_proc", "out_dir", lambda w, o: ["sweep", "run", str(w.valid_spec), "--out-root=/proc/famlab-fuzz"], "/proc/famlab-fuzz"),
-        Case("out_root_read_only", "out_dir", lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={o / 'runs'}"], "out-root", setup=read_only, subprocess_ok=False),
-        Case("out_root_full", "out_dir", lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={o}"], "out-root", setup=disk_full, subprocess_ok=False),
+        Case(
+            "out_root_under_file",
+            "out_dir",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={w.file / 'runs'}"],
+            "a_file",
+        ),
+        Case(
+            "out_root_is_file",
+            "out_dir",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={w.file}"],
+            "a_file",
+        ),
+        Case(
+            "out_root_proc",
+            "out_dir",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), "--out-root=/proc/famlab-fuzz"],
+            "/proc/famlab-fuzz",
+        ),
+        Case(
+            "out_root_read_only",
+            "out_dir",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={o / 'runs'}"],
+            "out-root",
+            setup=read_only,
+            subprocess_ok=False,
+        ),
+        Case(
+            "out_root_full",
+            "out_dir",
+            lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={o}"],
+            "out-root",
+            setup=disk_full,
+            subprocess_ok=False,
+        ),
         Case(
             "out_root_read_only_storage_elsewhere",
             "out_dir",
-            lambda w, o: ["sweep", "run", str(w.valid_spec), f"--out-root={o / 'runs'}", f"--storage=sqlite:///{w.root / 'elsewhere' / 's.db'}"],
+            lambda w, o: [
+                "sweep",
+                "run",
+                str(w.valid_spec),
+                f"--out-root={o / 'runs'}",
+                f"--storage=sqlite:///{w.root / 'elsewhere' / 's.db'}",
+            ],
             "out-root",
             setup=read_only,
             subprocess_ok=False,
@@ -442,24 +618,65 @@ def config_cases() -> list[Case]:
     cases = []
     for key, t, _ in config_fields():
         for value in config_values(key, t):
-            cases.append(Case(f"key_{key}={value}", "config", lambda w, o, k=key, v=value: ["train", "preset=tiny", f"out_dir={o}", f"{k}={v}", "--print-config"], key))
+            cases.append(
+                Case(
+                    f"key_{key}={value}",
+                    "config",
+                    lambda w, o, k=key, v=value: ["train", "preset=tiny", f"out_dir={o}", f"{k}={v}", "--print-config"],
+                    key,
+                )
+            )
         section, _, leaf = key.rpartition(".")
         typo = f"{section}.{leaf}x" if section else f"{leaf}x"
-        cases.append(Case(f"unknown_{typo}", "config", lambda w, o, k=typo: ["train", "preset=tiny", f"{k}=1", f"out_dir={o}"], typo))
+        cases.append(
+            Case(
+                f"unknown_{typo}",
+                "config",
+                lambda w, o, k=typo: ["train", "preset=tiny", f"{k}=1", f"out_dir={o}"],
+                typo,
+            )
+        )
     cases += [
         Case("unknown_section", "config", lambda w, o: ["train", "modle.fam_len=3", f"out_dir={o}"], "modle"),
         Case("section_scalar", "config", lambda w, o: ["train", "model=5", f"out_dir={o}"], "model"),
         Case("no_equals", "config", lambda w, o: ["train", "model.fam_len", f"out_dir={o}"], "model.fam_len"),
         Case("empty_key", "config", lambda w, o: ["train", "=3", f"out_dir={o}"], "=3"),
-        Case("unclosed", "config", lambda w, o: ["train", "data.passkey_eval_lengths=[1,2", f"out_dir={o}"], "passkey_eval_lengths"),
+        Case(
+            "unclosed",
+            "config",
+            lambda w, o: ["train", "data.passkey_eval_lengths=[1,2", f"out_dir={o}"],
+            "passkey_eval_lengths",
+        ),
         Case("interpolation", "config", lambda w, o: ["train", "name=${nope}", f"out_dir={o}"], "nope"),
         Case("preset_unknown", "config", lambda w, o: ["train", "preset=tinyy", f"out_dir={o}"], "tinyy"),
         Case("preset_a_folder", "config", lambda w, o: ["train", f"preset={w.root}", f"out_dir={o}"], "preset"),
-        Case("preset_bad_yaml", "config", lambda w, o: ["train", f"preset={w.spec['syntax']}", f"out_dir={o}"], "preset"),
-        Case("preset_list_yaml", "config", lambda w, o: ["train", f"preset={w.spec['top_list']}", f"out_dir={o}"], "preset"),
-        Case("preset_foreign_yaml", "config", lambda w, o: ["train", f"preset={w.valid_spec}", f"out_dir={o}"], "unknown key"),
-        Case("eval_bad_override", "config", lambda w, o: ["eval", str(w.ckpt_run["empty"]), "data.passkey_eval_samples=abc"], "data.passkey_eval_samples"),
-        Case("eval_unknown_override", "config", lambda w, o: ["eval", str(w.ckpt_run["empty"]), "data.nope=1"], "data.nope"),
+        Case(
+            "preset_bad_yaml", "config", lambda w, o: ["train", f"preset={w.spec['syntax']}", f"out_dir={o}"], "preset"
+        ),
+        Case(
+            "preset_list_yaml",
+            "config",
+            lambda w, o: ["train", f"preset={w.spec['top_list']}", f"out_dir={o}"],
+            "preset",
+        ),
+        Case(
+            "preset_foreign_yaml",
+            "config",
+            lambda w, o: ["train", f"preset={w.valid_spec}", f"out_dir={o}"],
+            "unknown key",
+        ),
+        Case(
+            "eval_bad_override",
+            "config",
+            lambda w, o: ["eval", str(w.ckpt_run["empty"]), "data.passkey_eval_samples=abc"],
+            "data.passkey_eval_samples",
+        ),
+        Case(
+            "eval_unknown_override",
+            "config",
+            lambda w, o: ["eval", str(w.ckpt_run["empty"]), "data.nope=1"],
+            "data.nope",
+        ),
         Case("command_unknown", "config", lambda w, o: ["trian"], "trian"),
         Case("option_unknown", "config", lambda w, o: ["train", "--nope"], "--nope"),
         Case("claims_profile", "config", lambda w, o: ["claims", "--profile=huge", f"--runs-root={o}"], "huge"),
@@ -468,4 +685,11 @@ def config_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [*config_cases(), *checkpoint_cases(), *config_file_cases(), *spec_cases(), *storage_cases(), *out_dir_cases()]
+    return [
+        *config_cases(),
+        *checkpoint_cases(),
+        *config_file_cases(),
+        *spec_cases(),
+        *storage_cases(),
+        *out_dir_cases(),
+    ]

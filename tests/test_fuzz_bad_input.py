@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fuzz_cases import SECRET, TRAIN, Case, all_cases, config_fields, make_world, train_into
+from fuzz_cases import SECRET, Case, all_cases, config_fields, make_world, train_into
 from omegaconf import OmegaConf
 
 from famlab.cli import main

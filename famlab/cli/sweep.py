@@ -73,7 +73,6 @@ def sweep_main(argv: list[str]) -> int:
 
     from famlab.analysis import ablation_text, claims_text, status_table
     from famlab.runs import RunDir
-    from famlab.sweep.urls import normalize_storage, storage_problem
     from famlab.sweep import (
         STORAGE_ENV,
         WorkerError,
@@ -86,6 +85,7 @@ def sweep_main(argv: list[str]) -> int:
         run_sweep,
         work,
     )
+    from famlab.sweep.urls import normalize_storage, storage_problem
 
     if argv and argv[0] not in SWEEP_ACTIONS and not argv[0].startswith("-"):
         argv = ["run", *argv]

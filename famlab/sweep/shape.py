@@ -43,7 +43,7 @@ def check_section(owner: str, key: str, value: Any) -> None:
     if key == "search" and not isinstance(value.get("space", {}), dict | None):
         raise config_error(owner, "search.space", value["space"], "a mapping of parameters")
     if key in ("seeds", "metrics", "claims") and not isinstance(value, list):
-        raise config_error(owner, key, value, "a list")
+        raise config_error(owner, key, value, "a list of mappings" if key == "claims" else "a list")
     if key == "seeds" and not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
         raise config_error(owner, key, value, "a non-empty list of integers")
     if key == "metrics" and not all(isinstance(m, str) for m in value):

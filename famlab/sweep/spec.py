@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from famlab.config import config_error, reject_unknown_keys
 from famlab.resources import spec_file
 from famlab.sweep.shape import check_shape, read_spec_yaml

@@ -43,7 +43,11 @@ def os_error_in(err: BaseException) -> OSError | None:
 
 
 def read_checkpoint(
-    path: str | Path, map_location: Any = _keep_location, *, what: str = "resume", needs: tuple[str, ...] = ("state_dict",)
+    path: str | Path,
+    map_location: Any = _keep_location,
+    *,
+    what: str = "resume",
+    needs: tuple[str, ...] = ("state_dict",),
 ) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` of a training checkpoint; a missing, truncated or foreign file
     (not a mapping, or without the entries ``needs``) raises a one-line :class:`ConfigError` naming it and

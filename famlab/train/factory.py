@@ -73,7 +73,9 @@ def load_model(run_dir_or_ckpt: str | Path, map_location: Any = "cpu") -> tuple[
         cfg = RunConfig.from_dict(ckpt[CKPT_KEY]["config"])
     except (KeyError, TypeError, ValueError) as e:  # a foreign or damaged run config in the checkpoint
         why = " ".join(str(e).split())
-        raise ConfigError(f"checkpoint: {str(ckpt_path)!r} has no usable run config: {type(e).__name__}: {why}") from None
+        raise ConfigError(
+            f"checkpoint: {str(ckpt_path)!r} has no usable run config: {type(e).__name__}: {why}"
+        ) from None
     model = build_model(cfg, load_init=False)  # the checkpoint holds every weight
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -167,7 +167,9 @@ def train(
         try:
             run = RunDir.create(cfg.out_dir, cfg.run_name)
         except OSError as e:  # read-only, not a folder, ...: one line, nothing made
-            raise ConfigError(f"out_dir={cfg.out_dir!r}: cannot make a run directory there: {e.strerror or e}") from None
+            raise ConfigError(
+                f"out_dir={cfg.out_dir!r}: cannot make a run directory there: {e.strerror or e}"
+            ) from None
     run_dir = run.path
     is_zero = global_rank() == 0
     if is_zero:
