@@ -15,8 +15,9 @@
 Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
 (``preset=NAME`` or a YAML path; ``famlab/config/presets``: tiny, small, paper). ``famlab train resume=X``
 without ``preset=`` starts from the resumed run's own config (its ``config.yaml``). A bad setting
-(unknown key, wrong type, out of range) or an unreadable ``resume`` checkpoint prints one
-``famlab: error: ...`` line and exits with 2.
+(unknown key, wrong type, out of range), an unreadable or foreign checkpoint (``resume=``, ``famlab eval``),
+a corrupt run ``config.yaml``, an unwritable ``out_dir``, a malformed sweep spec or an unusable ``--storage`` URL
+prints one ``famlab: error: ...`` line and exits with 2 (tests/test_fuzz_bad_input.py holds every command to it).
 
 Exit statuses of ``famlab train`` (:mod:`famlab.train.stops`): 0 done; 2 bad settings or unreadable resume
 checkpoint (no run directory made); 3 diverged: a non-finite training loss (deterministic: the same config
