@@ -246,12 +246,41 @@ class RunDir:
     # --- reading and writing ----------------------------------------------------------------------
 
     def read_config(self) -> dict[str, Any]:
-        """config.yaml as a nested dict ({} if missing)."""
+        """config.yaml as a nested dict ({} if missing); an unreadable or non-mapping file raises a one-line
+        ``ValueError`` naming it."""
         if not self.config_path.exists():
             return {}
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(OmegaConf.load(self.config_path), resolve=True)
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(self.config_path), resolve=True)
+        except Exception as e:  # YAML syntax, undecodable bytes, a bad interpolation, ...
+            why = " ".join(str(e).split("\n")[0].split())
+            raise ValueError(
+                f"{str(self.config_path)!r}: not a readable run config: {type(e).__name__}: {why}"
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{str(self.config_path)!r}: a run config must be a mapping, got {type(data).__name__}")
+        return data
+
+    @staticmethod
+    def writable_problem(folder: str | Path, flag: str) -> str | None:
+        """None when files can be written in ``folder`` (made if missing: a run would make it anyway), else one
+        line naming ``flag`` (``out_dir``, ``--out-root``) and why. A probe file is written and removed."""
+        path = Path(folder).expanduser()
+        probe = path / f".famlab-probe-{os.getpid()}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"0")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            return f"{flag}={str(folder)!r}: cannot write there: {e.strerror or e}"
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        return None
 
     def read_flat_config(self) -> dict[str, Any]:
         """config.yaml flattened to dotted keys (``model.fam_len``); {} if missing."""

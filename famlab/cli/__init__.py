@@ -15,8 +15,9 @@
 Settings are ``key=value`` dotlist overrides (values parsed as YAML) on top of a preset
 (``preset=NAME`` or a YAML path; ``famlab/config/presets``: tiny, small, paper). ``famlab train resume=X``
 without ``preset=`` starts from the resumed run's own config (its ``config.yaml``). A bad setting
-(unknown key, wrong type, out of range) or an unreadable ``resume`` checkpoint prints one
-``famlab: error: ...`` line and exits with 2.
+(unknown key, wrong type, out of range), an unreadable or foreign checkpoint (``resume=``, ``famlab eval``),
+a corrupt run ``config.yaml``, an unwritable ``out_dir``, a malformed sweep spec or an unusable ``--storage`` URL
+prints one ``famlab: error: ...`` line and exits with 2 (tests/test_fuzz_bad_input.py holds every command to it).
 
 Exit statuses of ``famlab train`` (:mod:`famlab.train.stops`): 0 done; 2 bad settings or unreadable resume
 checkpoint (no run directory made); 3 diverged: a non-finite training loss (deterministic: the same config
@@ -149,9 +150,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from famlab.analysis.scoreboard import scoreboard, scoreboard_markdown, scoreboard_text
+    from famlab.analysis.scoreboard import claim_studies, scoreboard, scoreboard_markdown, scoreboard_text
+    from famlab.sweep.urls import normalize_storage, storage_problem
 
-    board = scoreboard(args.profile, storage=args.storage, root=args.runs_root)
+    storage = normalize_storage(args.storage) if args.storage else None
+    if storage and (problem := storage_problem(storage)):
+        return _error(problem)
+    if not claim_studies(args.profile):
+        return _error(f"--profile {args.profile!r}: no spec with claims has this profile (e.g. tiny, paper)")
+    board = scoreboard(args.profile, storage=storage, root=args.runs_root)
     print(scoreboard_markdown(board) if args.markdown else scoreboard_text(board))
     if args.csv:
         board.to_csv(args.csv, index=False)
@@ -183,8 +190,8 @@ def _train_config(items: list[str]) -> Any:
             return load_run_config_file(run.config_path, overrides)
         from famlab.train import CKPT_KEY, read_checkpoint
 
-        extra = read_checkpoint(ckpt, map_location="cpu").get(CKPT_KEY)
-        if not isinstance(extra, dict) or "config" not in extra:
+        extra = read_checkpoint(ckpt, map_location="cpu", needs=("state_dict", CKPT_KEY))[CKPT_KEY]
+        if not isinstance(extra, dict) or not isinstance(extra.get("config"), dict):
             raise ConfigError(f"resume: {str(ckpt)!r} is not a famlab checkpoint (no run config in it)")
         base = extra["config"]
         return load_run_config_dict(base, overrides, str(ckpt))
@@ -219,6 +226,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
         print(run_config_to_yaml(cfg), end="")
         return 0
+    if problem := RunDir.writable_problem(cfg.out_dir, "out_dir"):  # before torch and the model
+        return _error(problem)
     from famlab.train import TrainingStopped, global_rank, train, wandb_mode
 
     try:
@@ -256,6 +265,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from famlab.train import load_model
 
+    if args.checkpoint and not Path(args.checkpoint).expanduser().is_file():
+        return _error(f"--checkpoint {args.checkpoint!r}: no such checkpoint file")
     try:
         run = RunDir.resolve(args.run_dir)
         trained = load_run_config_file(run.config_path)

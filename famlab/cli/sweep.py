@@ -82,10 +82,17 @@ def missing_store(spec, storage: str) -> str | None:
     return None
 
 
+def _fail(err: object) -> int:
+    """A bad argument, spec or store: one line, exit 2."""
+    print(f"famlab: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
+
+
 def sweep_main(argv: list[str]) -> int:
     """``famlab sweep {run,status,worker,dashboard} SPEC [key=value ...]``; ``famlab sweep SPEC`` means run."""
     import os
 
+    from famlab.runs import RunDir
     from famlab.sweep import (
         STORAGE_ENV,
         WorkerError,
@@ -98,20 +105,23 @@ def sweep_main(argv: list[str]) -> int:
         work,
     )
     from famlab.sweep.overrides import with_overrides
+    from famlab.sweep.urls import normalize_storage, storage_problem
 
     if argv and argv[0] not in SWEEP_ACTIONS and not argv[0].startswith("-"):
         argv = ["run", *argv]
     args = sweep_parser().parse_intermixed_args(argv)
     if bad := _sweep_args_error(args):
-        print(f"famlab: error: {bad}", file=sys.stderr)
-        return 2
+        return _fail(bad)
     try:
         spec = load_spec(args.spec, args.profile, validate_runs=False)
         spec = with_overrides(spec, args.overrides, args.study, check=args.action in ("run", "worker"))
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root)
+        return _fail(err)
+    storage = normalize_storage(args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root))
+    if args.action in ("run", "worker") and (bad := RunDir.writable_problem(args.out_root, "--out-root")):
+        return _fail(bad)  # trials write their run directories there
+    if bad := storage_problem(storage):
+        return _fail(bad)
     if args.action in ("status", "dashboard") and (gone := missing_store(spec, storage)):
         print(gone)  # never create a store or a study to say there is none
         return 0 if args.action == "status" else 1
@@ -121,8 +131,7 @@ def sweep_main(argv: list[str]) -> int:
         try:  # a spec that no longer matches its stored study: one line, before any trial starts
             open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return _fail(err)
     if args.action == "worker":
         threads = args.threads or 1
         if args.worker_index is None:  # started by hand or by a job script (`run` says this once for all)

@@ -168,7 +168,20 @@ def load_run_config_dict(
 
 def load_run_config_file(path: Any, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """A run's resolved ``config.yaml`` (+ overrides) -> RunConfig."""
+    return load_run_config_dict(read_config_file(path), overrides, str(path))
+
+
+def read_config_file(path: Any) -> dict[str, Any]:
+    """A run's ``config.yaml`` as a mapping; a missing, unreadable, empty or non-mapping file raises a one-line
+    :class:`ConfigError` naming it."""
     from omegaconf import OmegaConf
 
-    data = OmegaConf.to_container(OmegaConf.load(path)) or {}
-    return load_run_config_dict(data, overrides, str(path))
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r}: no such run config") from None
+    except Exception as e:  # YAML syntax, undecodable bytes, a folder, ...
+        raise ConfigError(f"{str(path)!r}: not a readable run config: {type(e).__name__}: {one_line(e)}") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{str(path)!r}: a run config must be a non-empty mapping, got {type(data).__name__}")
+    return data

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from typing import Any
 
@@ -32,7 +33,10 @@ def sections(root: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(root) if dataclasses.is_dataclass(hints[f.name])}
 
 
+@functools.cache
 def structured_schema(root: type) -> Any:
+    """The OmegaConf schema of ``root``, made once per process (about 0.1 s each): shared, so read it or merge
+    it (``OmegaConf.merge`` copies), never change it."""
     from omegaconf import OmegaConf
 
     return OmegaConf.structured(root)
@@ -78,8 +82,33 @@ def check_user_keys(root: type, schema: Any, data: Any, source: str) -> None:
                         full, close = f"{full}.{sub}", [f"{close[0]}.{sub}"]
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ConfigError(f"{full}: unknown key{hint}{source}")
+            else:
+                check_user_type(schema, full, value, source)
 
     walk(data, "")
+
+
+def check_user_type(schema: Any, key: str, value: Any, source: str = "") -> None:
+    """What OmegaConf would convert or merge silently: a list where one value belongs (or the reverse), and a
+    flag given as anything but true/false (OmegaConf reads ``2`` as true)."""
+    from omegaconf import ListConfig
+    from omegaconf.nodes import BooleanNode
+
+    parent_key, _, leaf = key.rpartition(".")
+    try:
+        node = (schema[parent_key] if parent_key else schema)._get_node(leaf)
+    except Exception:  # not a schema key: the unknown-key check reports it
+        return
+    if value is None:
+        return  # OmegaConf refuses None for a key that is not optional, naming it
+    if isinstance(node, ListConfig):
+        allowed = None if isinstance(value, list | tuple) else "a list, e.g. [1, 2]"
+    elif isinstance(node, BooleanNode):
+        allowed = None if isinstance(value, bool) else "true or false"
+    else:
+        allowed = "a single value, not a list or mapping" if isinstance(value, list | tuple | dict) else None
+    if allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}{source}")
 
 
 def is_text_key(schema: Any, key: str) -> bool:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from famlab.config import config_error, reject_unknown_keys
 from famlab.resources import spec_file
+from famlab.sweep.shape import check_shape, read_spec_yaml
 from famlab.sweep.validate import validate_trials
 
 STORAGE_ENV = "FAMLAB_STORAGE"
@@ -256,10 +255,9 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
     """Load and check a spec for one profile. Everything is checked before any trial runs: spec keys,
     the profile, value types, an empty grid, and (``validate_runs``) every trial's run config."""
     path = spec_path(name_or_path)
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a sweep spec must be a mapping")
+    raw = read_spec_yaml(path)
     owner = path.stem
+    check_shape(owner, raw)
     reject_unknown_keys(owner, raw, SPEC_KEYS)
     profiles = raw.get("profiles") or {}
     if profile not in profiles:

@@ -42,9 +42,16 @@ def os_error_in(err: BaseException) -> OSError | None:
     return None
 
 
-def read_checkpoint(path: str | Path, map_location: Any = _keep_location) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path,
+    map_location: Any = _keep_location,
+    *,
+    what: str = "resume",
+    needs: tuple[str, ...] = ("state_dict",),
+) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` of a training checkpoint; a missing, truncated or foreign file
-    raises a one-line :class:`ConfigError` naming it (``famlab train`` exits 2)."""
+    (not a mapping, or without the entries ``needs``) raises a one-line :class:`ConfigError` naming it and
+    starting with ``what`` (``famlab train`` and ``famlab eval`` exit 2)."""
     try:
         ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -52,11 +59,30 @@ def read_checkpoint(path: str | Path, map_location: Any = _keep_location) -> dic
     except Exception as e:  # EOFError, UnpicklingError, RuntimeError (no zip central directory), ...
         why = " ".join(str(e).split())[:200] or type(e).__name__
         raise ConfigError(
-            f"resume: checkpoint {str(path)!r} is unreadable (truncated or not a checkpoint): {type(e).__name__}: {why}"
+            f"{what}: checkpoint {str(path)!r} is unreadable (truncated or not a checkpoint): {type(e).__name__}: {why}"
         ) from None
-    if not (isinstance(ckpt, dict) and "state_dict" in ckpt):
-        raise ConfigError(f"resume: {str(path)!r} is not a training checkpoint (no state_dict)")
+    missing = [key for key in needs if not (isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict | list))]
+    if missing:
+        raise ConfigError(f"{what}: {str(path)!r} is not a famlab training checkpoint (no {missing[0]})")
     return ckpt
+
+
+def check_fits(ckpt: dict[str, Any], expected: dict[str, Any], path: str | Path, what: str = "resume") -> None:
+    """The checkpoint's ``state_dict`` has exactly the tensors ``expected`` (a module's state dict) has, with
+    their shapes; else a one-line :class:`ConfigError` naming the first difference."""
+    state = ckpt["state_dict"]
+    for key, tensor in expected.items():
+        have = state.get(key)
+        if not isinstance(have, torch.Tensor):
+            raise ConfigError(f"{what}: checkpoint {str(path)!r} does not fit this model: no {key}")
+        if have.shape != tensor.shape:
+            raise ConfigError(
+                f"{what}: checkpoint {str(path)!r} does not fit this model: {key} has shape {tuple(have.shape)}, "
+                f"the model {tuple(tensor.shape)}"
+            )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise ConfigError(f"{what}: checkpoint {str(path)!r} does not fit this model: unexpected {extra[0]}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -67,9 +93,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.preloaded: dict[str, dict[str, Any]] = {}
 
-    def preload(self, path: str | Path) -> dict[str, Any]:
+    def preload(self, path: str | Path, needs: tuple[str, ...] = ("state_dict",)) -> dict[str, Any]:
         """Read ``path`` now (:func:`read_checkpoint`); the Trainer's next load of ``path`` gets this dict."""
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, needs=needs)
         self.preloaded[str(path)] = ckpt
         return ckpt
 

@@ -15,6 +15,7 @@ import torch
 from famlab.config import ConfigError, RunConfig
 from famlab.model import FamLM
 from famlab.runs import RunDir
+from famlab.train.checkpoint_io import check_fits, read_checkpoint
 
 CKPT_KEY = "famlab"  # the checkpoint entry famlab adds next to Lightning's (config, counters, carried state)
 
@@ -67,11 +68,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 def load_model(run_dir_or_ckpt: str | Path, map_location: Any = "cpu") -> tuple[FamLM, RunConfig]:
     """The FamLM (eval mode) and RunConfig of a run directory or checkpoint file."""
     ckpt_path = RunDir.resolve_checkpoint(run_dir_or_ckpt)
-    ckpt = load_checkpoint(ckpt_path, map_location)
-    cfg = RunConfig.from_dict(ckpt[CKPT_KEY]["config"])
+    ckpt = read_checkpoint(ckpt_path, map_location, what="checkpoint", needs=("state_dict", CKPT_KEY))
+    try:
+        cfg = RunConfig.from_dict(ckpt[CKPT_KEY]["config"])
+    except (KeyError, TypeError, ValueError) as e:  # a foreign or damaged run config in the checkpoint
+        why = " ".join(str(e).split())
+        raise ConfigError(
+            f"checkpoint: {str(ckpt_path)!r} has no usable run config: {type(e).__name__}: {why}"
+        ) from None
     model = build_model(cfg, load_init=False)  # the checkpoint holds every weight
     prefix = "model."
-    model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    check_fits({"state_dict": weights}, model.state_dict(), ckpt_path, what="checkpoint")
+    model.load_state_dict(weights)
     if cfg.lora.rank:  # adapters folded into the weights: a plain FamLM
         from famlab import hf
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -39,8 +40,8 @@ from famlab.train.callbacks import (
     MergeLora,
     stopped_metrics,
 )
-from famlab.train.checkpoint_io import AtomicCheckpointIO
-from famlab.train.factory import resolve_pretrained
+from famlab.train.checkpoint_io import AtomicCheckpointIO, check_fits
+from famlab.train.factory import CKPT_KEY, resolve_pretrained
 from famlab.train.loggers import JsonlLogger, check_file_loggers, file_loggers, make_wandb_logger, wandb_mode
 from famlab.train.module import FamLightningModule
 from famlab.train.progress import progress_callbacks
@@ -163,25 +164,36 @@ def train(
     check_file_loggers(cfg)
     ckpt_path = str(RunDir.resolve_checkpoint(cfg.resume)) if cfg.resume else None
     checkpoint_io = AtomicCheckpointIO()
-    if ckpt_path:  # an unreadable checkpoint is a one-line error before any run directory exists
-        checkpoint_io.preload(ckpt_path)
+    if ckpt_path:  # an unreadable or foreign checkpoint is a one-line error before any run directory exists
+        ckpt = checkpoint_io.preload(ckpt_path, needs=("state_dict", "optimizer_states", CKPT_KEY))
+        check_fits(ckpt, module.state_dict(), ckpt_path)
 
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:  # a worker re-launched by Lightning's DDP launcher (or a run dir set by the user)
         run = RunDir(inherited)
         run.path.mkdir(parents=True, exist_ok=True)
     else:
-        run = RunDir.create(cfg.out_dir, cfg.run_name)
+        try:
+            run = RunDir.create(cfg.out_dir, cfg.run_name)
+        except OSError as e:  # read-only, not a folder, ...: one line, nothing made
+            raise ConfigError(
+                f"out_dir={cfg.out_dir!r}: cannot make a run directory there: {e.strerror or e}"
+            ) from None
     run_dir = run.path
     is_zero = global_rank() == 0
     if is_zero:
-        run.config_path.write_text(run_config_to_yaml(cfg))
-        provenance.write(
-            run.provenance_path,
-            seed=cfg.seed,
-            argv=argv,
-            extra={"run_dir": str(run_dir), "resume_from": ckpt_path, "malloc": malloc},
-        )
+        try:
+            run.config_path.write_text(run_config_to_yaml(cfg))
+            provenance.write(
+                run.provenance_path,
+                seed=cfg.seed,
+                argv=argv,
+                extra={"run_dir": str(run_dir), "resume_from": ckpt_path, "malloc": malloc},
+            )
+        except OSError as e:  # a full disk: no half-made run directory is left behind
+            if not inherited:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise ConfigError(f"out_dir={cfg.out_dir!r}: cannot write the run directory: {e.strerror or e}") from None
 
     loggers: list[Logger] = [JsonlLogger(run_dir), *file_loggers(cfg, run_dir)]
     resume_id = RunDir.of_checkpoint(ckpt_path).wandb_id() if ckpt_path else None  # the same wandb run goes on
