@@ -298,6 +298,7 @@ BAD_VALUES = {  # by type: values no key of that type accepts (wrong type, non-f
     "bool": ["maybe", "2", "[true]", "{a: 1}", "0.5"],
     "str": ["[a, b]", "{a: 1}"],
     "list": ["5", "abc", "{a: 1}", "true"],
+    "Any": ["abc", "1.5", "-1", "[1]", "{a: 1}"],  # train.fast_dev_run: true, false or a number of steps
 }
 BAD_ITEMS = {"float": ["[abc]", "[.nan]"], "int": ["[abc]", "[1.5]"], None: ["[.nan]", "[[.inf]]"]}
 
@@ -479,8 +480,9 @@ def spec_cases() -> list[Case]:
         Case(
             "spec_action",
             "spec",
+            # an unknown action reads as `sweep run SPEC`: the one line names it as a spec not found
             lambda w, o: ["sweep", "frobnicate", str(w.valid_spec), f"--out-root={o}"],
-            "valid.yaml",
+            "frobnicate",
         ),
     ]
     return cases
