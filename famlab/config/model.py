@@ -21,7 +21,7 @@ from famlab.config.errors import (
     config_error,
 )
 
-ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
 INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
@@ -45,10 +45,10 @@ class ModelConfig(CheckedDataclass):
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     # --- attention ---
-    attention: str = "fam"  # full | bswa | txl | fam
+    attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2)
     block_size: int = 1024  # B: tokens per block
     mem_segment: int = 3  # m: cached previous blocks each block attends (no per-token window)
-    fam_len: int = 64  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`)
+    fam_len: int = 64  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`; ignored by other kinds)
     stop_grad: bool = False  # detach the memory-segment keys/values (TransformerXL practice; not `full`)
     txl_window: int | None = None  # txl: per-token window over the memory; None = mem_segment*block_size
     # --- FAM switches ---
@@ -86,6 +86,8 @@ class ModelConfig(CheckedDataclass):
             raise config_error(
                 name, "n_heads", self.n_heads, f"a value giving an even head size (d_model={self.d_model})"
             )
+        if self.attention == "fm" and self.mem_segment < 1:  # fm's memory is its only way past the block
+            raise config_error(name, "mem_segment", self.mem_segment, "an integer >= 1 for attention='fm'")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
         if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):

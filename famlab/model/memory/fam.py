@@ -63,6 +63,10 @@ class FamMemory:
         n = ls.fam_k.shape[2]
         return ls.fam_k, ls.fam_v, masks.older_fam, masks.Keys(pos=torch.zeros(1, n, device=device))
 
+    def absorb(self, layer, ls, out: Tensor, cos: Tensor, sin: Tensor) -> dict[str, Tensor]:
+        """Nothing to keep of a segment's outputs: the FAM updates once the block is complete."""
+        return {}
+
     def update(self, layer, ls, blk_k: Tensor, blk_v: Tensor, *, block, offset, fresh, dtype) -> dict[str, Tensor]:
         """After the complete block ``block`` (absolute index; its keys ``blk_k``/``blk_v``): F' from F and the
         block, and its keys join the last P states (RoPE at the next block's FAM positions)."""

@@ -1,5 +1,8 @@
 """The reference: for each block, for each layer, the layer on [F; X] with the spec's mask table and a naive
-softmax attention. Obviously right, slow; the other paths are held equal to it by the tests."""
+softmax attention. Obviously right, slow; the other paths are held equal to it by the tests.
+
+``fm`` (feedback memory segment, :mod:`famlab.model.memory.feedback`): the same loop, but what enters a
+layer's memory after a block is the K/V of that layer's *output* for the block, not of its input."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import torch
 from torch import Tensor
 
 from famlab.model import masks
-from famlab.model.memory import SegmentMemory
+from famlab.model.memory import FeedbackMemory, SegmentMemory
 from famlab.model.ops import merge_heads, naive_attention
 from famlab.model.positions import fam_positions, rope_for, token_positions
 from famlab.model.state import FamState
@@ -52,7 +55,10 @@ def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, None]:
             if L_F and nb == B:  # only a complete block produces the next FAM
                 old_fam[li].append((k[:, :, :L_F], v[:, :, :L_F]))
                 fams[li] = out[:, :L_F]
-            mem[li] = segment.push_block(mem[li], (k[:, :, L_F:], v[:, :, L_F:]))
+            if cfg.attention == "fm":  # the memory holds this layer's outputs, keyed at their token positions
+                mem[li] = segment.push_block(mem[li], FeedbackMemory.outputs_kv(layer, out, cos, sin))
+            else:
+                mem[li] = segment.push_block(mem[li], (k[:, :, L_F:], v[:, :, L_F:]))
             h = out[:, L_F:]
         outs.append(h)
     return torch.cat(outs, 1), None
