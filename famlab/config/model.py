@@ -21,7 +21,7 @@ from famlab.config.errors import (
     config_error,
 )
 
-ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm")
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
 INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
@@ -45,7 +45,7 @@ class ModelConfig(CheckedDataclass):
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     # --- attention ---
-    attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2)
+    attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2) | sum_fam (App. C.3)
     block_size: int = 1024  # B: tokens per block
     mem_segment: int = 3  # m: cached previous blocks each block attends (no per-token window)
     fam_len: int = 64  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`; ignored by other kinds)
@@ -88,6 +88,8 @@ class ModelConfig(CheckedDataclass):
             )
         if self.attention == "fm" and self.mem_segment < 1:  # fm's memory is its only way past the block
             raise config_error(name, "mem_segment", self.mem_segment, "an integer >= 1 for attention='fm'")
+        if self.attention == "sum_fam" and self.fam_len < 1:  # no FAM rows: no summary either
+            raise config_error(name, "fam_len", self.fam_len, "an integer >= 1 for attention='sum_fam'")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
         if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):
@@ -117,8 +119,8 @@ class ModelConfig(CheckedDataclass):
 
     @property
     def effective_fam_len(self) -> int:
-        """FAM rows actually used: only the `fam` attention kind has any."""
-        return self.fam_len if self.attention == "fam" else 0
+        """FAM rows actually used: only the `fam` and `sum_fam` attention kinds have any."""
+        return self.fam_len if self.attention in ("fam", "sum_fam") else 0
 
     @property
     def detach_memory(self) -> bool:
