@@ -38,6 +38,7 @@ SWEEP_ORDER = (
     "block_size",
     "passkey_recipe",
     "feedback_memory",
+    "memory_kinds",
 )
 
 
