@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_close, make_model, param_grads, stream, tiny_cfg, tokens
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_model_paths import receptive_field
 
 from famlab.model import FamLM
@@ -131,3 +133,30 @@ def test_receptive_field_is_unbounded_through_the_outputs():
     own = torch.tensor([[s // B == t // B and s <= t for s in range(T)] for t in range(T)])
     for impl in ["fast", "reference"]:
         assert torch.equal(receptive_field(sg, T, impl), own), impl
+
+
+KIND = "fm"
+SWITCHES = st.fixed_dictionaries(
+    dict(
+        mem_segment=st.integers(1, 3),
+        block_size=st.integers(1, 7),
+        stop_grad=st.booleans(),
+        n_kv_heads=st.sampled_from([None, 1, 2]),
+        ff=st.sampled_from(["gelu", "swiglu"]),
+        norm=st.sampled_from(["layernorm", "rmsnorm"]),
+        tie_embeddings=st.booleans(),
+    )
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sw=SWITCHES, T=st.integers(1, 30), chunk=st.integers(1, 9), seed=st.integers(0, 3))
+def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
+    model = make_model(tiny_cfg(attention=KIND, **sw), seed=seed, dtype=torch.float64)
+    toks = tokens(model.cfg, 2, T, seed=seed)
+    fast, ref = model(toks), model(toks, impl="reference")
+    assert_close(fast, ref, tol=1e-10, what=f"fast vs reference {sw}")
+    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
+    for name in g_ref:
+        assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name} {sw}")
+    assert_close(stream(model, toks, [chunk, chunk + 2]), fast, tol=1e-10, what=f"stream vs fast {sw}")

@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 from helpers import assert_close, make_model, param_grads, stream, tiny_cfg, tokens
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from famlab.model import FamLM
 from famlab.model.ops import merge_heads
@@ -128,3 +130,34 @@ def test_equals_fam_until_the_first_update():
     out_sum, out_fam = sum_fam(toks), fam(toks)
     assert_close(out_sum[:, :B], out_fam[:, :B], tol=1e-12, what="first block")
     assert (out_sum[:, B:] - out_fam[:, B:]).abs().amax(-1).min() > 1e-6
+
+
+KIND = "sum_fam"
+SWITCHES = st.fixed_dictionaries(
+    dict(
+        mem_segment=st.integers(0, 2),
+        fam_len=st.integers(1, 4),
+        fam_prev_blocks=st.integers(1, 3),
+        fam_pos=st.sampled_from(["last", "float", "zero"]),
+        fam_init=st.sampled_from(["prompt", "prefix"]),
+        block_size=st.integers(1, 7),
+        stop_grad=st.booleans(),
+        n_kv_heads=st.sampled_from([None, 1, 2]),
+        ff=st.sampled_from(["gelu", "swiglu"]),
+        norm=st.sampled_from(["layernorm", "rmsnorm"]),
+        tie_embeddings=st.booleans(),
+    )
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sw=SWITCHES, T=st.integers(1, 30), chunk=st.integers(1, 9), seed=st.integers(0, 3))
+def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
+    model = make_model(tiny_cfg(attention=KIND, **sw), seed=seed, dtype=torch.float64)
+    toks = tokens(model.cfg, 2, T, seed=seed)
+    fast, ref = model(toks), model(toks, impl="reference")
+    assert_close(fast, ref, tol=1e-10, what=f"fast vs reference {sw}")
+    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
+    for name in g_ref:
+        assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name} {sw}")
+    assert_close(stream(model, toks, [chunk, chunk + 2]), fast, tol=1e-10, what=f"stream vs fast {sw}")
