@@ -14,6 +14,8 @@ in :mod:`famlab.model.paths`, and the tests hold them equal:
 * ``step``: streaming, chunks of any length, with a state of constant size (except for ``full``).
 * ``attention="fm"`` (feedback memory segment, App. C.2): ``fast`` and ``layer_major`` run
   :mod:`famlab.model.paths.feedback` (per layer, block by block); ``wave`` does not apply.
+* ``attention="sum_fam"`` (SUM FAM, App. C.3: ``Layer.fam_update`` with the layer's static summary as
+  queries and residual): ``fast`` runs layer-major; ``wave`` does not apply.
 
 Architecture: pre-LN (LayerNorm or RMSNorm), RoPE (rotate-half, base 10,000) on queries and keys,
 fused QKV projection with optional grouped-query heads, and a standard feed-forward: GELU MLP with
