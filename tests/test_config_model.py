@@ -16,7 +16,9 @@ def small(**changes) -> ModelConfig:
 @pytest.mark.parametrize(
     "changes, key, value, allowed",
     [
-        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam"),
+        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam, fm, sum_fam"),
+        (dict(attention="sum_fam", fam_len=0), "fam_len", "0", "an integer >= 1 for attention='sum_fam'"),
+        (dict(attention="fm", mem_segment=0), "mem_segment", "0", "an integer >= 1 for attention='fm'"),
         (dict(block_size=0), "block_size", "0", "an integer > 0"),
         (dict(vocab_size=True), "vocab_size", "True", "an integer > 0"),  # YAML's true is not 1
         (dict(mem_segment=-1), "mem_segment", "-1", "an integer >= 0"),

@@ -122,3 +122,18 @@ def test_init_from_bad_folder_is_a_config_error(tmp_path):
     cfg = load_run_config("tiny", [f"model.init_from={tmp_path}", f"out_dir={tmp_path}", "logger.wandb=disabled"])
     with pytest.raises(ValueError, match=r"model.init_from=.*not a converted folder"):
         train(cfg)
+
+
+def test_memory_kinds_load_from_any_folder(tmp_path):
+    """A FAM folder loads into sum_fam (fresh summaries, every other tensor loaded) and fm; a sum_fam folder
+    round-trips with its summaries and loads into fam without them."""
+    fam = hf.convert(make_hf("llama"), attention="fam", block_size=8, mem_segment=1, fam_len=4)
+    out = hf.save_converted(fam, tmp_path / "conv")
+    x = tokens()
+    summ = hf.load_converted(out, attention="sum_fam")
+    assert torch.equal(summ.fam_prompt, fam.fam_prompt) and summ.layers[0].fam_summary.shape == (4, 64)
+    assert torch.equal(summ.layers[0].wqkv.weight, fam.layers[0].wqkv.weight)
+    again = hf.load_converted(hf.save_converted(summ, tmp_path / "sum"))
+    assert again.cfg.attention == "sum_fam" and torch.equal(again(x), summ(x))
+    assert torch.equal(hf.load_converted(tmp_path / "sum", attention="fam")(x), fam(x))
+    assert hf.load_converted(out, attention="fm").cfg.mem_segment == 1

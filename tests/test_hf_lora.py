@@ -56,6 +56,13 @@ def test_lora_trains_only_adapters_and_fam_prompt_then_merges_exactly():
     assert (merged - hf.convert(make_hf("llama"), attention="full")(x)).abs().max() > 0  # the adapters did something
 
 
+def test_lora_trains_the_sum_fam_summaries():
+    model = hf.convert(make_hf("llama"), attention="sum_fam", block_size=8, mem_segment=0, fam_len=4)
+    hf.add_lora(model, rank=4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n}
+    assert trainable == {"fam_prompt", "layers.0.fam_summary", "layers.1.fam_summary"}
+
+
 def test_lora_target_that_matches_no_layer_is_refused():
     """With tied embeddings there is no ``head`` linear: a ``head`` target is a config error, not skipped."""
     untied = hf.convert(make_hf("llama"), attention="bswa", block_size=8, mem_segment=1)

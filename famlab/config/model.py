@@ -21,7 +21,7 @@ from famlab.config.errors import (
     config_error,
 )
 
-ATTENTION_KINDS = ("full", "bswa", "txl", "fam")
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
 INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
@@ -45,12 +45,12 @@ class ModelConfig(CheckedDataclass):
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     # --- attention ---
-    attention: str = "fam"  # full | bswa | txl | fam
+    attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2) | sum_fam (App. C.3)
     # defaults: a small run whose sequence (data.seq_len 256) has 4 blocks, so blocks 3 and 4 see block 1
     # only through FAM (the paper's B=1024, m=3, L_F=64 are preset=paper; L_F = B/16 as there)
     block_size: int = 64  # B: tokens per block
     mem_segment: int = 1  # m: cached previous blocks each block attends (no per-token window)
-    fam_len: int = 4  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`)
+    fam_len: int = 4  # L_F: FAM rows per layer (0 makes `fam` identical to `bswa`; ignored by other kinds)
     stop_grad: bool = False  # detach the memory-segment keys/values (TransformerXL practice; not `full`)
     txl_window: int | None = None  # txl: per-token window over the memory; None = mem_segment*block_size
     # --- FAM switches ---
@@ -88,6 +88,10 @@ class ModelConfig(CheckedDataclass):
             raise config_error(
                 name, "n_heads", self.n_heads, f"a value giving an even head size (d_model={self.d_model})"
             )
+        if self.attention == "fm" and self.mem_segment < 1:  # fm's memory is its only way past the block
+            raise config_error(name, "mem_segment", self.mem_segment, "an integer >= 1 for attention='fm'")
+        if self.attention == "sum_fam" and self.fam_len < 1:  # no FAM rows: no summary either
+            raise config_error(name, "fam_len", self.fam_len, "an integer >= 1 for attention='sum_fam'")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
         if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):
@@ -117,8 +121,8 @@ class ModelConfig(CheckedDataclass):
 
     @property
     def effective_fam_len(self) -> int:
-        """FAM rows actually used: only the `fam` attention kind has any."""
-        return self.fam_len if self.attention == "fam" else 0
+        """FAM rows actually used: only the `fam` and `sum_fam` attention kinds have any."""
+        return self.fam_len if self.attention in ("fam", "sum_fam") else 0
 
     @property
     def detach_memory(self) -> bool:

@@ -61,9 +61,15 @@ SHAPE_KEYS = (  # the ModelConfig keys a pretrained model decides; the attention
     "rope_base",
 )
 FAM_KEYS = ("fam_prompt", "fam_prefix")  # the tensors a converted checkpoint may lack or carry extra
+FAM_LAYER_KEYS = (".fam_summary",)  # per layer, likewise (sum_fam's static summary)
 # training-time buffers older FamLMs held in their state dict: never saved in a converted folder, ignored
 # when an old folder or state dict still has them
 SKIPPED_KEYS = ("rsp_state", "rsp_valid")
+
+
+def is_fam_key(key: str) -> bool:
+    """A FAM tensor (prompt, prefix, a layer's SUM FAM summary): a checkpoint may lack it or carry it extra."""
+    return key.startswith(FAM_KEYS) or key.endswith(FAM_LAYER_KEYS)
 
 
 class ConversionError(ValueError):
@@ -264,7 +270,7 @@ def load_famlab_state(model: FamLM, state: dict[str, torch.Tensor], source: str 
     prompt/prefix may be missing (kept as initialised) or extra (ignored, e.g. a fam folder into bswa)."""
     expected = _expected_shapes(model)
     for key, shape in expected.items():
-        if key.startswith(FAM_KEYS):
+        if is_fam_key(key):
             continue
         if key not in state:
             raise ConversionError(f"{source} has no {key!r} (expected shape {list(shape)})")
@@ -273,10 +279,10 @@ def load_famlab_state(model: FamLM, state: dict[str, torch.Tensor], source: str 
         if key.startswith(SKIPPED_KEYS):
             continue
         if key not in expected:
-            if key.startswith(FAM_KEYS):
+            if is_fam_key(key):
                 continue
             raise ConversionError(f"{source} has {key!r}, which this FamLM does not have")
-        if key.startswith(FAM_KEYS) and tuple(t.shape) != expected[key]:
+        if is_fam_key(key) and tuple(t.shape) != expected[key]:
             fresh_fam.append(f"{key} {list(t.shape)} -> {list(expected[key])}")  # another fam_len: keep it fresh
             continue
         if tuple(t.shape) != expected[key]:
@@ -293,7 +299,7 @@ def load_famlab_state(model: FamLM, state: dict[str, torch.Tensor], source: str 
         )
     keep = {k: v for k, v in state.items() if k in expected and tuple(v.shape) == expected[k]}
     missing, _ = model.load_state_dict(keep, strict=False)
-    assert all(k.startswith(FAM_KEYS + SKIPPED_KEYS) for k in missing), missing
+    assert all(is_fam_key(k) or k.startswith(SKIPPED_KEYS) for k in missing), missing
 
 
 # ----------------------------------------------------------------------------------------------

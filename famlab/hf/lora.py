@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from famlab.config import ConfigError, config_error
-from famlab.hf.conversion import FAM_KEYS
+from famlab.hf.conversion import is_fam_key
 from famlab.model import FamLM
 
 DEFAULT_LORA_TARGETS = ("wqkv", "wo", "ff.up", "ff.down")
@@ -27,7 +27,7 @@ def add_lora(
 ) -> FamLM:
     """Inject LoRA adapters (``peft``, in place) into the linear layers named by ``targets`` (module-name
     suffixes: ``wqkv``, ``wo``, ``ff.up``, ``ff.down``, ``head``) and freeze everything except the adapters
-    and the FAM prompt/prefix. ``alpha`` None = ``rank`` (scale 1). Returns the same FamLM."""
+    and the FAM prompt/prefix (and SUM FAM summaries). ``alpha`` None = ``rank`` (scale 1). Returns the same FamLM."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if has_lora(model):
@@ -49,7 +49,7 @@ def add_lora(
     )
     inject_adapter_in_model(config, model)
     for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name or name.startswith(FAM_KEYS))
+        p.requires_grad_("lora_" in name or is_fam_key(name))
     return model
 
 

@@ -32,6 +32,8 @@ class Layer(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.ff = FeedForward(cfg)
+        # SUM FAM (App. C.3): a static learned summary of L_F rows whose queries update the FAM
+        self.fam_summary = nn.Parameter(torch.empty(cfg.fam_len, cfg.d_model)) if cfg.attention == "sum_fam" else None
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, T, d] -> q [b, H, T, D], k and v [b, G, T, D], RoPE applied to q and k."""
@@ -48,10 +50,22 @@ class Layer(nn.Module):
         """One FAM update: the L_F rows of ``fam`` [b, L_F, d] (RoPE tables for their positions)
         attend [themselves; the whole block] (k_blk/v_blk [b, G, B, D]); A_F = Attn + F (or + 0);
         F' = FF(LN(A_F)) + A_F. Returns F' and the keys/values of ``fam`` ([b, G, L_F, D] each).
-        One step of ``fam_scan``; streaming runs it once per completed block."""
+        One step of ``fam_scan``; streaming runs it once per completed block.
+
+        SUM FAM (``fam_summary`` set): the queries and the residual are the static summary S's (at the same
+        positions), not F's; F enters only through its keys/values: A_F = Attn(Q(S), [K(F); K(X)]) + S
+        (``zero_residual`` has no effect)."""
         q, k, v = self.qkv(fam, cos, sin)
+        residual = 0.0 if zero_residual else fam
+        if self.fam_summary is not None:
+            residual = self.summary(fam.shape[0], fam.dtype)  # [b, L_F, d]
+            q, _, _ = self.qkv(residual, cos, sin)
         attn = sdpa(q, torch.cat([k, k_blk], 2), torch.cat([v, v_blk], 2))
-        return self.finish(merge_heads(attn), 0.0 if zero_residual else fam), k, v
+        return self.finish(merge_heads(attn), residual), k, v
+
+    def summary(self, b: int, dtype) -> Tensor:
+        """SUM FAM's static summary rows, [b, L_F, d]."""
+        return self.fam_summary.to(dtype).unsqueeze(0).expand(b, -1, -1)
 
     def fam_scan(
         self, fam: Tensor, cos: Tensor, sin: Tensor, k_own: Tensor, v_own: Tensor, n_full: int, zero_first: bool

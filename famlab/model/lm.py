@@ -1,4 +1,4 @@
-"""FamLM: a decoder-only transformer with full, BSWA, TransformerXL-style or FAM attention.
+"""FamLM: a decoder-only transformer with full, BSWA, TransformerXL-style, FAM or feedback-memory attention.
 
 The method is specified in ``../shared/spec/transformerfam.md``. Implementations of the same function live
 in :mod:`famlab.model.paths`, and the tests hold them equal:
@@ -12,6 +12,10 @@ in :mod:`famlab.model.paths`, and the tests hold them equal:
 * ``impl="fast"`` (default): the wavefront where it applies (FAM, plain linear and norm layers, no
   compiled FAM updates), layer-major otherwise.
 * ``step``: streaming, chunks of any length, with a state of constant size (except for ``full``).
+* ``attention="fm"`` (feedback memory segment, App. C.2): ``fast`` and ``layer_major`` run
+  :mod:`famlab.model.paths.feedback` (per layer, block by block); ``wave`` does not apply.
+* ``attention="sum_fam"`` (SUM FAM, App. C.3: ``Layer.fam_update`` with the layer's static summary as
+  queries and residual): ``fast`` runs layer-major; ``wave`` does not apply.
 
 Architecture: pre-LN (LayerNorm or RMSNorm), RoPE (rotate-half, base 10,000) on queries and keys,
 fused QKV projection with optional grouped-query heads, and a standard feed-forward: GELU MLP with
@@ -34,7 +38,7 @@ from famlab.model.init import INIT_SCHEMES
 from famlab.model.layer import Layer
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import make_norm
-from famlab.model.paths import layer_major, reference, stream, wavefront
+from famlab.model.paths import feedback, layer_major, reference, stream, wavefront
 from famlab.model.state import FamState, LayerState
 
 IMPLS = ("fast", "wave", "layer_major", "reference")
@@ -159,6 +163,8 @@ class FamLM(nn.Module):
         """The path that runs ``impl`` on T tokens (``fast``: the wavefront where it applies)."""
         if impl == "reference":
             return reference.forward
+        if self.cfg.attention == "fm" and impl != "wave":  # fast and layer_major: the per-layer block loop
+            return feedback.forward
         if impl == "layer_major":
             return layer_major.forward
         if wavefront.supported(self, T):

@@ -26,6 +26,8 @@ class LayerState:
     fam: Tensor | None = None  # [b, L_F, d] FAM hidden state: this layer's FAM input for the block
     fam_k: Tensor | None = None  # [b, G, p*L_F, D] keys of the last p FAM states, oldest first
     fam_v: Tensor | None = None
+    fm_k: Tensor | None = None  # [b, G, o, D] fm only: keys of the current partial block's layer outputs
+    fm_v: Tensor | None = None
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerState))

@@ -37,6 +37,8 @@ SWEEP_ORDER = (
     "txl_vs_bswa",
     "block_size",
     "passkey_recipe",
+    "feedback_memory",
+    "memory_kinds",
 )
 
 

@@ -8,6 +8,9 @@ A memory kind is a class, built from the :class:`~famlab.config.ModelConfig`, wi
 * ``read(layer_state, o, device) -> (k, v, mask_mod, keys)``: the keys/values a token at offset ``o`` of
   the current block reads, with the rule of :mod:`famlab.model.masks` that governs them and the keys'
   positions (relative to the block's start);
+* ``absorb(layer, layer_state, out, cos, sin) -> fields``: the layer state's new fields after each segment
+  of a block, from the layer's outputs ``out`` there (only the feedback memory keeps anything: the others
+  return ``{}``);
 * ``update(...) -> fields``: the layer state's new fields after a complete block.
 
 :data:`MEMORY_KINDS` lists them in key order (a block's keys are the kinds' keys in this order, then its own
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 from famlab.config import ModelConfig
 from famlab.model.memory.fam import FamMemory
+from famlab.model.memory.feedback import FeedbackMemory
 from famlab.model.memory.segment import SegmentMemory
 
-MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory}  # in key order
+MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory, "feedback": FeedbackMemory}  # in key order
 
 
 def memory_kinds(cfg: ModelConfig) -> list:
@@ -35,4 +39,4 @@ def memory_kinds(cfg: ModelConfig) -> list:
     return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
 
 
-__all__ = ["MEMORY_KINDS", "FamMemory", "SegmentMemory", "memory_kinds"]
+__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "SegmentMemory", "memory_kinds"]

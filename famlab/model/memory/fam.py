@@ -1,5 +1,14 @@
 """Feedback attention memory (FAM): per layer, L_F rows of hidden state that attend each block and carry
-what they keep to the next block; tokens read the keys of the last ``fam_prev_blocks`` (P) FAM states."""
+what they keep to the next block; tokens read the keys of the last ``fam_prev_blocks`` (P) FAM states.
+
+SUM FAM (``attention="sum_fam"``, App. C.3: static summary tokens) is this memory with another update
+(``Layer.fam_update``): a learned summary S [L_F, d] per layer (``Layer.fam_summary``, initialised like the
+FAM prompt) gives the update its queries and its residual, F' = FF(LN(A)) + A with
+A = Attn(Q(S), [K(F); K(X)]) + S, so the past FAM F reaches F' only through its keys and values (no copy of F
+in the residual). Choices where the paper is silent: S sits at F's RoPE positions (``fam_pos``); the update
+reads the keys FAM's update reads ([F; the whole block], not S's own keys); block tokens read the FAM states
+as in FAM (never S); the initial F (``fam_init``), ``mem_segment`` and ``fam_prev_blocks`` are FAM's;
+``fam_zero_residual`` has no effect (the residual is S)."""
 
 from __future__ import annotations
 
@@ -62,6 +71,10 @@ class FamMemory:
         """The FAM keys a token reads (the last P states held, the newest being the block's own F)."""
         n = ls.fam_k.shape[2]
         return ls.fam_k, ls.fam_v, masks.older_fam, masks.Keys(pos=torch.zeros(1, n, device=device))
+
+    def absorb(self, layer, ls, out: Tensor, cos: Tensor, sin: Tensor) -> dict[str, Tensor]:
+        """Nothing to keep of a segment's outputs: the FAM updates once the block is complete."""
+        return {}
 
     def update(self, layer, ls, blk_k: Tensor, blk_v: Tensor, *, block, offset, fresh, dtype) -> dict[str, Tensor]:
         """After the complete block ``block`` (absolute index; its keys ``blk_k``/``blk_v``): F' from F and the

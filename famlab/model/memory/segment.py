@@ -40,7 +40,7 @@ class SegmentMemory:
 
     @staticmethod
     def applies(cfg: ModelConfig) -> bool:
-        return True  # m = 0 is an empty segment
+        return cfg.attention != "fm"  # m = 0 is an empty segment; fm's segment holds outputs (feedback.py)
 
     # --- the protocol (see famlab.model.memory) ---------------------------------------------
 
@@ -56,6 +56,10 @@ class SegmentMemory:
         k, v = self.cut(ls.mem_k, ls.mem_v)
         n = k.shape[2]
         return k, v, masks.memory, masks.Keys(pos=torch.arange(-n, 0, device=device)[None, :])
+
+    def absorb(self, layer, ls, out: Tensor, cos: Tensor, sin: Tensor) -> dict[str, Tensor]:
+        """Nothing to keep of a segment's outputs: the memory holds the block's input K/V."""
+        return {}
 
     def update(self, layer, ls, blk_k: Tensor, blk_v: Tensor, *, block, offset, fresh, dtype) -> dict[str, Tensor]:
         """After a complete block (keys ``blk_k``/``blk_v``): it joins the ring, the oldest block leaves."""

@@ -1,5 +1,9 @@
 """The reference: for each block, for each layer, the layer on [F; X] with the spec's mask table and a naive
-softmax attention. Obviously right, slow; the other paths are held equal to it by the tests."""
+softmax attention. Obviously right, slow; the other paths are held equal to it by the tests.
+
+``fm`` (feedback memory segment, :mod:`famlab.model.memory.feedback`): the same loop, but what enters a
+layer's memory after a block is the K/V of that layer's *output* for the block, not of its input.
+``sum_fam`` (App. C.3): the FAM rows' queries and residual come from the layer's static summary, not F."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import torch
 from torch import Tensor
 
 from famlab.model import masks
-from famlab.model.memory import SegmentMemory
+from famlab.model.memory import FeedbackMemory, SegmentMemory
 from famlab.model.ops import merge_heads, naive_attention
 from famlab.model.positions import fam_positions, rope_for, token_positions
 from famlab.model.state import FamState
@@ -45,14 +49,22 @@ def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, None]:
             vals = torch.cat([*(kv[1] for kv in older), *mem_v, v], 2)
             n_older, n_mem = len(older) * L_F, sum(t.shape[2] for t in mem_k)
             mask = masks.reference_mask(L_F, start, nb, n_older, n_mem, cfg.window, x.device)
-            attn = naive_attention(q, keys, vals, mask)
             fresh = blk == 0 and state.fam_fresh and cfg.fam_zero_residual
             residual = torch.cat([torch.zeros_like(fams[li]) if fresh else fams[li], h], 1) if L_F else h
+            if layer.fam_summary is not None:  # SUM FAM: the FAM rows' queries and residual are the summary's
+                summary = layer.summary(h.shape[0], x.dtype)  # [b, L_F, d]
+                q_sum, _, _ = layer.qkv(summary, cos[:, :, :L_F], sin[:, :, :L_F])
+                q = torch.cat([q_sum, q[:, :, L_F:]], 2)  # [b, H, L_F + nb, D]
+                residual = torch.cat([summary, h], 1)  # [b, L_F + nb, d]
+            attn = naive_attention(q, keys, vals, mask)
             out = layer.finish(merge_heads(attn), residual)
             if L_F and nb == B:  # only a complete block produces the next FAM
                 old_fam[li].append((k[:, :, :L_F], v[:, :, :L_F]))
                 fams[li] = out[:, :L_F]
-            mem[li] = segment.push_block(mem[li], (k[:, :, L_F:], v[:, :, L_F:]))
+            if cfg.attention == "fm":  # the memory holds this layer's outputs, keyed at their token positions
+                mem[li] = segment.push_block(mem[li], FeedbackMemory.outputs_kv(layer, out, cos, sin))
+            else:
+                mem[li] = segment.push_block(mem[li], (k[:, :, L_F:], v[:, :, L_F:]))
             h = out[:, L_F:]
         outs.append(h)
     return torch.cat(outs, 1), None

@@ -1,5 +1,5 @@
 """Streaming: chunks of any length. Per layer the state holds the memory kinds' state (the memory-segment
-ring of K/V, the FAM hidden state and its keys) and the current partial block's K/V, so memory does not grow
+ring of K/V, of the inputs or, for ``fm``, of the outputs; the FAM hidden state and its keys) and the current partial block's K/V, so memory does not grow
 with the number of tokens consumed (except for ``full``, whose KV cache grows by design)."""
 
 from __future__ import annotations
@@ -59,8 +59,12 @@ def segment(model, kinds, layer, ls: LayerState, x: Tensor, state: FamState) -> 
     mask = masks.table_mask(rows, [*regions, (masks.own_block, own)], cfg.window)
     attn = sdpa(q, torch.cat([*keys, blk_k], 2), torch.cat([*vals, blk_v], 2), mask)
     out = layer.finish(merge_heads(attn), x)
+    fields = {}
+    for kind in kinds:
+        fields |= kind.absorb(layer, ls, out, cos, sin)
+    ls = dataclasses.replace(ls, blk_k=blk_k, blk_v=blk_v, **fields)
     if o + n < B:
-        return out, dataclasses.replace(ls, blk_k=blk_k, blk_v=blk_v)
+        return out, ls
     # the block is complete: each memory kind takes it in
     fields = {}
     for kind in kinds:

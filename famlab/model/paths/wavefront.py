@@ -21,7 +21,7 @@ from famlab.model.positions import fam_cos_sin, token_cos_sin
 from famlab.model.state import FamState, LayerState
 
 UNSUPPORTED = (
-    "impl='wave' needs FAM (fam_len > 0), T > 0, the layers as FamLM builds them (plain "
+    "impl='wave' needs FAM (attention='fam', fam_len > 0), T > 0, the layers as FamLM builds them (plain "
     "nn.Linear/norm modules without hooks) and no compiled FAM updates; use impl='fast' or "
     "'layer_major'"
 )
@@ -35,7 +35,7 @@ def supported(model, T: int) -> bool:
     hooks, which tools such as FlopCounterMode register to observe every module, are not looked at), norms
     with weights and ``cfg.norm_eps``, biases on all layers or none. Compiled FAM updates
     (``compile_fam_updates``) belong to the layer-major path, which then runs instead."""
-    if not (model.cfg.effective_fam_len and T):
+    if not (model.cfg.effective_fam_len and T) or model.cfg.attention == "sum_fam":
         return False
     norm = norm_type(model.cfg)
     has_bias = set()
