@@ -265,12 +265,16 @@ class RunDir:
 
     @staticmethod
     def writable_problem(folder: str | Path, flag: str) -> str | None:
-        """None when files can be written in ``folder`` (made if missing: a run would make it anyway), else one
-        line naming ``flag`` (``out_dir``, ``--out-root``) and why. A probe file is written and removed."""
-        path = Path(folder).expanduser()
-        probe = path / f".famlab-probe-{os.getpid()}"
+        """None when files can be written in ``folder``, else one line naming ``flag`` (``out_dir``,
+        ``--out-root``) and why. Creates nothing: a probe file is written and removed in ``folder`` or, when
+        it does not exist yet, in its nearest existing parent (where a run would make it)."""
+        path = Path(folder).expanduser().absolute()
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir():
+            what = "a file is in the way" if existing is not None else "no existing parent"
+            return f"{flag}={str(folder)!r}: cannot write there: {what} ({existing})"
+        probe = existing / f".famlab-probe-{os.getpid()}"
         try:
-            path.mkdir(parents=True, exist_ok=True)
             with open(probe, "wb") as f:
                 f.write(b"0")
                 f.flush()

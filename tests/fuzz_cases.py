@@ -207,7 +207,8 @@ def read_only(monkeypatch, world, out: Path) -> None:
 
 
 def disk_full(monkeypatch, world, out: Path) -> None:
-    """Folders can be made under ``out`` but no file can be written (ENOSPC), like a full disk."""
+    """Folders can be made under ``out`` (which exists) but no file can be written (ENOSPC), like a full disk."""
+    out.mkdir(parents=True, exist_ok=True)
     deny_under(monkeypatch, out, errno.ENOSPC, folders=False)
 
 

@@ -44,15 +44,23 @@ def test_trial_lines_status_best_line_and_metric_name(tmp_path, capsys):
 
 
 def test_a_failing_point_prints_fail_lines_and_its_retry(tmp_path, capsys):
-    path = write_spec(tmp_path, grid={"data.val_batches": [0]}, max_retries=1)  # no validation: no objective
+    path = write_spec(  # a run far too long for its trial_timeout: killed, failed, retried once
+        tmp_path,
+        grid={"model.mem_segment": [1]},
+        overrides={"train.max_steps": 100_000, "train.val_every": 100_000},
+        trial_timeout=5,
+        max_retries=1,
+    )
     assert main(["run", path, "--out-root", str(tmp_path / "runs")]) == 1
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("trial ")]
     assert len(lines) == 4, out
-    assert lines[0] == "trial 1/1 start  data.val_batches=0 seed=0"
-    fail = re.compile(r"trial 1/1 FAIL   data\.val_batches=0 seed=0: objective val/loss=None .+ \(\d+ s; (.+)\)")
+    assert lines[0] == "trial 1/1 start  model.mem_segment=1 seed=0"
+    fail = re.compile(
+        r"trial 1/1 FAIL   model\.mem_segment=1 seed=0: famlab train still running when trial_timeout .+ \(\d+ s; (.+)\)"
+    )
     assert fail.fullmatch(lines[1]) and lines[1].endswith("; queued again)"), lines[1]
-    assert lines[2] == "trial 1/1 start  data.val_batches=0 seed=0 (retry 1 of 1)"
+    assert lines[2] == "trial 1/1 start  model.mem_segment=1 seed=0 (retry 1 of 1)"
     assert fail.fullmatch(lines[3]) and lines[3].endswith("; no retries left)"), lines[3]
 
 
