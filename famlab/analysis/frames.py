@@ -29,14 +29,26 @@ METRIC_PREFIX = "m."  # sweep workers store each final metric as the trial user 
 
 
 def open_storage(url: str):
-    """An Optuna RDB storage for reading, or None when a SQLite file does not exist (opening one
-    would create it)."""
+    """An Optuna storage for reading (RDB, or a ``journal:PATH`` file), or None when a SQLite or journal
+    file does not exist (opening one would create it)."""
     import optuna
 
+    from famlab.sweep.journal import journal_file, read_journal
+
+    if journal_file(url) is not None:
+        return read_journal(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.storages.RDBStorage(url)
+
+
+def store_file_missing(url: str) -> Path | None:
+    """The file of a SQLite or ``journal:`` storage URL when that file does not exist, else None."""
+    from famlab.sweep.journal import journal_file
+
+    path = journal_file(url) or (Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None)
+    return path if path is not None and not path.exists() else None
 
 
 def study_names(storage_url: str) -> list[str]:

@@ -23,7 +23,11 @@ def _sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=SWEEP_ACTIONS)
     parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec")
     parser.add_argument("--profile", default="tiny", help="the spec profile: tiny (CPU) or paper (cluster)")
-    parser.add_argument("--storage", default=None, help=f"Optuna storage URL (default: ${STORAGE_ENV} or SQLite)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help=f"Optuna storage: an SQLAlchemy URL or journal:PATH (default: ${STORAGE_ENV} or SQLite)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     parser.add_argument("--out-root", default="runs", help="trial run directories and the default SQLite store")
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
@@ -52,10 +56,11 @@ def missing_store(spec, storage: str) -> str | None:
     """``sweep status``: one line when the store (a SQLite file) or the study in it does not exist, else None.
     Opens nothing that would create either."""
     from famlab.analysis import study_names
+    from famlab.analysis.frames import store_file_missing
     from famlab.sweep import redact
 
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        return f"study {spec.study_name}: no trials yet (no store at {storage.removeprefix('sqlite:///')})"
+    if (path := store_file_missing(storage)) is not None:
+        return f"study {spec.study_name}: no trials yet (no store at {path})"
     if spec.study_name not in study_names(storage):
         return f"study {spec.study_name}: no trials yet (no such study in {redact(storage)})"
     return None

@@ -338,7 +338,9 @@ def default_storage(spec: SweepSpec, root: str | Path = "runs") -> str:
 
 
 def redact(url: str) -> str:
-    """A storage URL safe to print: the password is masked."""
+    """A storage URL safe to print: the password is masked (a ``journal:PATH`` has none)."""
+    if url.startswith("journal:"):
+        return url
     try:
         from sqlalchemy.engine import make_url
 
