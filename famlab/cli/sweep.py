@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-SWEEP_ACTIONS = ("run", "status", "worker")
+SWEEP_ACTIONS = ("run", "status", "worker", "submit")
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
         "if needed, resuming it otherwise), prints a line per trial start and end, then the ablation table; "
         "`status` lists the trials and the best one (it creates nothing: a missing store or study prints "
         "`no trials yet` and exits 0); "
-        "`worker` is one worker (what `run --workers N` and SLURM jobs start).",
+        "`worker` is one worker (what `run --workers N` starts); `submit` submits --workers workers as a SLURM "
+        "job array (submitit) on a shared storage (PostgreSQL or journal:PATH).",
     )
     parser.add_argument("action", choices=SWEEP_ACTIONS)
     parser.add_argument("spec", help="a spec name from sweeps/ or a path to a YAML spec")
@@ -41,6 +42,17 @@ def _sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--worker-index", type=int, default=None, help="worker: its index, printed before its lines (set by run)"
     )
+    slurm = parser.add_argument_group("submit (SLURM; each overrides the spec profile's slurm: section)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--time", default=None, help="each worker's time limit: minutes or [D-]HH:MM[:SS] (24:00:00)")
+    slurm.add_argument("--gpus-per-worker", type=int, default=None)
+    slurm.add_argument("--cpus-per-worker", type=int, default=None)
+    slurm.add_argument("--mem", default=None, help="memory per worker (sbatch --mem), e.g. 64G")
+    slurm.add_argument(
+        "--sbatch", action="append", default=None, help="an extra sbatch option, e.g. --sbatch=--qos=high"
+    )
+    slurm.add_argument("--wait", action="store_true", help="wait until every task ended, then print the status")
     return parser
 
 
@@ -99,6 +111,16 @@ def sweep_main(argv: list[str]) -> int:
     if args.action == "status" and (gone := missing_store(spec, storage)):
         print(gone)  # never create a store or a study to say there is none
         return 0
+    if args.action == "submit":  # then, with --wait, what `run` prints
+        import optuna
+
+        from famlab.sweep.slurm import submit_command, wait_for
+
+        code, array = submit_command(spec, storage if args.storage or os.environ.get(STORAGE_ENV) else None, args)
+        if code or not args.wait:
+            return code
+        wait_for(array)
+        study = optuna.load_study(study_name=spec.study_name, storage=make_storage(storage))
     if args.action in ("run", "worker"):
         try:  # a spec that no longer matches its stored study: one line, before any trial starts
             study = open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
@@ -136,7 +158,8 @@ def sweep_main(argv: list[str]) -> int:
         )
     status = status_table(spec, storage)
     print(status)
-    table = ablation_text(spec, storage) if args.action == "run" else ""
+    finished = args.action in ("run", "submit")
+    table = ablation_text(spec, storage) if finished else ""
     if table:
         print(f"\n{table}")
         claims = claims_text(spec, storage)
@@ -150,5 +173,5 @@ def sweep_main(argv: list[str]) -> int:
         study = optuna.load_study(study_name=spec.study_name, storage=make_storage(storage))
     missing = missing_lines(study, spec)  # each point that failed by itself, and what is missing: one line each
     for line in missing:
-        print(line, file=sys.stderr if args.action == "run" else sys.stdout)
-    return 1 if missing and args.action == "run" else 0
+        print(line, file=sys.stderr if finished else sys.stdout)
+    return 1 if missing and finished else 0

@@ -59,8 +59,8 @@ class TrialLines:
     def head(self, trial: optuna.Trial, params: dict[str, Any], word: str) -> str:
         return f"trial {self.position(trial, params)}/{self.total} {word:<6} {params_text(params)}"
 
-    def start(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
-        marks = []
+    def start(self, trial: optuna.Trial, params: dict[str, Any], note: str = "") -> None:
+        marks = [note] if note else []
         retry = int(trial.user_attrs.get("retry", 0))
         if retry:
             marks.append(f"retry {retry} of {self.spec.max_retries}")
