@@ -102,6 +102,46 @@ def test_a_cancelled_task_gives_its_trial_back_and_the_other_resumes_it(tmp_path
     assert retry.user_attrs.get("stale_retries") == 1 and retry.user_attrs.get("retry", 0) == 0  # no retry used up
 
 
+def test_the_time_limit_signal_checkpoints_the_trial_and_requeues_the_task(tmp_path, slurm, capsys):
+    """SIGUSR2 is what SLURM sends `signal_delay_s` before a task's time limit (submitit's --signal): sent here
+    by scancel, at once. No periodic checkpoints: the one the retry resumes from is the signal's."""
+    overrides = {"train.max_steps": 150, "train.val_every": 50, "train.checkpoint_every": 0, "train.log_every": 1}
+    path = write_spec(tmp_path, name="tl", grid={"model.mem_segment": [0, 1]}, overrides=overrides)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    url = f"journal:{tmp_path / 'shared' / 'study.journal'}"
+    argv = ["sweep", "submit", path, "--storage", url, "--workers", "2", "--out-root", str(runs), "--heartbeat", "2"]
+    assert main(argv) == 0
+    array = _submitted_array(capsys.readouterr().out)
+
+    def victim():  # a task ten steps into a trial
+        if not (tmp_path / "shared" / "study.journal").exists():
+            return None
+        for t in load(url, spec).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            job, run = t.user_attrs.get("slurm_job"), t.user_attrs.get("run_dir")
+            if job and run and len([r for r in RunDir(run).read_metrics() if "train/loss" in r]) >= 10:
+                return t, job, RunDir(run)
+        return None
+
+    end = time.time() + 180
+    while (found := victim()) is None:
+        assert time.time() < end, f"no trial ten steps in: {slurm.tasks(array)}\n{slurm.logs()}"
+        time.sleep(0.2)
+    trial, job, run = found
+    slurm.run("scancel", "--signal=USR2", job)
+    wait_for(array, poll=1.0)
+
+    logs = "\n".join(p.read_text() for p in (runs / "slurm" / spec.study_name).glob("*.out"))
+    stopped = load(url, spec).trials[trial.number]
+    assert stopped.user_attrs["fail_reason"] == "worker stopped by SLURM (SIGUSR2: time limit)", logs
+    step, _ = run.newest_periodic_checkpoint()  # saved by the signal (checkpoint_every=0)
+    assert 10 <= step < 150 and not run.final_metrics_path.exists()
+    complete = assert_grid_done_once(load(url, spec), spec)
+    (retry,) = [t for t in complete if t.params == trial.params]
+    assert retry.user_attrs["started_from"] == {"trial": trial.number, "run_dir": str(run), "step": step}
+    assert f"sweep worker {job}: time limit near; trials given back: [{trial.number}]; requeued" in logs
+    assert logs.count(f"sweep worker {job} (task ") == 2  # the task started again after its requeue
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

@@ -52,7 +52,8 @@ def test_a_failing_point_prints_fail_lines_and_its_retry(tmp_path, capsys):
     assert lines[0] == "trial 1/1 start  data.val_batches=0 seed=0"
     fail = re.compile(r"trial 1/1 FAIL   data\.val_batches=0 seed=0: objective val/loss=None .+ \(\d+ s; (.+)\)")
     assert fail.fullmatch(lines[1]) and lines[1].endswith("; queued again)"), lines[1]
-    assert lines[2] == "trial 1/1 start  data.val_batches=0 seed=0 (retry 1 of 1)"
+    # the run itself finished: the retry takes it again (no second training) and fails the same way
+    assert lines[2] == "trial 1/1 start  data.val_batches=0 seed=0 (retry 1 of 1; keeps the finished run of trial 0)"
     assert fail.fullmatch(lines[3]) and lines[3].endswith("; no retries left)"), lines[3]
 
 

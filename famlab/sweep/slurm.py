@@ -15,7 +15,8 @@ again (what ``famlab sweep run`` does before it starts workers, once, from one p
   ``--signal``) SIGUSR2 ``signal_delay_s`` before its time limit. Either way the task gives its running
   trial back at once (failed as stale with the reason, its point queued again without using up
   ``max_retries``), so any worker resumes it from its last checkpoint (:mod:`famlab.sweep.resume`);
-  at the time limit submitit requeues the task itself, which then goes on working. A task killed
+  at SIGUSR2 the trial first saves a checkpoint of its current step (:mod:`famlab.train.signals`), and
+  submitit requeues the task itself, which then goes on working. A task killed
   without a signal (a node failure) leaves its trial to go stale after ``--grace`` seconds.
 """
 
@@ -159,6 +160,31 @@ def release_trials(spec: SweepSpec, storage_url: str, job: str, why: str) -> lis
     return released
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids.append(int(stat.parent.name))
+    return kids
+
+
+def stop_children(sig: int, timeout: float) -> None:
+    """Send ``sig`` to this process's children (its trial's ``famlab train``: it saves a checkpoint of its
+    current step and exits, :mod:`famlab.train.signals`) and wait for them, at most ``timeout`` seconds."""
+    kids = child_pids(os.getpid())
+    for pid in kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    end = time.monotonic() + timeout
+    while kids and time.monotonic() < end:
+        time.sleep(0.2)
+        alive = set(child_pids(os.getpid()))
+        kids = [pid for pid in kids if pid in alive]
+
+
 @dataclass
 class SweepWorkerJob:
     """What each array task runs (pickled by submitit): one sweep worker. ``storage`` None: from $FAMLAB_STORAGE."""
@@ -170,6 +196,7 @@ class SweepWorkerJob:
     heartbeat: int
     grace: int | None
     threads: int
+    stop_wait: float = 60.0  # seconds the trial may take to save its checkpoint at the time-limit signal
 
     def storage_url(self) -> str:
         url = self.storage or os.environ.get(STORAGE_ENV)
@@ -194,12 +221,14 @@ class SweepWorkerJob:
         return f"worker {job}: nothing left to run"
 
     def checkpoint(self, index: int) -> Any:
-        """submitit calls this on SIGUSR2 (the time limit is near): give the running trial back, then
-        requeue this task, which goes on with the study's work (that trial too, from its checkpoint)."""
+        """submitit calls this on SIGUSR2 (the time limit is near): the trial saves a checkpoint of its current
+        step and stops, this task gives it back, then is requeued and goes on with the study's work (that
+        trial too, if no other worker took it first, from that checkpoint)."""
         import submitit
 
         spec = load_spec(self.spec_path, self.profile, validate_runs=False)
         job = slurm_job_id()
+        stop_children(signal.SIGUSR2, self.stop_wait)  # SLURM signalled it too: sent again, it is the same request
         released = release_trials(spec, self.storage_url(), job, "SIGUSR2: time limit")
         print(f"sweep worker {job}: time limit near; trials given back: {released}; requeued", flush=True)
         return submitit.helpers.DelayedSubmission(self, index)
@@ -242,6 +271,7 @@ def submit(
     job = SweepWorkerJob(
         spec.path, spec.profile, None if secret else storage_url, str(out_root), heartbeat, grace, threads or 1
     )
+    job.stop_wait = max(10.0, options.signal_delay_s - 30.0)  # what is left then: leaving and requeueing
     before = os.environ.get(STORAGE_ENV)
     os.environ[STORAGE_ENV] = storage_url  # sbatch exports the submitting environment to the tasks
     try:

@@ -45,6 +45,7 @@ from famlab.train.loggers import JsonlLogger, make_wandb_logger, wandb_mode
 from famlab.train.module import FamLightningModule
 from famlab.train.progress import progress_callbacks
 from famlab.train.quiet import quiet_lightning
+from famlab.train.signals import CheckpointOnSignal
 from famlab.train.stops import Diverged
 
 RUN_DIR_ENV = "FAMLAB_RUN_DIR"
@@ -178,7 +179,7 @@ def train(
     wb = make_wandb_logger(cfg, run_dir) if is_zero or not inherited else None
     if wb is not None:
         loggers.append(wb)
-    extra: list[Callback] = [FinalMetrics(run, t0)]
+    extra: list[Callback] = [FinalMetrics(run, t0), CheckpointOnSignal(run)]
     if cfg.lora.rank and cfg.lora.merge:
         extra.append(MergeLora(run))
     if cfg.data.seq_len_adaptive:
