@@ -40,6 +40,7 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from famlab.config import config_error, reject_unknown_keys
+from famlab.sweep.journal import JOURNAL_PREFIX, journal_file
 from famlab.sweep.points import requeue
 from famlab.sweep.spec import SLURM_KEYS, STORAGE_ENV, SweepSpec, load_spec, redact
 from famlab.sweep.storage import make_storage, open_study, requeue_stale
@@ -260,6 +261,8 @@ def submit(
     import submitit
 
     out_root = out_root.resolve()
+    if (journal := journal_file(storage_url)) is not None:
+        storage_url = f"{JOURNAL_PREFIX}{journal}"  # absolute: the tasks may start in another folder
     study = open_study(spec, make_storage(storage_url, heartbeat=heartbeat, grace=grace))
     fail_stale_trials(study)
     for line in requeue(study, spec, retry_failed=retry_failed):
