@@ -29,7 +29,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"Optuna storage: an SQLAlchemy URL or journal:PATH (default: ${STORAGE_ENV} or SQLite)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (submit: SLURM tasks)")
     parser.add_argument("--out-root", default="runs", help="trial run directories and the default SQLite store")
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
     parser.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is stale")
