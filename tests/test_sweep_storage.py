@@ -1,4 +1,5 @@
-"""The sweep's Optuna store: stale trials without a heartbeat, and studies that refuse a changed spec."""
+"""The sweep's Optuna store: stale trials without a heartbeat, leases on a journal file, and studies that refuse
+a changed spec."""
 
 from __future__ import annotations
 
@@ -49,3 +50,33 @@ def test_a_grid_study_refuses_a_changed_grid_or_direction(tmp_path, capsys):
     with pytest.raises(ValueError, match="created to minimize its objective"):
         open_study(load_spec(flipped), make_storage(url))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))  # no trial ran
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_journal_trial_whose_lease_lapses_goes_stale_and_one_renewed_does_not(tmp_path):
+    from famlab.sweep.journal import LEASE_ATTR
+
+    spec = load_spec(write_spec(tmp_path, grid={"model.mem_segment": [0, 1]}))
+    url = f"journal:{tmp_path / 'j' / 'study.journal'}"
+    storage = make_storage(url, heartbeat=1, grace=2)
+    study = open_study(spec, storage)
+    alive, dead = study.ask(), study.ask()  # two RUNNING trials; only the first one's worker renews its lease
+    for _ in range(7):
+        storage.record_heartbeat(alive._trial_id)
+        time.sleep(0.5)
+    optuna.storages.fail_stale_trials(study)  # what every worker does before it starts a trial
+    trials = {t.number: t for t in load(url, spec).trials}  # read by another process's storage
+    assert trials[alive.number].state == TrialState.RUNNING  # negative control: a renewed lease keeps it
+    assert trials[dead.number].state == TrialState.FAIL and trials[dead.number].user_attrs["stale"]
+    assert trials[dead.number].user_attrs["fail_reason"].startswith("worker died (no heartbeat since ")
+    (retry,) = [t for t in trials.values() if t.state == TrialState.WAITING]  # its point, queued again
+    assert retry.system_attrs["grid_id"] == trials[dead.number].system_attrs["grid_id"]
+    assert LEASE_ATTR in trials[alive.number].system_attrs and LEASE_ATTR not in retry.system_attrs
+
+
+def test_status_of_a_missing_journal_creates_nothing(tmp_path, capsys):
+    path = write_spec(tmp_path)
+    journal = tmp_path / "none" / "study.journal"
+    assert main(["status", path, "--storage", f"journal:{journal}"]) == 0
+    assert capsys.readouterr().out.strip() == f"study t-tiny: no trials yet (no store at {journal})"
+    assert not journal.parent.exists()

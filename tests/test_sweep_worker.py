@@ -58,9 +58,11 @@ def _snapshot(study):
     }
 
 
-def test_killed_worker_trial_is_detected_and_rerun(tmp_path, start_workers):
-    spec = load_spec(write_spec(tmp_path, seeds=[0, 1], overrides={"train.max_steps": 100, "train.val_every": 50}))
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+@pytest.mark.parametrize("store", ["sqlite", "journal"])
+def test_killed_worker_trial_is_detected_and_rerun(tmp_path, start_workers, store):
+    seeds = [0, 1] if store == "sqlite" else [0]  # 8 points; the journal's run is shorter: 4
+    spec = load_spec(write_spec(tmp_path, seeds=seeds, overrides={"train.max_steps": 100, "train.val_every": 50}))
+    url = f"sqlite:///{tmp_path / 'study.db'}" if store == "sqlite" else f"journal:{tmp_path / 'study.journal'}"
     optuna.create_study(study_name=spec.study_name, storage=make_storage(url), load_if_exists=True)
     victim, survivor = start_workers(spec, url, tmp_path / "runs", 2)
     study = load(url, spec)

@@ -23,20 +23,32 @@ from famlab.runs import RunDir
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 TRIAL_COLUMNS = ("study", "number", "state")
-TRIAL_ATTRS = ("run_dir", "worker", "fail_reason", "retry_of", "command", "eval_table")
+TRIAL_ATTRS = ("run_dir", "worker", "slurm_job", "fail_reason", "retry_of", "command", "eval_table")
 INFO_COLUMNS = ("objective", "duration_s", "datetime_start", "datetime_complete", *TRIAL_ATTRS)
 METRIC_PREFIX = "m."  # sweep workers store each final metric as the trial user attribute "m.<name>"
 
 
 def open_storage(url: str):
-    """An Optuna RDB storage for reading, or None when a SQLite file does not exist (opening one
-    would create it)."""
+    """An Optuna storage for reading (RDB, or a ``journal:PATH`` file), or None when a SQLite or journal
+    file does not exist (opening one would create it)."""
     import optuna
 
+    from famlab.sweep.journal import journal_file, read_journal
+
+    if journal_file(url) is not None:
+        return read_journal(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.storages.RDBStorage(url)
+
+
+def store_file_missing(url: str) -> Path | None:
+    """The file of a SQLite or ``journal:`` storage URL when that file does not exist, else None."""
+    from famlab.sweep.journal import journal_file
+
+    path = journal_file(url) or (Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None)
+    return path if path is not None and not path.exists() else None
 
 
 def study_names(storage_url: str) -> list[str]:
@@ -202,15 +214,16 @@ def read_curves(df: pd.DataFrame, key: str = "val/loss", keys: Sequence[str] | N
 # what `famlab sweep` prints
 
 
-def trials_frame(spec: Any, storage_url: str) -> pd.DataFrame:
+def trials_frame(spec: Any, storage_url: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """All trials of a spec's study: number, state, parameters (and seed), objective, duration_s,
-    the metrics, retry_of, fail_reason and run_dir. Empty when the store or study does not exist."""
-    df = load_study(storage_url, spec.study_name)
+    the metrics, retry_of, fail_reason and run_dir. Empty when the store or study does not exist.
+    ``frame``: the study's ``load_study`` frame, when the caller has it."""
+    df = load_study(storage_url, spec.study_name) if frame is None else frame
     if df.empty:
         return df
     head = ["number", "state", *df.attrs["params"], "seed", "objective", "duration_s"]
     tail = ["retry_of", "fail_reason", "run_dir"]
-    skip = {"study", "datetime_start", "datetime_complete", "worker", "command", "eval_table"}
+    skip = {"study", "datetime_start", "datetime_complete", "worker", "slurm_job", "command", "eval_table"}
     metrics = [c for c in df.columns if c not in {*head, *tail, *skip}]
     out = df[[c for c in [*head, *metrics, *tail] if c in df.columns]]
     out.attrs = dict(df.attrs)
@@ -219,7 +232,8 @@ def trials_frame(spec: Any, storage_url: str) -> pd.DataFrame:
 
 def status_table(spec: Any, storage_url: str) -> str:
     """The trials of a spec's study as text: a line of counts by state, then one line per trial."""
-    df = trials_frame(spec, storage_url)
+    full = load_study(storage_url, spec.study_name)
+    df = trials_frame(spec, storage_url, frame=full)
     if df.empty:
         return f"study {spec.study_name}: no trials yet"
     counts = df["state"].value_counts().to_dict()
@@ -227,6 +241,13 @@ def status_table(spec: Any, storage_url: str) -> str:
     cols = ["number", "state", *spec.varied, "seed", "objective", "duration_s", "fail_reason"]
     cols = [c for c in cols if c in df.columns and not (c == "fail_reason" and df[c].isna().all())]
     text = f"study {spec.study_name} ({head})\n" + df[cols].to_string(index=False)
+    running = full[full["state"] == "RUNNING"]
+    if not running.empty:  # who runs them: a SLURM task (famlab sweep submit), else host:pid
+        who = [
+            f"trial {n} on " + (f"SLURM job {j} ({str(w).split(':')[0]})" if isinstance(j, str) and j else str(w))
+            for n, j, w in zip(running["number"], running["slurm_job"], running["worker"])
+        ]
+        text += "\nrunning: " + ", ".join(who)
     done = df[(df["state"] == "COMPLETE") & df["objective"].notna()] if "objective" in df.columns else df.iloc[:0]
     if not done.empty:
         best = done.loc[done["objective"].idxmin() if spec.direction == "minimize" else done["objective"].idxmax()]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from famlab.analysis.frames import load_study, run_config
+from famlab.analysis.frames import load_study, run_config, store_file_missing
 from famlab.analysis.locate import runs_root
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, default_storage, load_spec, redact
 
@@ -127,11 +127,7 @@ def load_sweep(
     except Exception as err:  # an unreachable server, a corrupt file: a message, not a traceback
         return SweepResults(spec, url, pd.DataFrame(), message=f"No results: cannot read {redact(url)}: {err}")
     if df.empty:
-        missing = (
-            "no such file"
-            if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
-            else "no trials"
-        )
+        missing = "no such file" if store_file_missing(url) else "no trials"
         msg = f"No results for study '{spec.study_name}' in {redact(url)} ({missing}): {hint}."
         return SweepResults(spec, url, df, message=msg)
     varied = df.attrs["studies"].get(spec.study_name, {}).get("varied") or spec.varied

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-SWEEP_ACTIONS = ("run", "status", "worker", "dashboard")
+SWEEP_ACTIONS = ("run", "status", "worker", "submit", "dashboard")
 
 
 def sweep_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -22,10 +22,12 @@ def sweep_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "if needed, resuming it otherwise), prints a line per trial start and end, then the ablation table; "
         "`status` lists the trials and the best one (it creates nothing: a missing store or study prints "
         "`no trials yet` and exits 0); "
-        "`worker` is one worker (what `run --workers N` and SLURM jobs start); "
+        "`worker` is one worker (what `run --workers N` starts); `submit` submits --workers workers as a SLURM "
+        "job array (submitit) on a shared storage (PostgreSQL or journal:PATH); "
         "`dashboard` starts optuna-dashboard on the study's store (pip install -e '.[dashboard]').",
         epilog="examples:\n  famlab sweep run memory_segment --workers 2\n"
         "  famlab sweep run fam_length train.max_steps=50 train.val_every=25   (a study of its own)\n"
+        "  famlab sweep submit memory_segment --profile paper --workers 16 --storage journal:/shared/ms.journal\n"
         "  famlab sweep dashboard fam_length --port 8081",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,8 +43,12 @@ def sweep_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--study", default=None, help="the study name (default: the spec's, <study>.<hash> with overrides)"
     )
     parser.add_argument("--profile", default="tiny", help="the spec profile: tiny (CPU) or paper (cluster)")
-    parser.add_argument("--storage", default=None, help=f"Optuna storage URL (default: ${STORAGE_ENV} or SQLite)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help=f"Optuna storage: an SQLAlchemy URL or journal:PATH (default: ${STORAGE_ENV} or SQLite)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (submit: SLURM tasks)")
     parser.add_argument("--out-root", default="runs", help="trial run directories and the default SQLite store")
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
     parser.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is stale")
@@ -58,6 +64,17 @@ def sweep_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080, help="dashboard: the HTTP port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="dashboard: the address to listen on")
     parser.add_argument("--dry-run", action="store_true", help="dashboard: print the command, start nothing")
+    slurm = parser.add_argument_group("submit (SLURM; each overrides the spec profile's slurm: section)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--time", default=None, help="each worker's time limit: minutes or [D-]HH:MM[:SS] (24:00:00)")
+    slurm.add_argument("--gpus-per-worker", type=int, default=None)
+    slurm.add_argument("--cpus-per-worker", type=int, default=None)
+    slurm.add_argument("--mem", default=None, help="memory per worker (sbatch --mem), e.g. 64G")
+    slurm.add_argument(
+        "--sbatch", action="append", default=None, help="an extra sbatch option, e.g. --sbatch=--qos=high"
+    )
+    slurm.add_argument("--wait", action="store_true", help="wait until every task ended, then print the status")
     return parser
 
 
@@ -73,10 +90,11 @@ def missing_store(spec, storage: str) -> str | None:
     """``sweep status``: one line when the store (a SQLite file) or the study in it does not exist, else None.
     Opens nothing that would create either."""
     from famlab.analysis import study_names
+    from famlab.analysis.frames import store_file_missing
     from famlab.sweep import redact
 
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        return f"study {spec.study_name}: no trials yet (no store at {storage.removeprefix('sqlite:///')})"
+    if (path := store_file_missing(storage)) is not None:
+        return f"study {spec.study_name}: no trials yet (no store at {path})"
     if spec.study_name not in study_names(storage):
         return f"study {spec.study_name}: no trials yet (no such study in {redact(storage)})"
     return None
@@ -114,11 +132,11 @@ def sweep_main(argv: list[str]) -> int:
         return _fail(bad)
     try:
         spec = load_spec(args.spec, args.profile, validate_runs=False)
-        spec = with_overrides(spec, args.overrides, args.study, check=args.action in ("run", "worker"))
+        spec = with_overrides(spec, args.overrides, args.study, check=args.action in ("run", "worker", "submit"))
     except ValueError as err:
         return _fail(err)
     storage = normalize_storage(args.storage or os.environ.get(STORAGE_ENV) or default_storage(spec, args.out_root))
-    if args.action in ("run", "worker") and (bad := RunDir.writable_problem(args.out_root, "--out-root")):
+    if args.action in ("run", "worker", "submit") and (bad := RunDir.writable_problem(args.out_root, "--out-root")):
         return _fail(bad)  # trials write their run directories there
     if bad := storage_problem(storage):
         return _fail(bad)
@@ -127,6 +145,13 @@ def sweep_main(argv: list[str]) -> int:
         return 0 if args.action == "status" else 1
     if args.action == "dashboard":
         return dashboard(storage, args.host, args.port, dry_run=args.dry_run)
+    if args.action == "submit":  # then, with --wait, what `run` prints
+        from famlab.sweep.slurm import submit_command, wait_for
+
+        code, array = submit_command(spec, storage if args.storage or os.environ.get(STORAGE_ENV) else None, args)
+        if code or not args.wait:
+            return code
+        wait_for(array)
     if args.action in ("run", "worker"):
         try:  # a spec that no longer matches its stored study: one line, before any trial starts
             open_study(spec, make_storage(storage, heartbeat=args.heartbeat, grace=args.grace))
@@ -173,7 +198,8 @@ def report(spec, storage: str, action: str) -> int:
 
     status = status_table(spec, storage)
     print(status)
-    table = ablation_text(spec, storage) if action == "run" else ""
+    finished = action in ("run", "submit")
+    table = ablation_text(spec, storage) if finished else ""
     if table:
         print(f"\n{table}")
         claims = claims_text(spec, storage)
@@ -186,8 +212,8 @@ def report(spec, storage: str, action: str) -> int:
     study = optuna.load_study(study_name=spec.study_name, storage=make_storage(storage))
     missing = missing_lines(study, spec)  # each point that failed by itself, and what is missing: one line each
     for line in missing:
-        print(line, file=sys.stderr if action == "run" else sys.stdout)
-    return 1 if missing and action == "run" else 0
+        print(line, file=sys.stderr if finished else sys.stdout)
+    return 1 if missing and finished else 0
 
 
 def dashboard_command(storage: str, host: str, port: int) -> list[str]:

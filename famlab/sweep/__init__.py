@@ -1,10 +1,12 @@
 """Optuna sweeps over famlab training runs.
 
 A sweep spec (``sweeps/*.yaml``, format in ``sweeps/README.md``) is data (:mod:`famlab.sweep.spec`);
-the study lives in an RDB store with heartbeats (:mod:`~famlab.sweep.storage`); workers run each trial
-as a ``famlab train`` child process (:mod:`~famlab.sweep.worker`, never importing the trainer);
-:mod:`~famlab.sweep.runner` starts N workers on one machine, SLURM starts them on a cluster
-(``sweeps/slurm/``); ``famlab sweep`` (its parser) lives in famlab/cli/sweep.py.
+the study lives in an RDB store with heartbeats (:mod:`~famlab.sweep.storage`) or a journal file with
+leases (:mod:`~famlab.sweep.journal`); workers run each trial as a ``famlab train`` child process
+(:mod:`~famlab.sweep.worker`, never importing the trainer), a retry from its point's last checkpoint
+(:mod:`~famlab.sweep.resume`); :mod:`~famlab.sweep.runner` starts N workers on one machine,
+:mod:`~famlab.sweep.slurm` submits them as a SLURM job array (submitit); ``famlab sweep`` (its parser)
+lives in famlab/cli/sweep.py.
 """
 
 from famlab.sweep.points import missing_lines, requeue

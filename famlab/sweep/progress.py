@@ -6,6 +6,7 @@
     [w2] trial 3/12 done   model.fam_len=16 seed=1 -> val/loss 2.41 (25 s)
     [w1] trial 4/12 FAIL   model.fam_len=32 seed=0: famlab train exited with 1: ... (3 s; queued again)
     [w1] trial 4/12 start  model.fam_len=32 seed=0 (retry 1 of 2)
+    [w2] trial 5/12 start  model.fam_len=32 seed=1 (re-run: the worker of its last try died; resumes trial 7's run at step 500)
 
 ``k/N`` is the point (a grid point x seed, or a search trial with its retries) out of the sweep's N
 (grid size x seeds, or ``n_trials``); ``[wI]`` is the worker's index when ``famlab sweep run --workers N``
@@ -59,13 +60,15 @@ class TrialLines:
     def head(self, trial: optuna.Trial, params: dict[str, Any], word: str) -> str:
         return f"trial {self.position(trial, params)}/{self.total} {word:<6} {params_text(params)}"
 
-    def start(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
+    def start(self, trial: optuna.Trial, params: dict[str, Any], note: str = "") -> None:
         marks = []
         retry = int(trial.user_attrs.get("retry", 0))
         if retry:
             marks.append(f"retry {retry} of {self.spec.max_retries}")
         if trial.user_attrs.get("stale_retries"):
             marks.append("re-run: the worker of its last try died")
+        if note:  # where it starts: famlab.sweep.resume
+            marks.append(note)
         self.say(self.head(trial, params, "start") + (f" ({'; '.join(marks)})" if marks else ""))
 
     def done(self, trial: optuna.Trial, value: float, seconds: float) -> None:

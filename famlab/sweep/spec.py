@@ -45,10 +45,13 @@ SPEC_KEYS = (
     "eval_overrides",
     "claims",
     "notebook",  # the analysis notebook's heading (title, about, evaluate), read by famlab.report
+    "slurm",  # `famlab sweep submit`'s settings (famlab.sweep.slurm)
 )
 PROFILE_KEYS = tuple(k for k in SPEC_KEYS if k not in ("study", "description", "paper", "profiles", "notebook"))
 SEARCH_KEYS = ("sampler", "pruner", "n_trials", "space", "prune_above")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+SLURM_KEYS = ("partition", "account", "time", "mem", "sbatch", "setup", "signal_delay_s")
+SLURM_KEYS += ("gpus_per_worker", "cpus_per_worker")  # famlab.sweep.slurm reads and checks them
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file name: never a path, never empty
 
 
@@ -89,6 +92,7 @@ class SweepSpec:
     paper: str = ""
     table: dict[str, Any] = field(default_factory=dict)
     claims: list[dict[str, Any]] = field(default_factory=list)  # the analysis declares and reads them
+    slurm: dict[str, Any] = field(default_factory=dict)  # checked by famlab.sweep.slurm when submitting
     path: str = ""
 
     @property
@@ -300,8 +304,10 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         description=raw.get("description", ""),
         paper=raw.get("paper", ""),
         table=pick("table", {}) or {},
+        slurm=merged("slurm"),
         path=str(path),
     )
+    reject_unknown_keys(f"{owner}.slurm", spec.slurm, SLURM_KEYS)
     if validate_runs:
         validate_trials(spec)
     return spec
@@ -313,7 +319,9 @@ def default_storage(spec: SweepSpec, root: str | Path = "runs") -> str:
 
 
 def redact(url: str) -> str:
-    """A storage URL safe to print: the password is masked."""
+    """A storage URL safe to print: the password is masked (a ``journal:PATH`` has none)."""
+    if url.startswith("journal:"):
+        return url
     try:
         from sqlalchemy.engine import make_url
 

@@ -1,7 +1,8 @@
-"""The Optuna side of a sweep: the RDB store with heartbeats and stale-trial handling, samplers,
+"""The Optuna side of a sweep: the store with heartbeats and stale-trial handling, samplers,
 pruners, and opening a spec's study.
 
-Storage is an RDB (SQLite file by default, PostgreSQL on clusters) with heartbeats: a worker killed
+Storage is an RDB (SQLite file by default, PostgreSQL on clusters) with heartbeats, or a journal file
+(``journal:PATH``, no database server; heartbeats as leases: :mod:`famlab.sweep.journal`): a worker killed
 mid-trial leaves a RUNNING trial whose heartbeat goes stale; any worker then marks it (``stale`` and a
 ``fail_reason``: "worker died (no heartbeat since ...)"), fails it, and ``requeue_stale`` queues its
 point again, every time: a dead worker is not the point's fault, so it never uses up the point's
@@ -24,9 +25,10 @@ from pathlib import Path
 import optuna
 import sqlalchemy.orm
 from optuna.distributions import BaseDistribution, check_distribution_compatibility
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
+from famlab.sweep.journal import LEASE_ATTR, LeasedJournalStorage, journal_file, mark_stale
 from famlab.sweep.spec import SweepSpec
 
 GRID_SAMPLER_SEED = 0  # shared by every worker of every grid study: see the module docstring
@@ -73,10 +75,7 @@ class SweepStorage(RDBStorage):
             last |= {t.trial_id: t.datetime_start for t in running if not t.heartbeats}
         stale += [i for i in never_beat if i not in stale]
         for trial_id in stale:  # marked before fail_stale_trials fails them: a finished trial takes no attrs
-            since = f"{last[trial_id]:%Y-%m-%d %H:%M:%S}" if last.get(trial_id) else "its start"
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.set_trial_user_attr(trial_id, "stale", True)
-                self.set_trial_user_attr(trial_id, "fail_reason", f"worker died (no heartbeat since {since})")
+            mark_stale(self, trial_id, last.get(trial_id))
         return stale
 
 
@@ -85,6 +84,7 @@ def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     Like ``RetryHeartbeatStaleTrialCallback`` (``failed_trial``, ``retry_history``, the sampler's
     system attrs: GridSampler's grid_id), but the point keeps its count of its own failures."""
     system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs.pop(LEASE_ATTR, None)  # the dead worker's lease (journal storage) is not the retry's
     system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
     user_attrs = {
         "retry": int(trial.user_attrs.get("retry", 0)),
@@ -102,10 +102,17 @@ def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
-def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None) -> RDBStorage:
-    """An RDB storage with heartbeats: stale RUNNING trials (no heartbeat for ``grace`` seconds,
-    or none ever, see ``SweepStorage``) are failed and queued again (``requeue_stale``)."""
+def make_storage(url: str, *, heartbeat: int = 10, grace: int | None = None) -> BaseStorage:
+    """A storage with heartbeats: stale RUNNING trials (no heartbeat for ``grace`` seconds,
+    or none ever, see ``SweepStorage``) are failed and queued again (``requeue_stale``). ``journal:PATH``
+    is a journal file with leases (:class:`~famlab.sweep.journal.LeasedJournalStorage`), anything else
+    an SQLAlchemy URL."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable
+    journal = journal_file(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        lease = {"heartbeat": heartbeat, "grace": grace or 3 * heartbeat}
+        return LeasedJournalStorage(journal, **lease, stale_callback=requeue_stale)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -141,7 +148,7 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
+def open_study(spec: SweepSpec, storage: BaseStorage) -> optuna.Study:
     """Create the spec's study, or open it to resume. A study keeps its objective direction and
     (for a grid) its grid and seeds: a spec that changed either is refused with what to do, instead
     of Optuna's error deep inside a trial."""

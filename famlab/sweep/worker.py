@@ -14,6 +14,8 @@
   failed and re-queued by the storage (:mod:`famlab.sweep.storage`), without using up that budget.
 * An unexpected error (a bug, Optuna refusing a parameter) fails the trial with its reason and stops
   the worker (``WorkerError``): it is never taken for another worker's takeover, so it never loops.
+* A retry starts from its point's earlier attempt: that attempt's finished run (its result is kept), else
+  its newest periodic checkpoint (``famlab train resume=``; :mod:`famlab.sweep.resume`).
 * A worker keeps going while there is queued work, and waits while other workers' trials run (they
   may die and come back as retries), so N workers together finish every grid point exactly once.
 """
@@ -41,6 +43,7 @@ from optuna.trial import TrialState
 from famlab.runs import RunDir
 from famlab.sweep.points import failed_by_itself, is_stale, points
 from famlab.sweep.progress import TrialLines
+from famlab.sweep.resume import start_of, trial_folder
 from famlab.sweep.spec import STORAGE_ENV, SweepSpec, dot_value
 from famlab.sweep.storage import make_storage, open_study
 
@@ -124,6 +127,12 @@ def _run_child(
     return proc.returncode
 
 
+def slurm_job_id() -> str:
+    """This process's SLURM job: ``ARRAYJOB_TASK`` for a job-array task, else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
+
+
 def _log_tail(log_path: Path, lines: int = 3) -> str:
     tail = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
     return " | ".join(tail)[-500:]
@@ -145,11 +154,14 @@ def run_trial(
     if dup is not None:
         trial.set_user_attr("duplicate_of", dup)
         raise optuna.TrialPruned(f"grid point already taken by trial {dup}")
+    start = start_of(trial, params, spec, out_root)
     if lines is not None:
-        lines.start(trial, params)
-    trial_dir = out_root / spec.study_name / f"trial-{trial.number:04d}"
+        lines.start(trial, params, note=start.describe() if start else "")
+    trial_dir = trial_folder(out_root, spec, trial.number)
     trial_dir.mkdir(parents=True, exist_ok=True)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    if os.environ.get("SLURM_JOB_ID"):  # `famlab sweep status` shows it for running trials
+        trial.set_user_attr("slurm_job", slurm_job_id())
     tags = [f"{k}={v}" for k, v in params.items()]
     famlab = [sys.executable, "-m", "famlab.cli"]
     cmd = [
@@ -163,11 +175,18 @@ def run_trial(
         f"logger.name={spec.study_name}-trial{trial.number}",
         f"logger.tags={dot_value(tags)}",
     ]
-    trial.set_user_attr("command", " ".join(["famlab", *cmd[3:]]))
     log_path = trial_dir / "train.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-    env.pop(STORAGE_ENV, None)  # the run never needs the study's credentials
+    # the run never needs the study's credentials; nor sees SLURM's task variables: Lightning would take the
+    # worker's task for its own (its ranks, its requeue on signals), where a trial is one process of its own
+    env = {k: v for k, v in os.environ.items() if k != STORAGE_ENV and not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     seen: dict[str, Any] = {"run_dir": None, "offset": 0, "step": -1}
+    if start is not None:  # said in the trial's train.log and its attributes (see famlab.sweep.resume)
+        trial.set_user_attr("started_from", {"trial": start.of, "run_dir": str(start.run), "step": start.step})
+        with log_path.open("a") as log:
+            log.write(f"famlab sweep: trial {trial.number} {start.describe()} ({start.checkpoint or start.run})\n")
+        cmd += [f"resume={start.checkpoint}"] if start.checkpoint else []
+    trial.set_user_attr("command", " ".join(["famlab", *cmd[3:]]))
 
     def report_progress() -> None:  # intermediate values from the run's metrics.jsonl, for pruners
         if not seen.get("rechecked"):
@@ -193,7 +212,11 @@ def run_trial(
                     raise optuna.TrialPruned(f"pruned at step {step} ({spec.metric}={value:.4g})")
 
     deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
-    code = _run_child(cmd, log_path, env, on_poll=report_progress, poll=poll, deadline=deadline)
+    if start is not None and start.complete:  # its earlier attempt's run finished: its result, not a new run
+        code, seen["run_dir"] = 0, start.run
+        report_progress()  # the second look for a duplicate
+    else:
+        code = _run_child(cmd, log_path, env, on_poll=report_progress, poll=poll, deadline=deadline)
     run_dir: RunDir | None = seen["run_dir"] or RunDir.newest_under(trial_dir)
     if run_dir is not None:
         trial.set_user_attr("run_dir", str(run_dir))
@@ -206,15 +229,16 @@ def run_trial(
     if run_dir is None or not run_dir.is_complete():
         raise TrialFailed(f"no final_metrics.json under {trial_dir}")
     if spec.evaluate:
-        eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu"]
-        code = _run_child(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
-        if code != 0:
-            tail = _log_tail(trial_dir / "eval.log")
-            if code == TRAIN_EXIT_BAD_SETTINGS:
-                raise TrialFailed(
-                    f"bad evaluation settings, not retried (famlab eval refuses them again): {tail}", True
-                )
-            raise TrialFailed(f"famlab eval exited with {code}: {tail}")
+        if not (start is not None and start.complete and run_dir.eval_path.exists()):
+            eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu"]
+            code = _run_child(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
+            if code != 0:
+                tail = _log_tail(trial_dir / "eval.log")
+                if code == TRAIN_EXIT_BAD_SETTINGS:
+                    raise TrialFailed(
+                        f"bad evaluation settings, not retried (famlab eval refuses them again): {tail}", True
+                    )
+                raise TrialFailed(f"famlab eval exited with {code}: {tail}")
         if run_dir.eval_path.exists():
             import pandas as pd
 

@@ -7,7 +7,7 @@
 * :mod:`famlab.train.run`: :func:`train` and the Lightning Trainer
 * :mod:`famlab.train.factory`: the FamLM of a run (pretrained weights, LoRA) and loading trained runs
 * :mod:`famlab.train.checkpoint_io`: atomic checkpoint saves, reading a ``resume`` checkpoint
-* :mod:`famlab.train.stops`: why training stops early (divergence, a failed save) and the exit statuses
+* :mod:`famlab.train.stops`: why training stops early (divergence, a failed save, a signal) and the exit statuses
 * :mod:`famlab.train.quiet`: Lightning's noisy warnings, filtered
 
 The run directory's files are owned by :class:`famlab.runs.RunDir`.
@@ -27,6 +27,7 @@ from famlab.train.stops import (
     EXIT_SAVE_FAILED,
     CheckpointSaveFailed,
     Diverged,
+    Interrupted,
     TrainingStopped,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CKPT_KEY",
     "CheckpointSaveFailed",
+    "Interrupted",
     "Diverged",
     "EXIT_BAD_CONFIG",
     "EXIT_DIVERGED",

@@ -46,6 +46,7 @@ from famlab.train.loggers import JsonlLogger, check_file_loggers, file_loggers, 
 from famlab.train.module import FamLightningModule
 from famlab.train.progress import progress_callbacks
 from famlab.train.quiet import quiet_lightning
+from famlab.train.signals import CheckpointOnSignal
 from famlab.train.stops import Diverged
 
 RUN_DIR_ENV = "FAMLAB_RUN_DIR"
@@ -202,7 +203,7 @@ def train(
         wb = make_wandb_logger(cfg, run_dir, resume_id)
     if wb is not None:
         loggers.append(wb)
-    extra: list[Callback] = [FinalMetrics(run, t0)]
+    extra: list[Callback] = [FinalMetrics(run, t0), CheckpointOnSignal(run)]
     if cfg.lora.rank and cfg.lora.merge:
         extra.append(MergeLora(run))
     if cfg.data.seq_len_adaptive:

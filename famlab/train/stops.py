@@ -8,6 +8,9 @@
 4    :class:`CheckpointSaveFailed`: a checkpoint could not be written (disk full, I/O error). Not a property of
      the config: the previous checkpoint is intact and ``resume=<run dir>`` continues from it; no
      ``final_metrics.json`` is written (the run is not complete)
+5    :class:`Interrupted`: SIGUSR1 or SIGUSR2 (SLURM's warning before a time limit, which ``famlab sweep
+     submit`` asks for) asked the run to stop: it saved ``step########.ckpt`` and ``last.ckpt`` of its last
+     optimizer step, and ``resume=<run dir>`` continues from there; no ``final_metrics.json``
 ==== ===============================================================================================
 
 Each prints one ``famlab: error: ...`` line on stderr.
@@ -18,6 +21,7 @@ from __future__ import annotations
 EXIT_BAD_CONFIG = 2
 EXIT_DIVERGED = 3
 EXIT_SAVE_FAILED = 4
+EXIT_INTERRUPTED = 5
 
 
 class TrainingStopped(RuntimeError):
@@ -43,3 +47,14 @@ class CheckpointSaveFailed(TrainingStopped):
 
     exit_status = EXIT_SAVE_FAILED
     kind = "checkpoint_save_failed"
+
+
+class Interrupted(TrainingStopped):
+    """A signal asked the run to stop; it saved the checkpoint of optimizer step ``step`` first."""
+
+    exit_status = EXIT_INTERRUPTED
+    kind = "interrupted"
+
+    def __init__(self, signal_name: str, step: int):
+        self.signal_name, self.step = signal_name, int(step)
+        super().__init__(f"{signal_name}: checkpoint of step {self.step} saved; resume=<run dir> continues")
