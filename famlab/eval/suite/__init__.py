@@ -1,0 +1,127 @@
+"""famlab eval --suite: a long-context evaluation suite (issue #20), streamed like every evaluation.
+
+Suites (:data:`SUITES`):
+
+* ``niah``: RULER's single-needle tasks (digits, words, uuid values) over (length x depth);
+* ``ruler``: those, the multi-key, multi-value and multi-query needles, variable tracking and
+  common-words extraction (:mod:`.niah`, :mod:`.tracking`, scored by :mod:`.ruler`);
+* ``mqar``: Zoology's multi-query associative recall (famlab's recall task, :mod:`.members`);
+* ``lm-position``: bits per byte by position out to 16x the training length (:mod:`.members`);
+* ``all``: every member.
+
+Lengths are multiples of the training ``seq_len`` (``data.passkey_eval_lengths``, default 1, 2, 4, 8, 16,
+or ``lengths=`` in tokens); depth buckets and samples per cell are ``data.passkey_eval_depth_buckets``
+and ``data.passkey_eval_samples``. Samples come from the run's tokenizer (:mod:`.codec`: bytes with the
+held-out corpus as haystack, symbols with PassKey's filler, or an HF tokenizer).
+:func:`run_suite` returns the table and its summary (effective lengths, :mod:`.summary`);
+:func:`write_suite` writes ``<suite>.csv`` and the needle heatmap ``<suite>_heatmap.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from famlab.data import as_data_config
+from famlab.eval.streaming import EvalRun, eval_mode, resolve_multiples
+from famlab.eval.suite.codec import codec_for
+from famlab.eval.suite.heatmap import write_heatmap
+from famlab.eval.suite.members import evaluate_lm_position, evaluate_mqar
+from famlab.eval.suite.ruler import NIAH_TASKS, TASKS, evaluate_tasks
+from famlab.eval.suite.summary import DEFAULT_THRESHOLD, summarize
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "niah": ("niah",),
+    "ruler": ("ruler",),
+    "mqar": ("mqar",),
+    "lm-position": ("lm-position",),
+    "all": ("ruler", "mqar", "lm-position"),
+}
+
+__all__ = ["SUITES", "TASKS", "SuiteResult", "run_suite", "write_suite"]
+
+
+@dataclass
+class SuiteResult:
+    suite: str
+    table: pd.DataFrame  # every member's rows (column ``member``)
+    summary: dict[str, Any]  # effective lengths (summary.summarize) over the scored rows
+    seq_len: int
+
+
+def run_suite(
+    model,
+    data_cfg: Any,
+    suite: str,
+    *,
+    block_size: int,
+    seed: int,
+    device: Any = "cpu",
+    progress: Callable[[str], None] | None = None,
+    lengths: list[int] | None = None,
+    depth_buckets: int | None = None,
+    samples: int | None = None,
+    tasks: list[str] | None = None,
+    task_options: dict[str, dict] | None = None,
+    mqar_pairs: list[int] | None = None,
+    lm_max_x: float = 16,
+    lm_max_docs: int | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> SuiteResult:
+    """Run ``suite`` on ``model`` (already on ``device``) in eval mode without gradients. ``lengths`` in
+    tokens (default: ``data.passkey_eval_lengths`` x seq_len); ``tasks`` restricts the synthetic tasks."""
+    if suite not in SUITES:
+        raise ValueError(f"suite={suite!r} is not allowed: expected one of {', '.join(SUITES)}")
+    cfg = as_data_config(data_cfg)
+    run = EvalRun(model, cfg, block_size=int(block_size), seed=int(seed), device=device, progress=progress)
+    lengths = [int(v) for v in lengths] if lengths is not None else resolve_multiples(cfg.passkey_eval_lengths, cfg.seq_len)
+    D = int(depth_buckets or cfg.passkey_eval_depth_buckets)
+    n = int(samples or cfg.passkey_eval_samples)
+    frames = []
+    with torch.no_grad(), eval_mode(model):
+        for member in SUITES[suite]:
+            if member in ("niah", "ruler"):
+                names = list(tasks or (NIAH_TASKS if member == "niah" else TASKS))
+                codec = codec_for(cfg, model.cfg.vocab_size)
+                df = evaluate_tasks(run, codec, names, lengths, D, n, task_options)
+                df["score"] = df["all_match"]
+            elif member == "mqar":
+                df = evaluate_mqar(run, lengths, mqar_pairs, n)
+            else:
+                df = evaluate_lm_position(run, lm_max_x, lm_max_docs)
+            if len(df):
+                df.insert(0, "member", member)
+                frames.append(df)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return SuiteResult(suite, table, summarize(table, cfg.seq_len, threshold), cfg.seq_len)
+
+
+def write_suite(result: SuiteResult, folder: str | Path) -> tuple[Path, Path | None]:
+    """``<folder>/<suite>.csv`` and ``<folder>/<suite>_heatmap.png`` (None when no task has a depth)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / f"{result.suite}.csv"
+    result.table.to_csv(csv, index=False)
+    png = write_heatmap(result.table, folder / f"{result.suite}_heatmap.png", title=f"{result.suite}: score by length and depth")
+    return csv, png
+
+
+def summary_lines(result: SuiteResult) -> list[str]:
+    """One line per scored task, then the suite's effective length."""
+    s = result.summary
+    if not s:
+        return []
+    lines = [
+        f"  {task:<20} score {t['score']:.3f}  effective length {t['effective_length']} ({t['effective_length_x']:g}x)"
+        for task, t in s["tasks"].items()
+    ]
+    lines.append(
+        f"{result.suite}: score {s['score']:.3f}, effective length {s['effective_length']} "
+        f"({s['effective_length_x']:g}x; mean over tasks {s['mean_effective_length_x']:.3g}x) at threshold {s['threshold']:g}"
+    )
+    return lines
