@@ -43,14 +43,14 @@ SUITES: dict[str, tuple[str, ...]] = {
     "all": ("ruler", "mqar", "lm-position"),
 }
 
-__all__ = ["SUITES", "TASKS", "SuiteResult", "run_suite", "write_suite"]
+__all__ = ["SUITES", "TASKS", "SuiteResult", "run_suite", "summary_lines", "write_suite"]
 
 
 @dataclass
 class SuiteResult:
     suite: str
     table: pd.DataFrame  # every member's rows (column ``member``)
-    summary: dict[str, Any]  # effective lengths (summary.summarize) over the scored rows
+    summary: dict[str, Any]  # {member: its summary}, and {"all": ...} over every scored row for suite "all"
     seq_len: int
 
 
@@ -79,7 +79,9 @@ def run_suite(
         raise ValueError(f"suite={suite!r} is not allowed: expected one of {', '.join(SUITES)}")
     cfg = as_data_config(data_cfg)
     run = EvalRun(model, cfg, block_size=int(block_size), seed=int(seed), device=device, progress=progress)
-    lengths = [int(v) for v in lengths] if lengths is not None else resolve_multiples(cfg.passkey_eval_lengths, cfg.seq_len)
+    lengths = (
+        [int(v) for v in lengths] if lengths is not None else resolve_multiples(cfg.passkey_eval_lengths, cfg.seq_len)
+    )
     D = int(depth_buckets or cfg.passkey_eval_depth_buckets)
     n = int(samples or cfg.passkey_eval_samples)
     frames = []
@@ -98,7 +100,20 @@ def run_suite(
                 df.insert(0, "member", member)
                 frames.append(df)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return SuiteResult(suite, table, summarize(table, cfg.seq_len, threshold), cfg.seq_len)
+    summary: dict[str, Any] = {}
+    for df in frames:
+        member = df["member"].iloc[0]
+        if member == "lm-position":
+            overall = df[df["scope"] == "overall"]["bpb"]
+            summary[member] = {
+                "bpb": float(overall.iloc[0]),
+                "bpb_last_bucket": float(df[df["scope"] == "bucket"]["bpb"].iloc[-1]),
+            }
+        else:
+            summary[member] = summarize(df, cfg.seq_len, threshold)
+    if len(SUITES[suite]) > 1:
+        summary[suite] = summarize(table, cfg.seq_len, threshold)
+    return SuiteResult(suite, table, summary, cfg.seq_len)
 
 
 def write_suite(result: SuiteResult, folder: str | Path) -> tuple[Path, Path | None]:
@@ -107,21 +122,31 @@ def write_suite(result: SuiteResult, folder: str | Path) -> tuple[Path, Path | N
     folder.mkdir(parents=True, exist_ok=True)
     csv = folder / f"{result.suite}.csv"
     result.table.to_csv(csv, index=False)
-    png = write_heatmap(result.table, folder / f"{result.suite}_heatmap.png", title=f"{result.suite}: score by length and depth")
+    png = write_heatmap(
+        result.table, folder / f"{result.suite}_heatmap.png", title=f"{result.suite}: score by length and depth"
+    )
     return csv, png
 
 
 def summary_lines(result: SuiteResult) -> list[str]:
-    """One line per scored task, then the suite's effective length."""
-    s = result.summary
-    if not s:
-        return []
-    lines = [
-        f"  {task:<20} score {t['score']:.3f}  effective length {t['effective_length']} ({t['effective_length_x']:g}x)"
-        for task, t in s["tasks"].items()
-    ]
-    lines.append(
-        f"{result.suite}: score {s['score']:.3f}, effective length {s['effective_length']} "
-        f"({s['effective_length_x']:g}x; mean over tasks {s['mean_effective_length_x']:.3g}x) at threshold {s['threshold']:g}"
-    )
+    """Per member: one line per scored task, then the member's effective length (lm-position: its bpb)."""
+    lines = []
+    for member, s in result.summary.items():
+        if "bpb" in s:
+            lines.append(
+                f"{member}: {s['bpb']:.4f} bits per byte overall, {s['bpb_last_bucket']:.4f} in the last bucket"
+            )
+            continue
+        if not s:
+            continue
+        if member != result.suite or len(SUITES[result.suite]) == 1:
+            lines += [
+                f"  {task:<20} score {t['score']:.3f}, effective length {t['effective_length']} "
+                f"({t['effective_length_x']:g}x)"
+                for task, t in s["tasks"].items()
+            ]
+        lines.append(
+            f"{member}: score {s['score']:.3f}, effective length {s['effective_length']} ({s['effective_length_x']:g}x; "
+            f"mean over tasks {s['mean_effective_length_x']:.3g}x) at threshold {s['threshold']:g}"
+        )
     return lines

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from famlab.config import DataConfig, config_error
-from famlab.data.passkey import SYMBOL_DIGIT0, SYMBOL_FILLER0, SYMBOL_KEY, SYMBOL_QUESTION, load_tokenizer, symbol_pieces
+from famlab.data.passkey import (
+    SYMBOL_DIGIT0,
+    SYMBOL_FILLER0,
+    SYMBOL_KEY,
+    SYMBOL_QUESTION,
+    load_tokenizer,
+    symbol_pieces,
+)
 from famlab.data.text import load_corpus
 
 # RULER's templates, shortened so that every task fits in a tiny model's training length
@@ -60,6 +67,7 @@ SYMBOL_TEMPLATES = {
     "cwe_query": "?{k}:",
     "sep": " ",
 }
+HEADS = ("head", "vt_head", "cwe_head")  # left out with data.passkey_instruction=false
 # symbols: every character the templates and values use, after the digits and the two markers
 SYMBOL_CHARS = string.ascii_lowercase + string.ascii_uppercase + " -:.=,"
 
@@ -73,6 +81,7 @@ class Codec:
     tokenizer: Any = None
     haystack_ids: np.ndarray | None = None  # the haystack source (a long token array, read cyclically)
     word_starts: bool = False  # bytes: needles go in after whitespace only
+    instruction: bool = True  # data.passkey_instruction: the tasks' instruction heads (text templates)
 
     def encode(self, text: str) -> np.ndarray:
         if self.kind == "bytes":
@@ -90,6 +99,8 @@ class Codec:
         return self.tokenizer.decode(ids)
 
     def fill(self, template: str, **fields: Any) -> np.ndarray:
+        if template in HEADS and not self.instruction:
+            return self.encode("")
         return self.encode(self.templates[template].format(**fields))
 
     def haystack(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -155,11 +166,20 @@ def codec_for(cfg: DataConfig, vocab_size: int) -> Codec:
     corpus = (cfg.cache_dir, cfg.text_val_docs, cfg.text_test_docs)
     if cfg.tokenizer == "bytes":
         if vocab_size < 256:
-            raise config_error("DataConfig", "tokenizer", "bytes", f"a model with vocab_size >= 256; it has {vocab_size}")
-        return Codec("bytes", TEXT_TEMPLATES, haystack_ids=_corpus_text(*corpus), word_starts=True)
+            raise config_error(
+                "DataConfig", "tokenizer", "bytes", f"a model with vocab_size >= 256; it has {vocab_size}"
+            )
+        return Codec(
+            "bytes",
+            TEXT_TEMPLATES,
+            haystack_ids=_corpus_text(*corpus),
+            word_starts=True,
+            instruction=cfg.passkey_instruction,
+        )
     tok = load_tokenizer(cfg.tokenizer)
     if len(tok) > vocab_size:
         raise config_error(
             "DataConfig", "tokenizer", cfg.tokenizer, f"a tokenizer whose {len(tok)} ids fit vocab_size={vocab_size}"
         )
-    return Codec("tokenizer", TEXT_TEMPLATES, tokenizer=tok, haystack_ids=_tokenized_corpus(cfg.tokenizer, *corpus))
+    hay = _tokenized_corpus(cfg.tokenizer, *corpus)
+    return Codec("tokenizer", TEXT_TEMPLATES, tokenizer=tok, haystack_ids=hay, instruction=cfg.passkey_instruction)

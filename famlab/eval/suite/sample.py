@@ -32,6 +32,8 @@ class Sample:
     depth: float = float("nan")
     needle_at: int = -1
     needles: list[int] = field(default_factory=list)  # start of every needle, in the order given
+    hay_len: int = 0  # haystack tokens in the sample
+    offset: int = 0  # haystack tokens before the target needle (depth = offset / hay_len)
 
 
 def too_short(task: str, length: int, need: int) -> ValueError:
@@ -70,7 +72,9 @@ def assemble(
     parts += [hay[prev:], query, answer]
     ids = np.concatenate(parts).astype(np.int64)
     depth = offsets[0] / hay_len if hay_len else 0.0
-    return Sample(ids, len(answer), refs, depth=depth, needle_at=starts[0], needles=starts)
+    return Sample(
+        ids, len(answer), refs, depth=depth, needle_at=starts[0], needles=starts, hay_len=hay_len, offset=offsets[0]
+    )
 
 
 def nearest(points: np.ndarray, x: float) -> int:

@@ -15,7 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from famlab.eval.suite.codec import Codec
-from famlab.eval.suite.sample import Sample, assemble, draw_name, draw_value, draw_words, nouns, random_depths, too_short
+from famlab.eval.suite.sample import (
+    Sample,
+    assemble,
+    draw_name,
+    draw_value,
+    draw_words,
+    nouns,
+    random_depths,
+    too_short,
+)
 
 
 def vt(codec: Codec, rng: np.random.Generator, length: int, depth: float, hops: int = 4, chains: int = 1) -> Sample:
@@ -31,9 +40,7 @@ def vt(codec: Codec, rng: np.random.Generator, length: int, depth: float, hops: 
         start = depth if c == 0 else float(rng.random())
         depths = [start] + random_depths(rng, hops, lo=start)
         needles.append((codec.fill("vt_value", name=names[0], value=v), depths[0]))
-        needles += [
-            (codec.fill("vt_link", name=n, prev=p), d) for n, p, d in zip(names[1:], names[:-1], depths[1:])
-        ]
+        needles += [(codec.fill("vt_link", name=n, prev=p), d) for n, p, d in zip(names[1:], names[:-1], depths[1:])]
         if c == 0:
             refs, value = names, v
     query = codec.fill("vt_query", value=value)
