@@ -344,3 +344,41 @@ def test_suites_name_their_members():
     assert SUITES["all"] == ("ruler", "mqar", "lm-position") and set(NIAH_TASKS) < set(TASKS)
     with pytest.raises(ValueError, match="suite='x' is not allowed: expected one of niah, ruler"):
         run_suite(None, DataConfig(**SYM), "x", block_size=16, seed=0)
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
+    import json
+
+    import pandas as pd
+
+    from famlab.cli import main
+
+    train = ["train", "preset=tiny", f"out_dir={tmp_path}", "name=s", "train.max_steps=2", "train.val_every=0"]
+    quiet = ["train.checkpoint_every=0", "logger.wandb=disabled", "train.accelerator=cpu", "model.d_model=32"]
+    assert main([*train, *quiet]) == 0
+    (run_dir,) = (tmp_path / "s").iterdir()
+    small = ["data.passkey_eval_lengths=[1,2]", "data.passkey_eval_depth_buckets=2", "data.passkey_eval_samples=1"]
+    eval_args = ["eval", str(run_dir), *small, f"data.cache_dir={cache_dir}"]
+    capsys.readouterr()
+    assert main([*eval_args, "data.passkey_eval_lengths=[0.1]", "--device", "cpu", "--suite", "ruler"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"famlab: error: length=51 is not allowed for task niah_single_digits: expected >= \d+ tokens .*", err)
+    assert main([*eval_args, "--device", "cpu", "--suite", "all"]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(run_dir / "eval" / "all.csv")
+    assert set(table.member) == {"ruler", "mqar", "lm-position"} and set(table.task) == {*TASKS, "mqar", "lm-position"}
+    assert set(table[table.member != "lm-position"].length) == {512, 1024}
+    assert (run_dir / "eval" / "all_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    # progress per task and length as each finishes, then a table per task, then the summary
+    assert out.splitlines()[0].startswith("niah_single_digits length 512 (1x): all-match ")
+    assert "\nmqar 8 pairs, length 1024 (2x): accuracy " in out and "\ncwe:\n" in out
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    assert final["step"] == 2  # training's summary is kept
+    ev = final["eval"]
+    assert set(ev) == {"ruler", "mqar", "lm-position", "all"}
+    assert ev["ruler"]["effective_length"] in (0, 512, 1024) and set(ev["ruler"]["tasks"]) == set(TASKS)
+    assert ev["all"]["csv"] == str(run_dir / "eval" / "all.csv") and 0 < ev["lm-position"]["bpb"] < 16
+    assert f"all: score {ev['all']['score']:.3f}, effective length {ev['all']['effective_length']} " in out

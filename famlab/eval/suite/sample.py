@@ -37,7 +37,10 @@ class Sample:
 
 
 def too_short(task: str, length: int, need: int) -> ValueError:
-    return ValueError(f"length={length} is not allowed for task {task}: expected >= {need} tokens (its fixed prompt)")
+    return ValueError(
+        f"length={length} is not allowed for task {task}: expected >= {need} tokens (the fixed prompt of a sample; "
+        "evaluate longer data.passkey_eval_lengths)"
+    )
 
 
 def assemble(
