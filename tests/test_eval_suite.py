@@ -67,7 +67,9 @@ def solve(task: str, templates: dict[str, str], text: str) -> str | None:
         words = re.findall(pattern(t["cwe_entry"], i=r"\d+", word=f"({WORD})"), text[: q.start()])
         return t["sep"].join(w for w, _ in Counter(words).most_common(int(q.group("k"))))
     name = {"niah_multiquery": "query_many", "niah_multivalue": "query_all"}.get(task, "query")
-    q = re.search(pattern(t[name], noun=r"\w+", key=f"(?P<keys>{WORD})", keys=f"(?P<keys>{WORD}(, {WORD})*)") + "$", text)
+    q = re.search(
+        pattern(t[name], noun=r"\w+", key=f"(?P<keys>{WORD})", keys=f"(?P<keys>{WORD}(, {WORD})*)") + "$", text
+    )
     if not q:
         return None
     values = []
@@ -225,7 +227,11 @@ def test_a_reader_with_a_receptive_field_scores_inside_it_and_the_effective_leng
     by_length = df.groupby("length").all_match.mean()
     assert by_length[64] == by_length[128] == 1 and by_length[512] < 0.5  # 8x: only the last eighth is seen
     s = res.summary["niah"]
-    assert s["effective_length"] == W and s["effective_length_x"] == 2 and s["tasks"]["niah_single_digits"]["effective_length"] == W
+    assert (
+        s["effective_length"] == W
+        and s["effective_length_x"] == 2
+        and s["tasks"]["niah_single_digits"]["effective_length"] == W
+    )
     csv, png = write_suite(res, tmp_path)
     assert csv.read_text().splitlines()[0].startswith("member,task,length,length_x,depth")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -238,9 +244,7 @@ def test_effective_length_is_the_last_length_before_the_first_drop():
     s = pd.Series({100: 0.9, 200: 0.86, 400: 0.5, 800: 0.95})
     assert effective_length(s, 0.85) == 200  # 800 is above again, but after a drop
     assert effective_length(s, 0.95) == 0 and effective_length(s, 0.1) == 800
-    df = pd.DataFrame(
-        {"task": ["a", "a", "b", "b"], "length": [100, 200, 100, 200], "score": [1.0, 0.9, 1.0, 0.6]}
-    )
+    df = pd.DataFrame({"task": ["a", "a", "b", "b"], "length": [100, 200, 100, 200], "score": [1.0, 0.9, 1.0, 0.6]})
     out = summarize(df, seq_len=100)
     assert out["tasks"]["a"]["effective_length"] == 200 and out["tasks"]["b"]["effective_length"] == 100
     assert out["effective_length"] == 100  # the average at 200 is 0.75
@@ -329,12 +333,24 @@ class Measured(nn.Module):
 
 def test_evaluation_memory_is_flat_in_the_length():
     torch.manual_seed(0)
-    fam = FamLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, block_size=16, mem_segment=1, fam_len=4))
+    fam = FamLM(
+        ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, block_size=16, mem_segment=1, fam_len=4)
+    )
     cfg = DataConfig(task="passkey", tokenizer="symbols", seq_len=64)
     peaks = {}
     for length in (64, 256, 1024):
         m = Measured(fam)
-        run_suite(m, cfg, "niah", block_size=16, seed=0, lengths=[length], depth_buckets=1, samples=2, tasks=["niah_single_digits"])
+        run_suite(
+            m,
+            cfg,
+            "niah",
+            block_size=16,
+            seed=0,
+            lengths=[length],
+            depth_buckets=1,
+            samples=2,
+            tasks=["niah_single_digits"],
+        )
         peaks[length] = (m.max_tokens, m.max_state)
     assert len(set(peaks.values())) == 1, peaks  # the same state size at 1x and 16x
     assert peaks[64][0] <= 16  # never more than one block of tokens (and of logits) at once
@@ -365,7 +381,9 @@ def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
     capsys.readouterr()
     assert main([*eval_args, "data.passkey_eval_lengths=[0.1]", "--device", "cpu", "--suite", "ruler"]) == 2
     err = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"famlab: error: length=51 is not allowed for task niah_single_digits: expected >= \d+ tokens .*", err)
+    assert re.fullmatch(
+        r"famlab: error: length=51 is not allowed for task niah_single_digits: expected >= \d+ tokens .*", err
+    )
     assert main([*eval_args, "--device", "cpu", "--suite", "all"]) == 0
     out = capsys.readouterr().out
     table = pd.read_csv(run_dir / "eval" / "all.csv")
