@@ -8,7 +8,8 @@ scores it, on the decoded text (case-insensitive):
 * ``part_match``: 1 if the prediction contains any reference value (RULER's ``string_match_part``);
 * ``exact``: 1 if the predicted tokens are exactly the answer's.
 
-The prediction is exactly as many tokens as the reference answer. Rows: task, length, length_x,
+The prediction is exactly as many tokens as the reference answer. All samples of a (task, length), every
+depth bucket, stream together (one batch per answer length). Rows: task, length, length_x,
 depth (bucket midpoint; nan for tasks without a needle), depth_lo, depth_hi, n, all_match, part_match,
 exact. Examples are drawn from ``np.random.default_rng([seed, code, task code, length, bucket, buckets])``:
 the same seed gives the same samples.
@@ -118,9 +119,9 @@ def evaluate_tasks(
         D = depth_buckets if task.has_depth else 1
         for length in lengths:
             t0, cells = time.monotonic(), []
+            batch = [s for b in range(D) for s in make_samples(codec, task, run.seed, length, b, D, samples)]
+            scores = np.asarray(run_samples(run, codec, batch)).reshape(D, samples, 3)  # one batch per length
             for b in range(D):
-                batch = make_samples(codec, task, run.seed, length, b, D, samples)
-                scores = np.asarray(run_samples(run, codec, batch))
                 cells.append(
                     {
                         "task": name,
@@ -130,9 +131,9 @@ def evaluate_tasks(
                         "depth_lo": b / D if task.has_depth else float("nan"),
                         "depth_hi": (b + 1) / D if task.has_depth else float("nan"),
                         "n": samples,
-                        "all_match": float(scores[:, 0].mean()),
-                        "part_match": float(scores[:, 1].mean()),
-                        "exact": float(scores[:, 2].mean()),
+                        "all_match": float(scores[b, :, 0].mean()),
+                        "part_match": float(scores[b, :, 1].mean()),
+                        "exact": float(scores[b, :, 2].mean()),
                     }
                 )
             rows += cells
