@@ -84,10 +84,10 @@ class Reader(nn.Module):
     if given), solves the task and says the answer, one token per step; elsewhere (or when it cannot
     solve) its logits are uniform. ``guess``: random logits everywhere instead."""
 
-    def __init__(self, codec, task: str | None, window: int | None = None, guess: bool = False):
+    def __init__(self, codec, task: str | None, window: int | None = None, guess: bool = False, vocab: int = VOCAB):
         super().__init__()
-        self.codec, self.task, self.window, self.guess = codec, task, window, guess
-        self.cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2)
+        self.codec, self.task, self.window, self.guess, self.vocab = codec, task, window, guess, vocab
+        self.cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2)
         self.trigger = ":" if codec.kind == "symbols" else "Answer: "
         self.gen = torch.Generator().manual_seed(0)
 
@@ -102,8 +102,8 @@ class Reader(nn.Module):
         b, n = tokens.shape
         if self.guess:
             state.pos += n
-            return torch.randn(b, n, VOCAB, generator=self.gen), state
-        logits = torch.zeros(b, n, VOCAB)
+            return torch.randn(b, n, self.vocab, generator=self.gen), state
+        logits = torch.zeros(b, n, self.vocab)
         for r in range(b):
             for i in range(n):
                 seen = state.seen[r]

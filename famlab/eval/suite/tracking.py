@@ -6,7 +6,7 @@
   at the requested depth, its later links at random depths after it (other chains anywhere).
 * ``cwe`` (common-words extraction): a list of words in which ``common`` (default 3) words appear
   ``freq_common`` (default 5) times each and the others ``freq_rare`` (default 1) time each, as many as
-  the length holds; the answer is the common words. The list's few leftover tokens are haystack, before
+  the length holds; the answer is the common words, in the order they first appear. The list's few leftover tokens are haystack, before
   it. It has no needle, hence no depth.
 """
 
@@ -60,28 +60,35 @@ def cwe(
     head = codec.fill("cwe_head")
     words = draw_words(rng, common)
     query = codec.fill("cwe_query", k=common)
-    answer = codec.encode(codec.templates["sep"].join(words))
-    room = length - len(head) - len(query) - len(answer)
+    room = length - len(head) - len(query)  # for the list, the answer and the haystack before the list
     pool = [w for w in nouns() if w not in words]
     rare = [pool[i] for i in rng.permutation(len(pool))]
     seed = int(rng.integers(0, 2**32))
 
-    def entries(n_rare: int) -> list[np.ndarray]:
+    def listed(n_rare: int) -> tuple[list[np.ndarray], list[str], np.ndarray]:
+        """The list's entries with n_rare rare words, the common words in order of first appearance
+        (the answer's order, so a reader can say it token for token), and the answer."""
         items = words * freq_common + rare[:n_rare] * freq_rare
         order = np.random.default_rng(seed).permutation(len(items))
-        return [codec.fill("cwe_entry", i=i + 1, word=items[j]) for i, j in enumerate(order)]
+        firsts = list(dict.fromkeys(items[j] for j in order if items[j] in words))
+        entries = [codec.fill("cwe_entry", i=i + 1, word=items[j]) for i, j in enumerate(order)]
+        return entries, firsts, codec.encode(codec.templates["sep"].join(firsts))
 
-    if sum(len(e) for e in entries(0)) > room:
-        need = length - room + sum(len(e) for e in entries(0))
-        raise too_short("cwe", length, need)
+    def size(n_rare: int) -> int:
+        entries, _, answer = listed(n_rare)
+        return sum(len(e) for e in entries) + len(answer)
+
+    if size(0) > room:
+        raise too_short("cwe", length, length - room + size(0))
     lo, hi = 0, len(rare)  # the most rare words whose list fits (the list's length grows with them)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if sum(len(e) for e in entries(mid)) <= room:
+        if size(mid) <= room:
             lo = mid
         else:
             hi = mid - 1
-    body = np.concatenate(entries(lo))
-    pad = codec.haystack(rng, room - len(body))
+    entries, firsts, answer = listed(lo)
+    body = np.concatenate(entries)
+    pad = codec.haystack(rng, room - len(body) - len(answer))
     ids = np.concatenate([head, pad, body, query, answer]).astype(np.int64)
-    return Sample(ids, len(answer), list(words))
+    return Sample(ids, len(answer), firsts)
