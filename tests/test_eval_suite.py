@@ -238,6 +238,19 @@ def test_a_reader_with_a_receptive_field_scores_inside_it_and_the_effective_leng
     assert summary_lines(res)[-1].startswith("niah: score ") and "effective length 128 (2x;" in summary_lines(res)[-1]
 
 
+def test_a_task_that_does_not_fit_a_length_is_skipped_there():
+    cfg = DataConfig(task="passkey", tokenizer="symbols", seq_len=64)
+    codec = codec_for(cfg, VOCAB)
+    lines: list[str] = []
+    kw = dict(block_size=16, seed=0, depth_buckets=2, samples=2, progress=lines.append)
+    res = run_suite(Reader(codec, "niah_single_uuid"), cfg, "niah", lengths=[64, 128], tasks=["niah_single_uuid"], **kw)
+    assert lines[0].startswith("niah_single_uuid length 64 (1x): skipped: length=64 is not allowed for task ")
+    assert res.table.length.unique().tolist() == [128] and (res.table.score == 1).all()
+    assert res.summary["niah"]["effective_length"] == 128
+    with pytest.raises(ValueError, match="length=64 is not allowed for task niah_single_uuid"):
+        run_suite(Reader(codec, None), cfg, "niah", lengths=[64], tasks=["niah_single_uuid"], **kw)
+
+
 def test_effective_length_is_the_last_length_before_the_first_drop():
     import pandas as pd
 

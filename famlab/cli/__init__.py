@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["ruler", "niah", "mqar", "lm-position", "all"],
         help="run the long-context suite (famlab.eval.suite) instead: eval/<suite>.csv, a heatmap, effective lengths",
     )
+    p_eval.add_argument(
+        "--threshold", type=float, default=0.85, help="--suite: the score an effective length keeps (default 0.85)"
+    )
 
     p_data = sub.add_parser("data", help="data utilities", description="Data utilities.")
     data_sub = p_data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
@@ -298,6 +301,7 @@ def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, 
             seed=cfg.seed,
             device=device,
             progress=lambda line: print(line, flush=True),
+            threshold=args.threshold,
         )
     except ValueError as e:
         return _error(str(e))

@@ -1,6 +1,6 @@
 """The synthetic tasks' evaluation: samples per (task, length, depth bucket), streamed through
-``model.step`` as one batch per answer length (:func:`famlab.eval.streaming.greedy_decode`: memory
-constant in the length), the answer decoded greedily, one ``step`` per answer token, and scored as RULER
+``model.step`` (:func:`famlab.eval.streaming.greedy_decode_ragged`: memory constant in the length), the
+answer decoded greedily, one ``step`` per answer token, and scored as RULER
 scores it, on the decoded text (case-insensitive):
 
 * ``all_match``: the fraction of the sample's reference values that the prediction contains
@@ -8,8 +8,10 @@ scores it, on the decoded text (case-insensitive):
 * ``part_match``: 1 if the prediction contains any reference value (RULER's ``string_match_part``);
 * ``exact``: 1 if the predicted tokens are exactly the answer's.
 
+A (task, length) whose samples do not all fit in the length (a multi-needle prompt at a short length) is
+skipped with a progress line; if nothing fits at all, the first such error is raised.
 The prediction is exactly as many tokens as the reference answer. All samples of a (task, length), every
-depth bucket, stream together (one batch per answer length). Rows: task, length, length_x,
+depth bucket, stream together as one batch, whatever their answers' lengths. Rows: task, length, length_x,
 depth (bucket midpoint; nan for tasks without a needle), depth_lo, depth_hi, n, all_match, part_match,
 exact. Examples are drawn from ``np.random.default_rng([seed, code, task code, length, bucket, buckets])``:
 the same seed gives the same samples.
@@ -26,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from famlab.eval.streaming import EvalRun, greedy_decode
+from famlab.eval.streaming import EvalRun, greedy_decode_ragged
 from famlab.eval.suite.codec import Codec
 from famlab.eval.suite.niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
-from famlab.eval.suite.sample import Sample
+from famlab.eval.suite.sample import Sample, TooShort
 from famlab.eval.suite.tracking import cwe, vt
 
 SUITE_CODE = 20  # issue #20; keeps the suite's random streams apart from the tasks' own
@@ -83,18 +85,16 @@ def score(prediction: str, refs: list[str]) -> tuple[float, float]:
 
 
 def run_samples(run: EvalRun, codec: Codec, samples: list[Sample]) -> list[tuple[float, float, float]]:
-    """(all_match, part_match, exact) per sample, in order; one streamed batch per answer length."""
-    groups: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(s.answer_len, []).append(i)
-    out: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(samples)
-    for answer_len, idx in groups.items():
-        ids = np.stack([samples[i].ids for i in idx])
-        prompt = torch.from_numpy(ids[:, :-answer_len]).to(run.device)
-        pred = greedy_decode(run.model, prompt, answer_len, run.block_size).cpu().numpy()
-        for row, i in enumerate(idx):
-            a, p = score(codec.decode(pred[row]), samples[i].refs)
-            out[i] = (a, p, float(np.array_equal(pred[row], ids[row, -answer_len:])))
+    """(all_match, part_match, exact) per sample, in order, all samples (one length) streamed as one batch."""
+    ids = np.stack([s.ids for s in samples])
+    lens = np.asarray([s.answer_len for s in samples])
+    tokens = torch.from_numpy(ids).to(run.device)
+    pred = greedy_decode_ragged(run.model, tokens, torch.from_numpy(lens), run.block_size).cpu().numpy()
+    out = []
+    for row, s in enumerate(samples):
+        said = pred[row, : s.answer_len]
+        a, p = score(codec.decode(said), s.refs)
+        out.append((a, p, float(np.array_equal(said, ids[row, -s.answer_len :]))))
     return out
 
 
@@ -111,7 +111,7 @@ def evaluate_tasks(
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"tasks={unknown} is not allowed: expected some of {', '.join(TASKS)}")
-    rows = []
+    rows, skipped = [], []
     for name in tasks:
         task = TASKS[name]
         if options and name in options:
@@ -119,7 +119,12 @@ def evaluate_tasks(
         D = depth_buckets if task.has_depth else 1
         for length in lengths:
             t0, cells = time.monotonic(), []
-            batch = [s for b in range(D) for s in make_samples(codec, task, run.seed, length, b, D, samples)]
+            try:
+                batch = [s for b in range(D) for s in make_samples(codec, task, run.seed, length, b, D, samples)]
+            except TooShort as e:
+                skipped.append(e)
+                run.say(f"{name} length {length} ({length / run.cfg.seq_len:g}x): skipped: {e}")
+                continue
             scores = np.asarray(run_samples(run, codec, batch)).reshape(D, samples, 3)  # one batch per length
             for b in range(D):
                 cells.append(
@@ -142,4 +147,6 @@ def evaluate_tasks(
                 f"{np.mean([c['all_match'] for c in cells]):.3f}, part-match {np.mean([c['part_match'] for c in cells]):.3f} "
                 f"({samples * D} prompts, {time.monotonic() - t0:.1f} s)"
             )
+    if not rows and skipped:
+        raise skipped[0]
     return pd.DataFrame(rows)

@@ -36,8 +36,12 @@ class Sample:
     offset: int = 0  # haystack tokens before the target needle (depth = offset / hay_len)
 
 
-def too_short(task: str, length: int, need: int) -> ValueError:
-    return ValueError(
+class TooShort(ValueError):
+    """A sample does not fit in the requested length."""
+
+
+def too_short(task: str, length: int, need: int) -> TooShort:
+    return TooShort(
         f"length={length} is not allowed for task {task}: expected >= {need} tokens (the fixed prompt of a sample; "
         "evaluate longer data.passkey_eval_lengths)"
     )

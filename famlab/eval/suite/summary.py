@@ -4,7 +4,7 @@ a threshold.
 A task's score at a length is its mean over depth buckets (``score``: RULER's all-match for the
 synthetic tasks, per-query accuracy for MQAR). Its effective length is the largest evaluated length L
 such that the score is >= ``threshold`` at L and at every shorter evaluated length (0 if the shortest
-already fails). The default threshold, 0.85, is RULER's (it uses Llama-2-7B's 85.6% at 4K as the bar): an
+already fails; a length where the task did not fit, and so was skipped, is not an evaluated length). The default threshold, 0.85, is RULER's (it uses Llama-2-7B's 85.6% at 4K as the bar): an
 absolute bar, so that runs of one sweep are compared against the same number. The suite's effective
 length applies the same rule to the score averaged over its tasks (RULER's "average" row);
 ``mean_effective_length`` averages the tasks' own effective lengths.
