@@ -2,132 +2,33 @@
 the requested depth, in every tokenizer; samples are deterministic per seed; a streaming oracle that
 reads the prompt (and only the prompt) scores 1 on every task, a guesser 0, and an oracle that can see
 only the last W tokens scores exactly where theory says (the effective length lands on W); MQAR reuses
-the recall task; lm-position reads out to 16x; the model's state stays the same size at every length."""
+the recall task (tests/test_eval_suite_members.py); the model's state stays the same size at every length.
+The readers are tests/suite_readers.py's."""
 
 from __future__ import annotations
-
-import re
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from suite_readers import VOCAB, Reader, tasks_frame
 from torch import nn
 
 from famlab.config import ModelConfig
 from famlab.data import DataConfig
 from famlab.eval.suite import SUITES, run_suite, summary_lines, write_suite
 from famlab.eval.suite.codec import codec_for
-from famlab.eval.suite.members import log_buckets
 from famlab.eval.suite.ruler import NIAH_TASKS, TASKS, make_samples
 from famlab.eval.suite.summary import effective_length, summarize
 from famlab.model import FamLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-VOCAB = 256
 SYM = dict(task="passkey", tokenizer="symbols", seq_len=160)
 SYM_LENGTHS = [160, 320]
 
 
 def byte_cfg(cache_dir, **kw):
     return DataConfig(**{"task": "passkey", "seq_len": 400, "passkey_instruction": False, "cache_dir": cache_dir, **kw})
-
-
-# --- a reader of the prompts, written from the templates alone -------------------------------------------
-
-
-def pattern(template: str, **groups: str) -> str:
-    out = re.escape(template)
-    for name, group in groups.items():
-        out = out.replace(re.escape("{" + name + "}"), group)
-    return out
-
-
-WORD, VALUE = r"[a-z]+", r"[A-Za-z0-9-]+"
-
-
-def solve(task: str, templates: dict[str, str], text: str) -> str | None:
-    """The answer a perfect reader of ``text`` (a prompt up to its question) gives, None if it cannot."""
-    t = templates
-    if task == "vt":
-        q = re.search(pattern(t["vt_query"], value=r"(?P<v>\d+)") + "$", text)
-        if not q:
-            return None
-        names = [m.group(1) for m in re.finditer(pattern(t["vt_value"], name="([A-Z]+)", value=q.group("v")), text)]
-        links = re.findall(pattern(t["vt_link"], name="([A-Z]+)", prev="([A-Z]+)"), text)
-        for name, prev in links:  # links come after what they copy
-            if prev in names and name not in names:
-                names.append(name)
-        return t["sep"].join(names) if names else None
-    if task == "cwe":
-        q = re.search(pattern(t["cwe_query"], k=r"(?P<k>\d+)") + "$", text)
-        if not q:
-            return None
-        words = re.findall(pattern(t["cwe_entry"], i=r"\d+", word=f"({WORD})"), text[: q.start()])
-        return t["sep"].join(w for w, _ in Counter(words).most_common(int(q.group("k"))))
-    name = {"niah_multiquery": "query_many", "niah_multivalue": "query_all"}.get(task, "query")
-    q = re.search(
-        pattern(t[name], noun=r"\w+", key=f"(?P<keys>{WORD})", keys=f"(?P<keys>{WORD}(, {WORD})*)") + "$", text
-    )
-    if not q:
-        return None
-    values = []
-    for key in q.group("keys").split(", "):
-        found = re.findall(pattern(t["needle"], noun=r"\w+", key=key, value=f"({VALUE})"), text[: q.start()])
-        values += found if task == "niah_multivalue" else found[:1]
-    return t["sep"].join(values) if values else None
-
-
-class Reader(nn.Module):
-    """Streams like FamLM.step. At each query's end it reads the prompt (only its last ``window`` tokens
-    if given), solves the task and says the answer, one token per step; elsewhere (or when it cannot
-    solve) its logits are uniform. ``guess``: random logits everywhere instead."""
-
-    def __init__(self, codec, task: str | None, window: int | None = None, guess: bool = False, vocab: int = VOCAB):
-        super().__init__()
-        self.codec, self.task, self.window, self.guess, self.vocab = codec, task, window, guess, vocab
-        self.cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2)
-        self.trigger = ":" if codec.kind == "symbols" else "Answer: "
-        self.gen = torch.Generator().manual_seed(0)
-
-    class State:
-        def __init__(self, b):
-            self.pos, self.seen, self.plan = 0, [[] for _ in range(b)], [None] * b
-
-    def init_state(self, b, device=None):
-        return self.State(b)
-
-    def step(self, tokens, state):
-        b, n = tokens.shape
-        if self.guess:
-            state.pos += n
-            return torch.randn(b, n, self.vocab, generator=self.gen), state
-        logits = torch.zeros(b, n, self.vocab)
-        for r in range(b):
-            for i in range(n):
-                seen = state.seen[r]
-                seen.append(int(tokens[r, i]))
-                plan = state.plan[r]
-                if plan is None and self.codec.decode(seen[-12:]).endswith(self.trigger):
-                    answer = solve(self.task, self.codec.templates, self.codec.decode(seen[-(self.window or 0) :]))
-                    if answer is not None:
-                        plan = state.plan[r] = (len(seen), self.codec.encode(answer))
-                if plan is not None and len(seen) - plan[0] < len(plan[1]):
-                    logits[r, i, plan[1][len(seen) - plan[0]]] = 1.0
-        state.pos += n
-        return logits, state
-
-
-def tasks_frame(model_for, cfg, lengths, **kw):
-    """run_suite of every synthetic task, each with its own reader."""
-    frames = []
-    for task in TASKS:
-        res = run_suite(model_for(task), cfg, "ruler", block_size=16, seed=0, lengths=lengths, tasks=[task], **kw)
-        frames.append(res.table)
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
 
 
 # --- the samples ------------------------------------------------------------------------------------------
@@ -264,62 +165,6 @@ def test_effective_length_is_the_last_length_before_the_first_drop():
     assert out["mean_effective_length_x"] == 1.5
 
 
-# --- MQAR, lm-position -------------------------------------------------------------------------------
-
-
-class Recall(Reader):
-    """Answers a repeated key with the token that followed its first occurrence (MQAR's perfect reader)."""
-
-    def step(self, tokens, state):
-        b, n = tokens.shape
-        logits = torch.zeros(b, n, VOCAB)
-        for r in range(b):
-            for i in range(n):
-                seen = state.seen[r]
-                seen.append(int(tokens[r, i]))
-                first = seen.index(seen[-1])
-                if first < len(seen) - 1 and (self.window is None or len(seen) - 1 - first < self.window):
-                    logits[r, i, seen[first + 1]] = 1.0
-        state.pos += n
-        return logits, state
-
-
-def test_mqar_member_has_pairs_and_length_as_knobs():
-    cfg = DataConfig(task="passkey", tokenizer="symbols", seq_len=64)
-    codec = codec_for(cfg, VOCAB)
-    kw = dict(block_size=16, seed=0, lengths=[64, 256], samples=3, mqar_pairs=[4, 8])
-    lines: list[str] = []
-    res = run_suite(Recall(codec, None), cfg, "mqar", progress=lines.append, **kw)
-    df = res.table
-    assert df[["num_pairs", "length"]].values.tolist() == [[4, 64], [4, 256], [8, 64], [8, 256]]
-    assert (df.score == 1).all() and (df.example_accuracy == 1).all()
-    assert df.n.tolist() == [12, 12, 24, 24]  # 3 examples x every pair queried
-    assert [line.split(" (")[0] for line in lines] == [
-        "mqar 4 pairs, length 64",
-        "mqar 4 pairs, length 256",
-        "mqar 8 pairs, length 64",
-        "mqar 8 pairs, length 256",
-    ]
-    short = run_suite(Recall(codec, None, window=100), cfg, "mqar", **kw)  # pairs more than 100 tokens back are lost
-    assert short.table.score.tolist()[0] == 1 and short.table.score.tolist()[1] < 0.5
-    assert short.summary["mqar"]["effective_length"] == 64
-    with pytest.raises(ValueError, match="length=10 is not allowed for task mqar"):
-        run_suite(Recall(codec, None), cfg, "mqar", **{**kw, "lengths": [10]})
-
-
-def test_lm_position_reads_to_16x_in_log_buckets(cache_dir):
-    assert log_buckets(64) == [0, 8, 16, 32, 64, 128, 256, 512, 1024]
-    cfg = byte_cfg(cache_dir, seq_len=32)
-    codec = codec_for(cfg, VOCAB)
-    res = run_suite(Reader(codec, None), cfg, "lm-position", block_size=16, seed=0, lm_max_docs=2)
-    df = res.table
-    buckets = df[df.scope == "bucket"]
-    assert buckets.position_bucket_end.tolist() == log_buckets(32)[1:] and buckets.length_x.max() == 16
-    assert np.allclose(df.bpb, 8.0)  # uniform logits: 8 bits per byte at every position
-    assert df.n_bytes.iloc[-1] == 2 * (16 * 32 - 1)
-    assert res.summary["lm-position"] == {"bpb": pytest.approx(8.0), "bpb_last_bucket": pytest.approx(8.0)}
-
-
 # --- memory ---------------------------------------------------------------------------------------------------
 
 
@@ -373,43 +218,3 @@ def test_suites_name_their_members():
     assert SUITES["all"] == ("ruler", "mqar", "lm-position") and set(NIAH_TASKS) < set(TASKS)
     with pytest.raises(ValueError, match="suite='x' is not allowed: expected one of niah, ruler"):
         run_suite(None, DataConfig(**SYM), "x", block_size=16, seed=0)
-
-
-# --- the command line ----------------------------------------------------------------------------------------
-
-
-def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
-    import json
-
-    import pandas as pd
-
-    from famlab.cli import main
-
-    train = ["train", "preset=tiny", f"out_dir={tmp_path}", "name=s", "train.max_steps=2", "train.val_every=0"]
-    quiet = ["train.checkpoint_every=0", "logger.wandb=disabled", "train.accelerator=cpu", "model.d_model=32"]
-    assert main([*train, *quiet]) == 0
-    (run_dir,) = (tmp_path / "s").iterdir()
-    small = ["data.passkey_eval_lengths=[1,2]", "data.passkey_eval_depth_buckets=2", "data.passkey_eval_samples=1"]
-    eval_args = ["eval", str(run_dir), *small, f"data.cache_dir={cache_dir}"]
-    capsys.readouterr()
-    assert main([*eval_args, "data.passkey_eval_lengths=[0.1]", "--device", "cpu", "--suite", "ruler"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert re.fullmatch(
-        r"famlab: error: length=51 is not allowed for task niah_single_digits: expected >= \d+ tokens .*", err
-    )
-    assert main([*eval_args, "--device", "cpu", "--suite", "all"]) == 0
-    out = capsys.readouterr().out
-    table = pd.read_csv(run_dir / "eval" / "all.csv")
-    assert set(table.member) == {"ruler", "mqar", "lm-position"} and set(table.task) == {*TASKS, "mqar", "lm-position"}
-    assert set(table[table.member != "lm-position"].length) == {512, 1024}
-    assert (run_dir / "eval" / "all_heatmap.png").read_bytes()[:4] == b"\x89PNG"
-    # progress per task and length as each finishes, then a table per task, then the summary
-    assert out.splitlines()[0].startswith("niah_single_digits length 512 (1x): all-match ")
-    assert "\nmqar 8 pairs, length 1024 (2x): accuracy " in out and "\ncwe:\n" in out
-    final = json.loads((run_dir / "final_metrics.json").read_text())
-    assert final["step"] == 2  # training's summary is kept
-    ev = final["eval"]
-    assert set(ev) == {"ruler", "mqar", "lm-position", "all"}
-    assert ev["ruler"]["effective_length"] in (0, 512, 1024) and set(ev["ruler"]["tasks"]) == set(TASKS)
-    assert ev["all"]["csv"] == str(run_dir / "eval" / "all.csv") and 0 < ev["lm-position"]["bpb"] < 16
-    assert f"all: score {ev['all']['score']:.3f}, effective length {ev['all']['effective_length']} " in out

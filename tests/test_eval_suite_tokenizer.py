@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from suite_readers import Reader, tasks_frame  # noqa: E402
 from test_data_passkey_tokenizer import VOCAB, train_bpe  # noqa: E402
-from test_eval_suite import Reader, tasks_frame  # noqa: E402
 
 from famlab.data import DataConfig  # noqa: E402
 from famlab.eval.suite.codec import codec_for  # noqa: E402
