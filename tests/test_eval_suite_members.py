@@ -25,7 +25,7 @@ def byte_cfg(cache_dir, **kw):
 def test_mqar_member_has_pairs_and_length_as_knobs():
     cfg = DataConfig(task="passkey", tokenizer="symbols", seq_len=64)
     codec = codec_for(cfg, VOCAB)
-    kw = dict(block_size=16, seed=0, lengths=[64, 256], samples=3, mqar_pairs=[4, 8])
+    kw = dict(block_size=16, seed=0, lengths=[64, 256], samples=3, depth_buckets=1, mqar_pairs=[4, 8])
     lines: list[str] = []
     res = run_suite(Recall(codec, None), cfg, "mqar", progress=lines.append, **kw)
     df = res.table

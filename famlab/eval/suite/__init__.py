@@ -11,8 +11,9 @@ Suites (:data:`SUITES`):
 
 Lengths are multiples of the training ``seq_len`` (``data.passkey_eval_lengths``, default 1, 2, 4, 8, 16,
 or ``lengths=`` in tokens); depth buckets and samples per cell are ``data.passkey_eval_depth_buckets``
-and ``data.passkey_eval_samples``. Samples come from the run's tokenizer (:mod:`.codec`: bytes with the
-held-out corpus as haystack, symbols with PassKey's filler, or an HF tokenizer).
+and ``data.passkey_eval_samples`` (MQAR: samples x depth buckets examples per length). Samples come
+from the run's tokenizer (:mod:`.codec`: bytes with the held-out corpus as haystack, symbols with
+PassKey's filler, or an HF tokenizer).
 :func:`run_suite` returns the table and its summary (effective lengths, :mod:`.summary`);
 :func:`write_suite` writes ``<suite>.csv`` and the needle heatmap ``<suite>_heatmap.png``.
 """
@@ -93,7 +94,7 @@ def run_suite(
                 df = evaluate_tasks(run, codec, names, lengths, D, n, task_options)
                 df["score"] = df["all_match"]
             elif member == "mqar":
-                df = evaluate_mqar(run, lengths, mqar_pairs, n)
+                df = evaluate_mqar(run, lengths, mqar_pairs, n * D)  # as many examples per length as the needle tasks
             else:
                 df = evaluate_lm_position(run, lm_max_x, lm_max_docs)
             if len(df):
