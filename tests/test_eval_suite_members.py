@@ -86,6 +86,10 @@ def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
     # progress per task and length as each finishes, then a table per task, then the summary
     assert out.splitlines()[0].startswith("niah_single_digits length 512 (1x): all-match ")
     assert "\nmqar 8 pairs, length 1024 (2x): accuracy " in out and "\ncwe:\n" in out
+    assert re.search(
+        r"\nmqar:\n *length +length_x +n +score +gap +gap_x +num_pairs +accuracy +example_accuracy\n +512 +1.0 +16 +0.0 +480 +0.9375 +8 ",
+        out,
+    )
     final = json.loads((run_dir / "final_metrics.json").read_text())
     assert final["step"] == 2  # training's summary is kept
     ev = final["eval"]

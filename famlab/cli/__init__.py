@@ -290,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, device: str) -> int:
-    from famlab.eval.suite import run_suite, summary_lines, write_suite
+    from famlab.eval.suite import run_suite, summary_lines, task_tables, write_suite
 
     try:
         result = run_suite(
@@ -309,10 +309,8 @@ def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, 
 
     csv, png = write_suite(result, run.eval_dir)
     with pd.option_context("display.max_rows", 1000, "display.width", 200):
-        for task, rows in result.table.groupby("task", sort=False):
-            print(
-                f"\n{task}:\n" + rows.dropna(axis=1, how="all").drop(columns=["member", "task"]).to_string(index=False)
-            )
+        for task, rows in task_tables(result).items():
+            print(f"\n{task}:\n{rows.to_string(index=False)}")
     print("\n".join(["", *summary_lines(result)]))
     section = run.read_final_metrics().get("eval")
     section = dict(section) if isinstance(section, dict) else {}

@@ -44,7 +44,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "all": ("ruler", "mqar", "lm-position"),
 }
 
-__all__ = ["SUITES", "TASKS", "SuiteResult", "run_suite", "summary_lines", "write_suite"]
+__all__ = ["SUITES", "TASKS", "SuiteResult", "run_suite", "summary_lines", "task_tables", "write_suite"]
 
 
 @dataclass
@@ -127,6 +127,18 @@ def write_suite(result: SuiteResult, folder: str | Path) -> tuple[Path, Path | N
         result.table, folder / f"{result.suite}_heatmap.png", title=f"{result.suite}: score by length and depth"
     )
     return csv, png
+
+
+INT_COLUMNS = ("length", "n", "gap", "num_pairs", "position_bucket_start", "position_bucket_end", "n_bytes", "n_docs")
+
+
+def task_tables(result: SuiteResult) -> dict[str, pd.DataFrame]:
+    """{task: its rows}, without the columns other tasks brought in (and counts as integers again)."""
+    out = {}
+    for task, rows in result.table.groupby("task", sort=False):
+        rows = rows.dropna(axis=1, how="all").drop(columns=["member", "task"])
+        out[task] = rows.astype({c: int for c in INT_COLUMNS if c in rows.columns})
+    return out
 
 
 def summary_lines(result: SuiteResult) -> list[str]:
