@@ -10,7 +10,7 @@ import pytest
 from suite_readers import VOCAB, Reader, Recall
 
 from famlab.data import DataConfig
-from famlab.eval.suite import run_suite
+from famlab.eval.suite import run_suite, task_tables
 from famlab.eval.suite.codec import codec_for
 from famlab.eval.suite.members import log_buckets
 from famlab.eval.suite.ruler import TASKS
@@ -56,6 +56,11 @@ def test_lm_position_reads_to_16x_in_log_buckets(cache_dir):
     assert np.allclose(df.bpb, 8.0)  # uniform logits: 8 bits per byte at every position
     assert df.n_bytes.iloc[-1] == 2 * (16 * 32 - 1)
     assert res.summary["lm-position"] == {"bpb": pytest.approx(8.0), "bpb_last_bucket": pytest.approx(8.0)}
+    lines: list[str] = []  # the held-out text is bytes: a symbols run skips it, saying so
+    sym = DataConfig(task="passkey", tokenizer="symbols", seq_len=32)
+    none = run_suite(Reader(codec, None), sym, "lm-position", block_size=16, seed=0, progress=lines.append)
+    assert none.table.empty and none.summary == {} and task_tables(none) == {}
+    assert lines == ["lm-position: skipped (the held-out text is bytes; this run has tokenizer=symbols)"]
 
 
 def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):

@@ -134,7 +134,9 @@ INT_COLUMNS = ("length", "n", "gap", "num_pairs", "position_bucket_start", "posi
 
 def task_tables(result: SuiteResult) -> dict[str, pd.DataFrame]:
     """{task: its rows}, without the columns other tasks brought in (and counts as integers again)."""
-    out = {}
+    out: dict[str, pd.DataFrame] = {}
+    if result.table.empty:
+        return out
     for task, rows in result.table.groupby("task", sort=False):
         rows = rows.dropna(axis=1, how="all").drop(columns=["member", "task"])
         out[task] = rows.astype({c: int for c in INT_COLUMNS if c in rows.columns})
