@@ -290,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, device: str) -> int:
-    from famlab.eval.suite import run_suite, summary_lines, task_tables, write_suite
+    from famlab.eval.suite import report_lines, run_suite, write_suite
 
     try:
         result = run_suite(
@@ -305,13 +305,8 @@ def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, 
         )
     except ValueError as e:
         return _error(str(e))
-    import pandas as pd
-
     csv, png = write_suite(result, run.eval_dir)
-    with pd.option_context("display.max_rows", 1000, "display.width", 200):
-        for task, rows in task_tables(result).items():
-            print(f"\n{task}:\n{rows.to_string(index=False)}")
-    print("\n".join(["", *summary_lines(result)]))
+    print("\n".join(report_lines(result)))
     section = run.read_final_metrics().get("eval")
     section = dict(section) if isinstance(section, dict) else {}
     for member, summary in result.summary.items():

@@ -44,7 +44,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "all": ("ruler", "mqar", "lm-position"),
 }
 
-__all__ = ["SUITES", "TASKS", "SuiteResult", "run_suite", "summary_lines", "task_tables", "write_suite"]
+__all__ = ["SUITES", "TASKS", "SuiteResult", "report_lines", "run_suite", "summary_lines", "task_tables", "write_suite"]
 
 
 @dataclass
@@ -141,6 +141,15 @@ def task_tables(result: SuiteResult) -> dict[str, pd.DataFrame]:
         rows = rows.dropna(axis=1, how="all").drop(columns=["member", "task"])
         out[task] = rows.astype({c: int for c in INT_COLUMNS if c in rows.columns})
     return out
+
+
+def report_lines(result: SuiteResult) -> list[str]:
+    """What ``famlab eval --suite`` prints after the progress lines: a table per task, then the summary."""
+    lines = []
+    with pd.option_context("display.max_rows", 1000, "display.width", 200):
+        for task, rows in task_tables(result).items():
+            lines += ["", f"{task}:", rows.to_string(index=False)]
+    return [*lines, "", *summary_lines(result)]
 
 
 def summary_lines(result: SuiteResult) -> list[str]:
