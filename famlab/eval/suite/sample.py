@@ -98,10 +98,12 @@ def random_depths(rng: np.random.Generator, n: int, lo: float = 0.0) -> list[flo
 
 @functools.cache
 def nouns() -> tuple[str, ...]:
-    """Lowercase English nouns of 3 to 8 letters (wonderwords' list), sorted: the keys and word values."""
-    from wonderwords import RandomWord
+    """Lowercase English nouns of 3 to 8 letters (wonderwords' list, its profanity filter applied), sorted:
+    the keys, word values and common words."""
+    from wonderwords import RandomWord, is_profanity
 
-    return tuple(sorted(set(RandomWord().filter(include_categories=["noun"], regex=r"[a-z]{3,8}"))))
+    found = RandomWord().filter(include_categories=["noun"], regex=r"[a-z]{3,8}")
+    return tuple(sorted(w for w in set(found) if not is_profanity(w)))
 
 
 def draw_words(rng: np.random.Generator, n: int, avoid: set[str] = frozenset()) -> list[str]:
