@@ -98,9 +98,10 @@ def test_a_reader_of_the_prompt_scores_one_on_every_task_and_a_guesser_zero(cach
     assert (right.all_match == 1).all() and (right.part_match == 1).all(), right[right.all_match < 1]
     guess = tasks_frame(lambda task: Reader(codec, None, guess=True), cfg, lengths, **kw)
     assert (guess.all_match == 0).all() and (guess.part_match == 0).all() and (guess.exact == 0).all()
-    # a reader that cannot find the answer (uniform logits: it says token 0) scores 0 too
+    # a reader that cannot see the needles (uniform logits: it says token 0) scores 0 too (not cwe: the last
+    # 8 tokens still show the list's last words, among them, by chance, common ones)
     blind = tasks_frame(lambda task: Reader(codec, task, window=8), cfg, lengths[:1], **kw)
-    assert (blind.all_match == 0).all()
+    assert (blind[blind.task != "cwe"].all_match == 0).all()
 
 
 def test_a_reader_with_a_receptive_field_scores_inside_it_and_the_effective_length_is_its_edge(tmp_path):
