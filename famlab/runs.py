@@ -151,6 +151,11 @@ class RunDir:
         return self.path / EVAL_FILE
 
     @property
+    def eval_dir(self) -> Path:
+        """``eval/``: ``famlab eval --suite``'s tables (``<suite>.csv``) and heatmaps."""
+        return self.path / "eval"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.path / CHECKPOINT_DIR
 

@@ -141,3 +141,20 @@ def test_evaluate_text_bits_per_byte(cache_dir):
     assert lines and lines[0].startswith(
         "text test: 8.0000 bits per byte over 3 documents, 897 bytes up to position 300"
     )
+
+
+def test_ragged_greedy_answers_equal_each_rows_own_greedy_decode():
+    """greedy_decode_ragged: rows whose answers differ in length, in one batch, say what each row says alone."""
+    from famlab.eval.streaming import greedy_decode_ragged
+
+    model = tiny_model().double().eval()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (4, 90), generator=g)
+    lens = torch.tensor([1, 5, 3, 8])
+    with torch.no_grad():
+        ragged = greedy_decode_ragged(model, ids, lens, block_size=16)
+        for r in range(4):
+            alone = greedy_decode(model, ids[r : r + 1, : 90 - int(lens[r])], int(lens[r]), block_size=16)[0]
+            assert torch.equal(ragged[r, : lens[r]], alone), r
+            assert (ragged[r, lens[r] :] == -1).all()
+    assert not torch.equal(ragged[1, :5], ragged[3, :5])  # a negative control: rows are not all alike

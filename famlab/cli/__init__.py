@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--checkpoint", help="a checkpoint file (default: <run_dir>/checkpoints/last.ckpt)")
     p_eval.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p_eval.add_argument("--out", help="CSV path (default: <run_dir>/eval.csv)")
+    p_eval.add_argument(
+        "--suite",
+        choices=["ruler", "niah", "mqar", "lm-position", "all"],
+        help="run the long-context suite (famlab.eval.suite) instead: eval/<suite>.csv, a heatmap, effective lengths",
+    )
+    p_eval.add_argument(
+        "--threshold", type=float, default=0.85, help="--suite: the score an effective length keeps (default 0.85)"
+    )
 
     p_data = sub.add_parser("data", help="data utilities", description="Data utilities.")
     data_sub = p_data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
@@ -286,6 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from famlab.eval import evaluate
 
     model = model.to(device)
+    if args.suite:
+        return cmd_eval_suite(args, run, cfg, model, device)
     try:
         df = evaluate(
             model,
@@ -320,6 +330,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     what = "overall" if "scope" in df.columns else f"mean over {len(df)} cells"
     print(f"eval {cfg.data.task} ({what}): " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
     print(f"wrote {out} and {run.final_metrics_path}")
+    return 0
+
+
+def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, device: str) -> int:
+    from famlab.eval.suite import report_lines, run_suite, write_suite
+
+    try:
+        result = run_suite(
+            model,
+            cfg.data,
+            args.suite,
+            block_size=cfg.model.block_size,
+            seed=cfg.seed,
+            device=device,
+            progress=lambda line: print(line, flush=True),
+            threshold=args.threshold,
+        )
+    except ValueError as e:
+        return _error(str(e))
+    csv, png = write_suite(result, run.eval_dir)
+    print("\n".join(report_lines(result)))
+    section = run.read_final_metrics().get("eval")
+    section = dict(section) if isinstance(section, dict) else {}
+    for member, summary in result.summary.items():
+        section[member] = {**summary, "csv": str(csv), **({"heatmap": str(png)} if png else {})}
+    run.update_final_metrics(eval=section)
+    print(f"wrote {csv}{f', {png}' if png else ''} and {run.final_metrics_path}")
     return 0
 
 

@@ -4,7 +4,8 @@
 * ``text`` (:mod:`famlab.eval.text`): bits per byte by position from each document's start, streamed.
 * ``recall`` (:mod:`famlab.eval.recall`): accuracy by gap, streamed, teacher-forced.
 
-:mod:`famlab.eval.streaming` holds what they share (chunked streaming through ``model.step``, greedy
+:mod:`famlab.eval.suite` is the long-context suite (``famlab eval --suite``: RULER-style tasks, MQAR, loss
+by position, effective lengths). :mod:`famlab.eval.streaming` holds what they share (chunked streaming through ``model.step``, greedy
 decoding). The tasks' examples and corpora come from :mod:`famlab.data`.
 """
 

@@ -71,6 +71,31 @@ def greedy_decode(model, prompt: torch.Tensor, n: int, block_size: int) -> torch
     return torch.stack(out, dim=1)
 
 
+def greedy_decode_ragged(model, ids: torch.Tensor, answer_lens: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Greedy answers of rows that end their prompts at different positions, in one batch: ``ids`` [b, L]
+    holds each row's prompt and answer (row r's answer: its last ``answer_lens[r]`` tokens, which are not
+    read). Streams the common prefix (the first L - max answer tokens) with :func:`stream`, then steps one
+    token at a time, feeding each row its own prompt token until its prompt ends and its own greedy token
+    after, as :func:`greedy_decode` does per row. Returns [b, max answer]; row r's first ``answer_lens[r]``
+    entries are its answer (the rest -1)."""
+    b, L = ids.shape
+    longest = int(answer_lens.max())
+    starts = L - answer_lens.to(ids.device)  # [b] each row's first answer position
+    last, state = stream(model, ids[:, : L - longest], block_size)
+    preds = torch.full((b, longest), -1, dtype=torch.long, device=ids.device)
+    rows = torch.arange(b, device=ids.device)
+    for pos in range(L - longest, L):
+        guess = last.argmax(-1)  # [b] each row's greedy token for position pos
+        answering = pos >= starts
+        preds[rows[answering], (pos - starts)[answering]] = guess[answering]
+        if pos == L - 1:
+            break
+        token = torch.where(answering, guess, ids[:, pos])
+        logits, state = model.step(token[:, None], state)
+        last = logits[:, -1]
+    return preds
+
+
 class eval_mode:
     """Context: model.eval() inside, the previous training flag restored after."""
 
