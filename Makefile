@@ -23,7 +23,7 @@ EXECUTOR ?= local
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
 		sed -e 's|$$(TORCH_SPEC)|$(TORCH_SPEC)|g' -e 's|$$(SWEEP)|$(SWEEP)|g' -e 's|$$(PROFILE)|$(PROFILE)|g' \
-			-e 's|$$(REPRODUCE)|$(REPRODUCE)|g' -e 's|$$(PRETRAINED_DIR)|$(PRETRAINED_DIR)|g' -e 's|$$(PORT)|$(PORT)|g'
+			-e 's|$$(REPRODUCE)|$(REPRODUCE)|g' -e 's|$$(PRETRAINED_DIR)|$(PRETRAINED_DIR)|g' -e 's|$$(PORT)|$(PORT)|g' -e 's|$$(WORKERS)|$(WORKERS)|g'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -501,6 +501,9 @@ STORAGES = {  # a storage URL (built from the world) -> what the error names
     "not_a_url": (lambda w: "notaurl", "notaurl"),
     "sqlite_relative_garbage": (lambda w: "sqlite://", "sqlite://"),
     "bad_port": (lambda w: f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:notaport/db", "storage"),
+    "journal_dir": (lambda w: f"journal:{w.dir_db}", "dir.db"),
+    "journal_under_file": (lambda w: f"journal:{w.file}/x.journal", "a_file"),
+    "journal_no_path": (lambda w: "journal:", "journal:"),
 }
 
 

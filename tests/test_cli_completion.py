@@ -41,7 +41,7 @@ def test_verbs(monkeypatch):
 
 def test_config_keys_and_values(monkeypatch):
     assert "model.fam_len=" in complete(monkeypatch, "famlab train model.fam")
-    assert complete(monkeypatch, "famlab train model.attention=f") == ["model.attention=fam", "model.attention=full"]
+    assert complete(monkeypatch, "famlab train model.attention=f") == ["model.attention=fam", "model.attention=fm", "model.attention=full"]
     assert complete(monkeypatch, "famlab train model.attention=b") == ["model.attention=bswa"]
     assert "preset=tiny" in complete(monkeypatch, "famlab train preset=")
     assert "--print-config" in complete(monkeypatch, "famlab train --pr")
@@ -58,7 +58,7 @@ def test_completer_functions():
     assert complete_setting("logger.csv=") == ["logger.csv=true", "logger.csv=false"]
     assert complete_setting("train.lr=") == []  # an open value: nothing to offer
     assert {"model.", "data.", "train.", "seed="} <= set(complete_setting(""))
-    assert complete_spec("memory") == ["memory_segment"] and complete_spec("nope") == []
+    assert complete_spec("memory") == ["memory_kinds", "memory_segment"] and complete_spec("nope") == []
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

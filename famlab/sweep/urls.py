@@ -6,6 +6,8 @@ SQLAlchemy's or Optuna's traceback. Nothing here prints a password (:func:`famla
   psycopg 3, which famlab does not install (psycopg2-binary is its PostgreSQL driver).
 * A SQLite URL needs a file path (``sqlite:///PATH``: an in-memory store is lost with its process, and no two
   workers share it); the path is not a folder, its parent is not a file, an existing file is a database.
+* ``journal:PATH`` is a journal file (:mod:`famlab.sweep.journal`): the path is not a folder, its nearest
+  existing parent is a folder; a missing file is usable (a sweep makes it, ``status`` says there are no trials).
 * Any other URL must name an installed SQLAlchemy dialect and driver and accept a connection.
 """
 
@@ -15,6 +17,8 @@ import contextlib
 from pathlib import Path
 
 from famlab.sweep.spec import redact
+
+JOURNAL_PREFIX = "journal:"  # as famlab.sweep.journal (not imported here: this module stays free of Optuna)
 
 DRIVERLESS = {"postgresql": "postgresql+psycopg2", "postgres": "postgresql+psycopg2"}
 
@@ -44,6 +48,16 @@ def storage_problem(url: str, *, connect: bool = True) -> str | None:
     from sqlalchemy.engine import make_url
 
     shown = redact(url)
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url.removeprefix(JOURNAL_PREFIX)).expanduser()
+        if not url.removeprefix(JOURNAL_PREFIX):
+            return f"--storage {shown}: a journal store needs a file path (journal:PATH)"
+        if path.is_dir():
+            return f"--storage {shown}: {str(path)!r} is a folder, not a journal file"
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            return f"--storage {shown}: {str(parent)!r} is a file, not a folder"
+        return None
     try:
         parsed = make_url(url)
     except Exception:
