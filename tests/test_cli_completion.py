@@ -41,7 +41,11 @@ def test_verbs(monkeypatch):
 
 def test_config_keys_and_values(monkeypatch):
     assert "model.fam_len=" in complete(monkeypatch, "famlab train model.fam")
-    assert complete(monkeypatch, "famlab train model.attention=f") == ["model.attention=fam", "model.attention=fm", "model.attention=full"]
+    assert complete(monkeypatch, "famlab train model.attention=f") == [
+        "model.attention=fam",
+        "model.attention=fm",
+        "model.attention=full",
+    ]
     assert complete(monkeypatch, "famlab train model.attention=b") == ["model.attention=bswa"]
     assert "preset=tiny" in complete(monkeypatch, "famlab train preset=")
     assert "--print-config" in complete(monkeypatch, "famlab train --pr")
