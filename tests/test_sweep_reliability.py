@@ -91,9 +91,9 @@ work(spec, sys.argv[2], Path(sys.argv[3]), heartbeat=1)
 """
 
 
-def test_worker_meeting_an_unexpected_suggest_error_stops_instead_of_looping(tmp_path):
+def test_worker_meeting_an_unexpected_suggest_error_stops_instead_of_looping(tmp_path, store_url):
     path = write_spec(tmp_path, grid=None, search=_search({"train.lr": LR}))
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+    url = store_url
     cmd = [sys.executable, "-c", WORKER, path, url, str(tmp_path / "runs")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)  # it used to loop: 370 trials in 30 s
     assert done.returncode != 0

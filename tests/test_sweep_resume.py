@@ -97,8 +97,11 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
     assert retry.user_attrs["m.train/loss"] == pytest.approx(whole.user_attrs["m.train/loss"], rel=1e-6)
 
 
-def test_a_trial_killed_after_its_run_finished_keeps_that_result(tmp_path, worker):
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_trial_killed_after_its_run_finished_keeps_that_result(tmp_path, worker, store, request):
     spec, url = _study(tmp_path, "done")
+    if store == "postgres":
+        url = request.getfixturevalue("postgres").new_database()
     runs = tmp_path / "runs"
     first = runs / spec.study_name / "trial-0000"
     proc = worker(spec, url)
