@@ -191,7 +191,12 @@ class RunDir:
         found = sorted(
             (p for p in (self.path / "wandb").glob("*run-*-*") if p.is_dir()), key=lambda p: p.name.split("run-", 1)[1]
         )
-        return found[-1].name.rsplit("-", 1)[1] if found else None
+        if not found:
+            return None
+        # the id is in the log file's name (run-<id>.wandb); the folder may carry a suffix (-1) when two
+        # runs of one id started in the same second (a resume, famlab eval)
+        logs = sorted(found[-1].glob("run-*.wandb"))
+        return logs[0].stem.removeprefix("run-") if logs else found[-1].name.split("-")[3]
 
     # --- finding runs -------------------------------------------------------------------------------
 

@@ -98,3 +98,14 @@ def test_final_metrics_update_keeps_other_sections(tmp_path):
 def test_flatten_keeps_scalars_only():
     assert flatten_metrics({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "s"}) == {"a/b": 1, "d": None, "e": "s"}
     assert flatten_config({"a": {"b": [1, 2]}, "c": 3}) == {"a.b": (1, 2), "c": 3}
+
+
+def test_wandb_id_reads_the_log_file_name_also_with_a_same_second_suffix(tmp_path):
+    """wandb names a second folder of one run id started in the same second ``...-<id>-1``: the id is the
+    log file's (run-<id>.wandb), not the folder's last dash-part."""
+    run = RunDir(tmp_path / "r")
+    assert run.wandb_id() is None
+    for folder in ("offline-run-20260101_000000-abc123", "offline-run-20260101_000000-abc123-1"):
+        (run.path / "wandb" / folder).mkdir(parents=True)
+        (run.path / "wandb" / folder / "run-abc123.wandb").write_bytes(b"")
+    assert run.wandb_id() == "abc123"

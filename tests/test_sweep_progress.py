@@ -27,8 +27,10 @@ def test_trial_lines_status_best_line_and_metric_name(tmp_path, capsys):
     for k, attention in enumerate(["bswa", "fam"], start=1):
         params = f"model.attention={attention} seed=0"
         assert f"trial {k}/2 start  {params}\n" in out, out
-        done = re.search(rf"^trial {k}/2 done   {re.escape(params)} -> val/loss (\S+) \((\d+) s\)$", out, re.M)
+        done = re.search(rf"^trial {k}/2 done   {re.escape(params)} -> val/loss (\S+) \((\d+) s(; .+)\)$", out, re.M)
         assert done, out
+        first = out.index(done.group(0)) == min(out.index(f"trial {j}/2 done") for j in (1, 2))  # one worker
+        assert re.fullmatch(r"; 1 of 2 done, about \d+ s left" if first else "; 2 of 2 done", done.group(3)), out
         trial = next(t for t in load(url, spec).trials if t.params["model.attention"] == attention)
         assert float(done.group(1)) == float(f"{trial.value:.4g}")
         log = (out_root / spec.study_name / f"trial-{trial.number:04d}" / "train.log").read_text()
@@ -88,3 +90,41 @@ def test_status_creates_no_store_and_no_study(tmp_path, capsys):
     assert main(["status", path, "--storage", f"sqlite:///{other}"]) == 0
     assert capsys.readouterr().out == f"study t-tiny: no trials yet (no such study in sqlite:///{other})\n"
     assert optuna.get_all_study_names(f"sqlite:///{other}") == ["someone-else"]
+
+
+def test_time_left_counts_points_and_running_trials(tmp_path):
+    """The estimate: points not done x mean duration of completed trials / workers (this one and those running)."""
+    import datetime
+
+    import optuna
+
+    from famlab.sweep.progress import TrialLines, duration_text
+
+    spec = load_spec(write_spec(tmp_path, grid={"model.attention": ["bswa", "fam"]}, seeds=[0, 1, 2]))  # 6 points
+    study = optuna.create_study()
+    start = datetime.datetime(2026, 1, 1)
+    dist = {"model.attention": optuna.distributions.CategoricalDistribution(["bswa", "fam"])}
+    for seconds, attention in ((100, "bswa"), (300, "fam")):  # two completed points
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=0,
+                trial_id=0,
+                state=optuna.trial.TrialState.COMPLETE,
+                value=1.0,
+                datetime_start=start,
+                datetime_complete=start + datetime.timedelta(seconds=seconds),
+                params={"model.attention": attention, "seed": 0},
+                distributions={**dist, "seed": optuna.distributions.CategoricalDistribution([0, 1, 2])},
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+            )
+        )
+    lines = TrialLines(spec)
+    trial = study.ask({"model.attention": dist["model.attention"]})  # this one: done, 200 s
+    trial.params  # noqa: B018 (the params are read from the trial)
+    # done: 3 of 6 (two stored + this one); mean 200 s; no other trial running -> 3 x 200 s = 10 min
+    assert lines.time_left(trial, 200.0) == "; 3 of 6 done, about 10 min left"
+    study.ask()  # another worker's trial running: half the time
+    assert lines.time_left(trial, 200.0) == "; 3 of 6 done, about 5 min left"
+    assert [duration_text(s) for s in (45, 600, 3 * 3600)] == ["45 s", "10 min", "3.0 h"]

@@ -86,9 +86,8 @@ def test_eval_is_logged_to_the_runs_wandb_run(no_wandb_network, tmp_path, capsys
     assert main(["eval", str(run_dir), *small, "--device", "cpu"]) == 0
     assert f"wandb: logged to run {run_id} " in capsys.readouterr().out
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)  # the same run, resumed
-    (log,) = runs[-1].glob("run-*.wandb")
-    data = log.read_bytes()
+    assert len(runs) == 2 and all((p / f"run-{run_id}.wandb").is_file() for p in runs)  # the same run, resumed
+    data = max((p / f"run-{run_id}.wandb" for p in runs), key=lambda f: b"eval/table" in f.read_bytes()).read_bytes()
     assert b"eval/accuracy" in data and b"eval/table" in data
     # negative control: a run without wandb gets none from its evaluation
     plain = train(tiny(tmp_path, "train.max_steps=1", "logger.wandb=disabled", "name=plain"))
