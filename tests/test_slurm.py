@@ -56,12 +56,15 @@ def test_two_workers_as_a_job_array_finish_the_grid_once_on_postgres(tmp_path, s
 
 
 def test_a_cancelled_task_gives_its_trial_back_and_the_other_resumes_it(tmp_path, slurm, capsys):
-    overrides = {"train.max_steps": 80, "train.val_every": 10, "train.checkpoint_every": 10}
+    # long enough that an idle machine does not finish the run between the first checkpoint and the cancel
+    overrides = {"train.max_steps": 400, "train.val_every": 50, "train.checkpoint_every": 10}
     path = write_spec(tmp_path, name="cx", grid={"model.mem_segment": [0, 1]}, overrides=overrides)
     spec, runs = load_spec(path), tmp_path / "runs"
     url = f"journal:{tmp_path / 'shared' / 'study.journal'}"
+    # a long grace: on a busy machine a late lease must not make the other task take the trial as stale
+    # before the cancelled task gives it back itself (which is what this test checks)
     argv = ["sweep", "submit", path, "--storage", url, "--workers", "2", "--out-root", str(runs), "--heartbeat", "2"]
-    assert main(argv) == 0
+    assert main([*argv, "--grace", "60"]) == 0
     array = _submitted_array(capsys.readouterr().out)
     study = None
 
