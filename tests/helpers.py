@@ -135,3 +135,18 @@ def passkey_digit_to_say(text: str, wrong_last: bool = False) -> int | None:
         return None
     digit = int(found.group(1)[len(said)])
     return (digit + 1) % 10 if wrong_last and len(said) == len(found.group(1)) - 1 else digit
+
+
+def assert_causal(model: FamLM, impl: str) -> None:
+    """Changing one token (in the first block, at block edges, the last token of a partial block) changes
+    no earlier logit and does change its own."""
+    B = model.cfg.block_size
+    T = 4 * B + 5
+    toks = tokens(model.cfg, 1, T)
+    base = model(toks, impl=impl)
+    for j in [0, 5, B - 1, B, 2 * B + 3, T - 1]:
+        changed = toks.clone()
+        changed[0, j] = (changed[0, j] + 1) % model.cfg.vocab_size
+        out = model(changed, impl=impl)
+        assert torch.equal(out[:, :j], base[:, :j]), f"token {j} changed an earlier logit"
+        assert not torch.allclose(out[:, j], base[:, j]), f"token {j} did not change its own logit"
