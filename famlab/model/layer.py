@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from famlab.config import ModelConfig
-from famlab.model.ops import apply_rope, ff_activation, linear_plus, make_norm, merge_heads, sdpa
+from famlab.model import aux_losses
+from famlab.model.ops import apply_rope, attention_probs, ff_activation, linear_plus, make_norm, merge_heads, sdpa
 
 
 class FeedForward(nn.Module):
@@ -54,13 +55,20 @@ class Layer(nn.Module):
 
         SUM FAM (``fam_summary`` set): the queries and the residual are the static summary S's (at the same
         positions), not F's; F enters only through its keys/values: A_F = Attn(Q(S), [K(F); K(X)]) + S
-        (``zero_residual`` has no effect)."""
+        (``zero_residual`` has no effect).
+
+        With an auxiliary-loss collector active (:mod:`famlab.model.aux_losses`) that wants the diversity loss,
+        the update's attention probabilities are reported to it."""
         q, k, v = self.qkv(fam, cos, sin)
         residual = 0.0 if zero_residual else fam
         if self.fam_summary is not None:
             residual = self.summary(fam.shape[0], fam.dtype)  # [b, L_F, d]
             q, _, _ = self.qkv(residual, cos, sin)
-        attn = sdpa(q, torch.cat([k, k_blk], 2), torch.cat([v, v_blk], 2))
+        keys = torch.cat([k, k_blk], 2)  # [b, G, L_F + B, D]
+        aux = aux_losses.active()
+        if aux is not None and aux.diversity:  # SDPA returns no probabilities: the same softmax, explicitly
+            aux.add_fam_attention(attention_probs(q, keys))
+        attn = sdpa(q, keys, torch.cat([v, v_blk], 2))
         return self.finish(merge_heads(attn), residual), k, v
 
     def summary(self, b: int, dtype) -> Tensor:

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from famlab.model import masks
+from famlab.model import aux_losses, masks
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import merge_heads, sdpa
 from famlab.model.positions import token_cos_sin
@@ -18,6 +18,11 @@ from famlab.model.state import FamState, LayerState
 
 def forward(model, x_all: Tensor, state: FamState) -> tuple[Tensor, FamState]:
     """The layer stack on x_all [b, t, d] from ``state``, in segments that never cross a block boundary."""
+    aux = aux_losses.active()
+    if aux is not None and aux.reconstruction:  # a block's queries arrive in segments here: not collected
+        raise ValueError(
+            "the reconstruction loss is collected by forward() (impl layer_major or reference), not step()"
+        )
     B = model.cfg.block_size
     kinds = memory_kinds(model.cfg)
     outs, start, T = [], 0, x_all.shape[1]
