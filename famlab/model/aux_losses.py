@@ -24,6 +24,13 @@ an attention output, as Compressive Transformer reconstructs attention outputs; 
 its residual). L_r = mean squared error over every element (layers, batch, blocks, heads, tokens, D).
 Stop-gradient as Compressive Transformer: the target and the queries are detached, so the loss trains what the
 FAM holds (through F', its update and the FAM's initial value), not how the block's tokens attend.
+
+**Paths.** ``Layer.fam_update`` (the layer-major scan and streaming) reports the diversity term; the layer-major
+path reports the reconstruction term per layer from its batched blocks; the reference loop reports both from its
+[F; X] rows (the tests hold the two equal). The wavefront does not report: while a collector is active,
+``impl="fast"`` runs layer-major instead and ``impl="wave"`` is refused. Streaming (``step``) refuses the
+reconstruction term (a block's queries arrive in segments there). Compiled FAM updates are not supported
+(``train.compile`` must be ``none``).
 """
 
 from __future__ import annotations
