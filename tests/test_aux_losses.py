@@ -137,7 +137,7 @@ def run_module(tmp_path, *extra):
 def test_the_objective_adds_the_weighted_losses(tmp_path):
     module, batch = run_module(tmp_path, "train.diversity_loss_weight=0.5", "train.reconstruction_loss_weight=2.0")
     loss = module.train_loss(batch)
-    div, rec = module.aux_values["diversity_loss_weight"], module.aux_values["reconstruction_loss_weight"]
+    div, rec = module.aux_values["diversity"], module.aux_values["reconstruction"]
     torch.testing.assert_close(loss, module.last_lm_loss + 0.5 * div + 2.0 * rec)
     assert float(div.detach()) < 0 < float(rec.detach())
     loss.backward()

@@ -34,9 +34,14 @@ AUX_METRICS = {
 }
 
 
+def aux_weight_keys(cfg: Any) -> list[str]:
+    """The ``train.<name>_loss_weight`` keys of a run of ``cfg`` that are > 0 (its auxiliary losses on)."""
+    return [key for key in AUX_METRICS if getattr(cfg.train, key, 0) > 0]
+
+
 def aux_metrics(cfg: Any) -> list[str]:
     """The auxiliary-loss metrics a run of ``cfg`` logs: those whose ``train.<key>`` weight is > 0."""
-    return [name for key, name in AUX_METRICS.items() if getattr(cfg.train, key, 0) > 0]
+    return [AUX_METRICS[key] for key in aux_weight_keys(cfg)]
 
 
 def logged_metrics(cfg: Any, *, evaluate: bool = False, numeric: bool = True) -> list[str]:

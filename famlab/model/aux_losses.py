@@ -88,6 +88,11 @@ class AuxCollector:
         self.rec_sum = self.rec_sum + (recon - target.detach()).square().sum()
         self.rec_count += target.numel()
 
+    def losses(self) -> dict[str, Tensor]:
+        """The wanted losses by name (``diversity``, ``reconstruction``)."""
+        wanted = {"diversity": self.diversity, "reconstruction": self.reconstruction}
+        return {name: getattr(self, f"{name}_loss")() for name, on in wanted.items() if on}
+
     def diversity_loss(self) -> Tensor:
         """L_d: the mean of sum p log p over the collected distributions (0 when no block was complete)."""
         return torch.as_tensor(self.div_sum / max(self.div_count, 1))

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from famlab.config import RunConfig
-from famlab.config.metrics import AUX_METRICS
+from famlab.config.metrics import aux_weight_keys
 from famlab.model import FamState, aux_losses, compile_model, state_from_dict, state_to, state_to_dict
 from famlab.train.factory import CKPT_KEY, build_model
 from famlab.train.quiet import quiet_lightning
@@ -60,10 +60,6 @@ from famlab.train.regularizers import RandomStatePassing, training_start, upgrad
 from famlab.train.stops import Diverged
 
 LN2 = math.log(2.0)
-AUX_LOSS_OF = {  # train.<key> -> its loss from the forward's collector
-    "diversity_loss_weight": aux_losses.AuxCollector.diversity_loss,
-    "reconstruction_loss_weight": aux_losses.AuxCollector.reconstruction_loss,
-}
 
 
 def _f64(value: float) -> torch.Tensor:
@@ -108,8 +104,8 @@ class FamLightningModule(pl.LightningModule):
         self.recent_losses: deque[float] = deque(maxlen=50)
         self.last_weight = torch.zeros(())  # sum of the loss weights of the last training batch
         self.last_lm_loss = torch.zeros(())  # the LM loss (weighted CE) of the last training batch
-        # auxiliary losses on (train.<key> > 0): {key: weight}; their values of the last training batch
-        self.aux_weights = {k: getattr(cfg.train, k) for k in AUX_METRICS if getattr(cfg.train, k) > 0}
+        # auxiliary losses on (train.<name>_loss_weight > 0): {name: weight}; their values of the last batch
+        self.aux_weights = {k.removesuffix("_loss_weight"): getattr(cfg.train, k) for k in aux_weight_keys(cfg)}
         self.aux_values: dict[str, torch.Tensor] = {}
         self._aux_step: tuple[dict[str, torch.Tensor], int, int] | None = None  # (sums, micro-batches, its step)
         self.answer_acc: torch.Tensor | None = None  # answer_accuracy of the last training batch (passkey, recall)
@@ -169,7 +165,7 @@ class FamLightningModule(pl.LightningModule):
                     x, state=state if state is None else state_to(state, x.device), return_state=True
                 )
         if aux is not None:
-            self.aux_values = {k: AUX_LOSS_OF[k](aux) for k in self.aux_weights}
+            self.aux_values = aux.losses()
         if remember:
             self.rsp.remember(new_state)
         new_state = new_state.detach() if stateful else None
@@ -185,8 +181,7 @@ class FamLightningModule(pl.LightningModule):
         yields None (validation and evaluation compute none)."""
         if not (self.model.training and self.aux_weights):
             return contextlib.nullcontext()
-        w = self.aux_weights
-        return aux_losses.collect("diversity_loss_weight" in w, "reconstruction_loss_weight" in w)
+        return aux_losses.collect("diversity" in self.aux_weights, "reconstruction" in self.aux_weights)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -284,7 +279,7 @@ class FamLightningModule(pl.LightningModule):
         sums = {k: sums[k].to(v.device) + v.detach().float() for k, v in self.aux_values.items()}
         self._aux_step = (sums, n + 1, self.global_step)
         for key, total in sums.items():
-            self.log(AUX_METRICS[key], total / (n + 1))
+            self.log(f"train/{key}_loss", total / (n + 1))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
