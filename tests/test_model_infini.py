@@ -243,3 +243,19 @@ def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
     for name in g_ref:
         assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name} {sw}")
     assert_close(stream(model, toks, [chunk, chunk + 2]), fast, tol=1e-10, what=f"stream vs fast {sw}")
+
+
+def test_training_runs_and_learns_the_gates(tmp_path):
+    """A tiny Lightning run (PassKey, delta rule) finishes with finite losses; the saved model is infini and its
+    gates moved from their init 0 (they get a gradient and the optimizer steps them)."""
+    from tiny_runs import tiny, train_losses
+
+    from famlab.train import load_model, train
+
+    extra = ["model.attention=infini", "model.mem_segment=0", "model.infini_delta_rule=true", "train.max_steps=3"]
+    run_dir = train(tiny(tmp_path, *extra))
+    losses = train_losses(run_dir)
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
+    model, _ = load_model(run_dir)
+    assert model.cfg.attention == "infini" and model.cfg.infini_delta_rule
+    assert all(layer.infini_beta.abs().min() > 0 for layer in model.layers)
