@@ -191,7 +191,7 @@ def test_gate_at_minus_infinity_is_bswa(m):
 def test_memory_reaches_every_earlier_block_and_stop_grad_cuts_it(delta):
     """One layer, m = 0: output t depends on every earlier token (BSWA m=0: its own block only). Stop-gradient
     cuts the gradient to the own block, the forward unchanged."""
-    B, T = 4, 14
+    B, T = 4, 10  # blocks 0 and 1 in the memory of the partial block 2
     cfg = tiny_cfg(attention="infini", mem_segment=0, n_layers=1, block_size=B, infini_delta_rule=delta)
     model = make_model(cfg, dtype=torch.float64)
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
