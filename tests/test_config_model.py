@@ -16,7 +16,8 @@ def small(**changes) -> ModelConfig:
 @pytest.mark.parametrize(
     "changes, key, value, allowed",
     [
-        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam, fm, sum_fam"),
+        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam, fm, sum_fam, infini"),
+        (dict(attention="infini", infini_delta_rule="yes"), "infini_delta_rule", "'yes'", "true or false"),
         (dict(attention="sum_fam", fam_len=0), "fam_len", "0", "an integer >= 1 for attention='sum_fam'"),
         (dict(attention="fm", mem_segment=0), "mem_segment", "0", "an integer >= 1 for attention='fm'"),
         (dict(block_size=0), "block_size", "0", "an integer > 0"),

@@ -18,6 +18,8 @@ and segment length:
   (segment length = B, ``num_memory_tokens`` = L_F, ``RecurrentMemoryTransformerWrapper`` over
   the sequence, gradients through all segments; ``use_flash_attn=True`` (SDPA), rotary over the
   whole head instead of absolute positions, no XL memories).
+* famlab ``infini`` with ``mem_segment=0`` vs ``infini-transformer-pytorch``'s ``InfiniTransformer`` (segment
+  length = B, run segment by segment with gradients through all memories; see :mod:`famlab.bench.peer_infini`).
 * famlab ``full`` vs ``x-transformers``' ``TransformerWrapper(Decoder)`` (``attn_flash=True``,
   rotary over the whole head, no absolute positions, tied embedding, bias-free FF as famlab's).
 
@@ -29,8 +31,8 @@ cross-entropy against random targets, ``backward`` (no optimizer), in ``train()`
 in one process, round-robin rounds (warm-up rounds, then timed rounds, each round one step of every
 model); tokens/s = batch * T / the median step time (``--stat min``: the minimum).
 
-Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab
-full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
+Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab infini
+(m=0) >= 1.25x infini-transformer-pytorch; famlab full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
 ``bench/results/peers_latest.md``, and JSON in ``bench/results/peers_<timestamp>.json``.
 """
 
@@ -68,6 +70,7 @@ from famlab.bench.common import (
     target_status,
     timestamp,
 )
+from famlab.bench.peer_infini import InfiniLM
 from famlab.config import ModelConfig
 from famlab.model import FamLM
 
@@ -94,6 +97,14 @@ PAIRS = {
         "famlab fam (m=0)",
         1.25,
     ),
+    "infini": Pair(
+        "infini",
+        "infini_transformer_pytorch",
+        "infini-transformer-pytorch",
+        "famlab-infini-m0",
+        "famlab infini (m=0)",
+        1.25,
+    ),
     "x-transformers": Pair("x-transformers", "x_transformers", "x-transformers", "famlab-full", "famlab full", 1.0),
 }
 
@@ -118,6 +129,8 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
         return base.replace(attention="bswa")
     if pair == "rmt":
         return base.replace(attention="fam", mem_segment=0)
+    if pair == "infini":
+        return base.replace(attention="infini", mem_segment=0)
     return base.replace(attention="full")
 
 
@@ -198,6 +211,8 @@ def build_peer(pair: str, cfg: ModelConfig, seq_len: int) -> nn.Module:
         return LocalAttentionLM(cfg.replace(attention="bswa"), seq_len)
     if pair == "rmt":
         return RMTLM(cfg.replace(attention="fam"))
+    if pair == "infini":
+        return InfiniLM(cfg)
     if pair == "x-transformers":
         return x_transformers_lm(cfg, seq_len)
     raise ValueError(f"unknown peer {pair!r}: expected one of {', '.join(PAIRS)}")

@@ -25,6 +25,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam": ("fam", "fast"),  # the wavefront path (``impl="wave"``), which "fast" picks for FAM
     "fam-layer-major": ("fam", "layer_major"),  # layer-major with its sequential FAM scan
     "fam-ref": ("fam", "reference"),
+    # Infini-attention (compressive memory beside the base config's m-block segment; its memory matmuls are
+    # not in famlab.bench.flops' counts)
+    "infini": ("infini", "fast"),
+    "infini-ref": ("infini", "reference"),
     "fam-compiled": ("fam", "compiled"),  # the fast path with FamLM.compile_fam_updates()
     # the same, compiled with mode="reduce-overhead": on a GPU the scan replays as CUDA graphs
     "fam-graphs": ("fam", "graphs"),

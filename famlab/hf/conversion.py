@@ -61,14 +61,15 @@ SHAPE_KEYS = (  # the ModelConfig keys a pretrained model decides; the attention
     "rope_base",
 )
 FAM_KEYS = ("fam_prompt", "fam_prefix")  # the tensors a converted checkpoint may lack or carry extra
-FAM_LAYER_KEYS = (".fam_summary",)  # per layer, likewise (sum_fam's static summary)
+FAM_LAYER_KEYS = (".fam_summary", ".infini_beta")  # per layer, likewise (sum_fam's summary, infini's gates)
 # training-time buffers older FamLMs held in their state dict: never saved in a converted folder, ignored
 # when an old folder or state dict still has them
 SKIPPED_KEYS = ("rsp_state", "rsp_valid")
 
 
 def is_fam_key(key: str) -> bool:
-    """A FAM tensor (prompt, prefix, a layer's SUM FAM summary): a checkpoint may lack it or carry it extra."""
+    """A FAM tensor (prompt, prefix, a layer's SUM FAM summary) or a layer's Infini-attention gates: a checkpoint
+    may lack it or carry it extra."""
     return key.startswith(FAM_KEYS) or key.endswith(FAM_LAYER_KEYS)
 
 

@@ -35,15 +35,23 @@ class Layer(nn.Module):
         self.ff = FeedForward(cfg)
         # SUM FAM (App. C.3): a static learned summary of L_F rows whose queries update the FAM
         self.fam_summary = nn.Parameter(torch.empty(cfg.fam_len, cfg.d_model)) if cfg.attention == "sum_fam" else None
+        # Infini-attention: per query head, the gate beta between memory and local attention (init 0)
+        self.infini_beta = nn.Parameter(torch.empty(cfg.n_heads)) if cfg.attention == "infini" else None
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, T, d] -> q [b, H, T, D], k and v [b, G, T, D], RoPE applied to q and k."""
+        q, k, v, _ = self.qkv_raw(x, cos, sin)
+        return q, k, v
+
+    def qkv_raw(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``qkv`` and the queries and keys before RoPE, qk_raw [b, H+G, T, D] (queries, then keys; a view),
+        which Infini-attention's compressive memory reads."""
         b, T, _ = x.shape
         H, G, D = self.cfg.n_heads, self.cfg.kv_heads, self.cfg.head_dim
         qkv = self.wqkv(self.norm1(x)).view(b, T, H + 2 * G, D).transpose(1, 2)  # [b, H+2G, T, D]
         qk, v = qkv.split((H + G, G), dim=1)
         q, k = apply_rope(qk, cos, sin).split((H, G), dim=1)  # one RoPE call for q and k together
-        return q, k, v
+        return q, k, v, qk
 
     def fam_update(
         self, fam: Tensor, cos: Tensor, sin: Tensor, k_blk: Tensor, v_blk: Tensor, zero_residual: bool

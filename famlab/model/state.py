@@ -28,6 +28,9 @@ class LayerState:
     fam_v: Tensor | None = None
     fm_k: Tensor | None = None  # [b, G, o, D] fm only: keys of the current partial block's layer outputs
     fm_v: Tensor | None = None
+    infini_mem: Tensor | None = None  # [b, G, D, D] infini only: compressive memory M of the complete blocks
+    infini_norm: Tensor | None = None  # [b, G, D] infini only: its normaliser z
+    infini_k: Tensor | None = None  # [b, G, o, D] infini only: pre-RoPE keys of the current partial block
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerState))
