@@ -14,10 +14,10 @@ from sweep_helpers import assert_grid_done_once, load, write_spec
 
 from famlab.cli import main
 from famlab.runs import RunDir
-from famlab.sweep.ranks import RUN_DIR_ENV
-from famlab.train import RUN_DIR_ENV as TRAIN_RUN_DIR_ENV
 from famlab.sweep import load_spec
+from famlab.sweep.ranks import RUN_DIR_ENV
 from famlab.sweep.slurm import sbatch_option, slurm_options, time_minutes, wait_for
+from famlab.train import RUN_DIR_ENV as TRAIN_RUN_DIR_ENV
 
 
 @pytest.fixture(scope="module")

@@ -312,12 +312,16 @@ def work(
     grace: int | None = None,
     threads: int = 1,
     label: str = "",
+    storage: BaseStorage | None = None,
+    runner: Callable[..., float] = run_trial,
 ) -> None:
     """One worker: run trials until the study has nothing left to start or to wait for. It prints a
     line when a trial starts and when it ends (:mod:`famlab.sweep.progress`; ``label``: the worker's
-    index, printed before each line, when several run)."""
+    index, printed before each line, when several run). ``storage``: the store of ``storage_url`` already
+    made (by default made here); ``runner``: what runs a trial (:func:`run_trial`'s arguments; the workers
+    benchmark, :mod:`famlab.bench.workers`, passes one that trains nothing)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(storage_url, heartbeat=heartbeat, grace=grace)
+    storage = storage or make_storage(storage_url, heartbeat=heartbeat, grace=grace)
     study = open_study(spec, storage)
     lines = TrialLines(spec, label)
 
@@ -327,7 +331,7 @@ def work(
         current["number"] = trial.number
         t0 = time.monotonic()
         try:
-            value = run_trial(trial, spec, out_root, threads=threads, lines=lines)
+            value = runner(trial, spec, out_root, threads=threads, lines=lines)
         except TrialFailed as err:
             trial.set_user_attr("fail_reason", str(err))
             if err.deterministic:
