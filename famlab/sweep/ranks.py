@@ -19,6 +19,8 @@ ranks as the tasks of one job step (``srun``), so Lightning takes them from SLUR
     id, the same for two trials of one job, one after the other, while the first's port may linger).
   - Signals: SLURM signals every step of a cancelled, preempted or time-limited job, this one too; and srun
     forwards SIGTERM, SIGUSR1 and SIGUSR2 sent to it (``famlab sweep submit``'s worker does) to the ranks.
+  - A killed srun (a pruned trial, a trial past its timeout, a dying worker's ``PR_SET_PDEATHSIG``) takes
+    its ranks with it: SLURM ends a step whose srun is gone (seen on the test cluster within seconds).
   - GPUs: the step asks for none; the job's (``gpus_per_worker``) are shared by the overlapping steps, and
     Lightning puts rank r on the node's GPU r (untested here: the test cluster has CPUs only).
 """
