@@ -11,8 +11,9 @@ leases). The trial itself is one of:
   worker loop's) ceiling, and every second spent is overhead;
 * ``train``: the real trial, a tiny ``famlab train`` of a few seconds (:func:`famlab.sweep.worker.run_trial`).
 
-**Storage overhead per trial**: every public method of the worker's store is timed (a wrapper on the instance,
-so Optuna's own isinstance checks still hold; a call made from inside another is not counted twice; the
+**Storage overhead per trial**: every public method of the worker's store is timed (the store as the study uses
+it: Optuna wraps PostgreSQL in its trial cache, which reads only new and unfinished trials; a wrapper on the
+instance, so Optuna's own isinstance checks still hold; a call made from inside another is not counted twice; the
 heartbeat thread's calls count too), summed over the workers, divided by the trials completed. It includes
 the worker's own reads (``fail_stale_trials``, the duplicate and work-left checks), the sampler's (GridSampler
 reads every trial to find the unvisited points) and the pruner's, and the polling of a worker that waits at
@@ -140,7 +141,8 @@ def write_spec(folder: Path, study: str, trials: int) -> Path:
 def worker_process(spec_path: str, url: str, out_root: str, objective: str, ready: Any, go: Any, out: Any) -> None:
     """One benchmark worker (a child process): open the store, wait for the start, work, report its clock."""
     spec = load_spec(spec_path, "tiny", validate_runs=False)
-    storage = make_storage(url)
+    # what create_study makes of it (Optuna wraps an RDB store in its trial cache): the calls famlab's code makes
+    storage = optuna.storages.get_storage(make_storage(url))
     clock = StorageClock(storage)
     starts: list[tuple[int, float]] = []  # (trial number, storage seconds so far) at each trial's start
     trial_fn = noop_trial if objective == "noop" else run_trial
