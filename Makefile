@@ -18,7 +18,7 @@ WORKERS ?= 2
 # `make sweep EXECUTOR=slurm` submits the workers as a SLURM job array (famlab sweep submit) instead
 EXECUTOR ?= local
 
-.PHONY: help install install-peers postgres chromium slurm notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres chromium slurm notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers bench-workers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
@@ -78,6 +78,9 @@ bench-b8: $(STAMP) ## the training-step benchmark at batch 8 (32k tokens a step)
 
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
 	$(BIN)/python -m famlab.bench.stream $(BENCH_ARGS)
+
+bench-workers: $(STAMP) postgres ## 1/2/4/8 sweep workers on one study, PostgreSQL and journal: trials/min, storage ms per trial (writes bench/results/)
+	$(BIN)/python -m famlab.bench.workers $(BENCH_ARGS)
 
 install-peers: $(STAMP) ## the .[peers] extra (local-attention, RMT, x-transformers) for bench-peers and its tests
 	$(BIN)/pip install -q -e '.[peers]'

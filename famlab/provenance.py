@@ -157,3 +157,11 @@ def write(path: str | Path, **kwargs: Any) -> dict:
     prov = collect(**kwargs)
     Path(path).write_text(json.dumps(prov, indent=2, default=str) + "\n")
     return prov
+
+
+def add(path: str | Path, **sections: Any) -> dict:
+    """Add (or replace) top-level entries of the provenance file at ``path``; returns the whole dict."""
+    prov = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    prov.update(sections)
+    Path(path).write_text(json.dumps(prov, indent=2, default=str) + "\n")
+    return prov

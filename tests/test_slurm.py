@@ -4,6 +4,7 @@ the other task; and the refusals (SQLite, bad SLURM settings) that need no clust
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -14,7 +15,9 @@ from sweep_helpers import assert_grid_done_once, load, write_spec
 from famlab.cli import main
 from famlab.runs import RunDir
 from famlab.sweep import load_spec
+from famlab.sweep.ranks import RUN_DIR_ENV
 from famlab.sweep.slurm import sbatch_option, slurm_options, time_minutes, wait_for
+from famlab.train import RUN_DIR_ENV as TRAIN_RUN_DIR_ENV
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,10 @@ def test_two_workers_as_a_job_array_finish_the_grid_once_on_postgres(tmp_path, s
 
 
 def test_a_cancelled_task_gives_its_trial_back_and_the_other_resumes_it(tmp_path, slurm, capsys):
-    # long enough that an idle machine does not finish the run between the first checkpoint and the cancel
-    overrides = {"train.max_steps": 400, "train.val_every": 50, "train.checkpoint_every": 10}
+    """SIGTERM (scancel, or a preemption): the trial saves a checkpoint of its step, the task gives it back, the
+    other task resumes it from there. No periodic checkpoints: the one the retry resumes from is SIGTERM's."""
+    # long enough that an idle machine does not finish the run between its tenth step and the cancel
+    overrides = {"train.max_steps": 400, "train.val_every": 50, "train.checkpoint_every": 0, "train.log_every": 1}
     path = write_spec(tmp_path, name="cx", grid={"model.mem_segment": [0, 1]}, overrides=overrides)
     spec, runs = load_spec(path), tmp_path / "runs"
     url = f"journal:{tmp_path / 'shared' / 'study.journal'}"
@@ -68,7 +73,7 @@ def test_a_cancelled_task_gives_its_trial_back_and_the_other_resumes_it(tmp_path
     array = _submitted_array(capsys.readouterr().out)
     study = None
 
-    def victim():  # a task running a trial that wrote a checkpoint, while the other task is alive
+    def victim():  # a task ten steps into a trial, while the other task is alive
         nonlocal study
         if study is None and (tmp_path / "shared" / "study.journal").exists():
             study = load(url, spec)
@@ -78,15 +83,15 @@ def test_a_cancelled_task_gives_its_trial_back_and_the_other_resumes_it(tmp_path
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             job, run = t.user_attrs.get("slurm_job"), t.user_attrs.get("run_dir")
             others = [k for k, state in tasks.items() if k != job and state == "RUNNING"]
-            if job and run and others and RunDir(run).newest_periodic_checkpoint():
-                return t, job
+            if job and run and others and len([r for r in RunDir(run).read_metrics() if "train/loss" in r]) >= 10:
+                return t, job, RunDir(run)
         return None
 
     end = time.time() + 180
     while (found := victim()) is None:
-        assert time.time() < end, f"no trial with a checkpoint on a task: {slurm.tasks(array)}\n{slurm.logs()}"
+        assert time.time() < end, f"no trial ten steps in on a task: {slurm.tasks(array)}\n{slurm.logs()}"
         time.sleep(0.2)
-    trial, job = found
+    trial, job, run = found
     assert main(["sweep", "status", path, "--storage", url, "--out-root", str(runs)]) == 0
     assert f"trial {trial.number} on SLURM job {job} (" in capsys.readouterr().out  # who runs it
     slurm.run("scancel", job)
@@ -100,8 +105,9 @@ def test_a_cancelled_task_gives_its_trial_back_and_the_other_resumes_it(tmp_path
     complete = assert_grid_done_once(load(url, spec), spec)
     (retry,) = [t for t in complete if t.params == trial.params]
     assert retry.user_attrs["slurm_job"] != job  # the other task took it ...
-    assert retry.user_attrs["started_from"]["trial"] == trial.number  # ... from the cancelled run's checkpoint
-    assert retry.user_attrs["started_from"]["step"] >= 10
+    step, _ = run.newest_periodic_checkpoint()  # saved at SIGTERM (checkpoint_every=0)
+    assert 10 <= step < 400 and not run.final_metrics_path.exists()
+    assert retry.user_attrs["started_from"] == {"trial": trial.number, "run_dir": str(run), "step": step}  # ... from it
     assert retry.user_attrs.get("stale_retries") == 1 and retry.user_attrs.get("retry", 0) == 0  # no retry used up
 
 
@@ -143,6 +149,42 @@ def test_the_time_limit_signal_checkpoints_the_trial_and_requeues_the_task(tmp_p
     assert retry.user_attrs["started_from"] == {"trial": trial.number, "run_dir": str(run), "step": step}
     assert f"sweep worker {job}: time limit near; trials given back: [{trial.number}]; requeued" in logs
     assert logs.count(f"sweep worker {job} (task ") == 2  # the task started again after its requeue
+
+
+def test_a_two_device_trial_takes_its_ranks_from_slurm(tmp_path, slurm, capsys):
+    """train.devices=2 (DDP on CPU, gloo) in a job-array worker: the trial's ranks are the two tasks of a job step
+    (srun), so Lightning uses its SLURMEnvironment (world size 2 from SLURM, nothing launched by Lightning), both
+    ranks write one run directory, and the trial completes. `famlab train` outside SLURM records
+    LightningEnvironment instead (tests/test_train_run.py::test_ddp_two_processes_on_cpu)."""
+    overrides = {"train.devices": 2, "train.strategy": "ddp", "train.accelerator": "cpu", "train.max_steps": 4}
+    overrides |= {"train.val_every": 2, "train.checkpoint_every": 2}
+    path = write_spec(tmp_path, name="dd", grid={"model.mem_segment": [1]}, overrides=overrides)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    url = f"journal:{tmp_path / 'shared' / 'study.journal'}"
+    argv = ["sweep", "submit", path, "--storage", url, "--workers", "1", "--out-root", str(runs), "--heartbeat", "2"]
+    assert main([*argv, "--cpus-per-worker", "1"]) == 2  # one CPU cannot hold two ranks: refused, nothing submitted
+    assert "cpus_per_worker=1 is less than the trials' train.devices=2" in capsys.readouterr().err
+    code = main([*argv, "--cpus-per-worker", "2", "--wait"])
+    out, err = capsys.readouterr()
+    array = _submitted_array(out)
+    logs = "\n".join(p.read_text() for p in (runs / "slurm" / spec.study_name).glob("*.out"))
+    (trial,) = assert_grid_done_once(load(url, spec), spec)
+    assert code == 0, err + logs + slurm.logs()
+    run = RunDir(trial.user_attrs["run_dir"])
+    assert list(run.path.parent.iterdir()) == [run.path]  # rank 1 wrote into rank 0's run, made none of its own
+    distributed = json.loads(run.provenance_path.read_text())["distributed"]
+    assert distributed["cluster_environment"] == "SLURMEnvironment", distributed
+    assert distributed["strategy"] == "DDPStrategy" and distributed["world_size"] == 2
+    slurm_record = distributed["slurm"]
+    assert slurm_record["ntasks"] == "2" and slurm_record["ntasks_per_node"] == "2"
+    assert slurm_record["step_id"] not in (None, "batch")  # a step of its own in ...
+    assert trial.user_attrs["slurm_job"] in (array, f"{array}_0")  # ... the worker's job (one task: no array)
+    final = run.read_final_metrics()
+    assert final["step"] == 4 and all(r["step"] <= 4 for r in run.read_metrics())
+
+
+def test_the_worker_and_famlab_train_agree_on_the_run_dir_variable():
+    assert RUN_DIR_ENV == TRAIN_RUN_DIR_ENV
 
 
 @pytest.mark.parametrize(

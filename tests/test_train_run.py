@@ -183,6 +183,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     args += ["train.max_steps=4", "train.checkpoint_every=2", "train.val_every=2"]
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     env.pop("FAMLAB_RUN_DIR", None)
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
     proc = subprocess.run(
         [sys.executable, "-m", "famlab.cli", "train", "preset=tiny", *args],
         cwd=tmp_path,
@@ -200,6 +201,9 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     for name in ("last.ckpt", "step00000002.ckpt", "step00000004.ckpt"):
         assert load_checkpoint(run_dir / "checkpoints" / name)["global_step"] in (2, 4)
     assert json.loads((run_dir / "final_metrics.json").read_text())["step"] == 4
+    distributed = json.loads((run_dir / "provenance.json").read_text())["distributed"]
+    assert distributed["cluster_environment"] == "LightningEnvironment"  # Lightning launched rank 1 itself
+    assert distributed["world_size"] == 2 and distributed["slurm"] is None
 
 
 @pytest.mark.parametrize(

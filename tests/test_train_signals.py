@@ -1,5 +1,6 @@
-"""``famlab train`` stopped by SIGUSR2 (SLURM's warning before a time limit) or SIGUSR1: it saves the checkpoint
-of its last step, exits 5 without final_metrics.json, and ``resume=`` continues as if it had never stopped."""
+"""``famlab train`` stopped by SIGUSR2 (SLURM's warning before a time limit), SIGUSR1 or SIGTERM (a cancelled or
+preempted SLURM job; Lightning's own SIGTERM handler would stop without a checkpoint): it saves the checkpoint of
+its last step, exits 5 without final_metrics.json, and ``resume=`` continues as if it had never stopped."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def _cmd(tmp_path, name, *extra):
             *extra]  # fmt: skip
 
 
-def test_a_signal_saves_a_checkpoint_and_resume_continues_as_uninterrupted(tmp_path):
-    sig = signal.SIGUSR2  # SIGUSR1 takes the same path (famlab.train.signals.STOP_SIGNALS)
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM], ids=["SIGUSR2", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_resume_continues_as_uninterrupted(tmp_path, sig):
+    # SIGUSR1 takes SIGUSR2's path (famlab.train.signals.EARLY_SIGNALS); SIGTERM replaces Lightning's handler
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         _cmd(tmp_path, "cut", "train.max_steps=100000"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

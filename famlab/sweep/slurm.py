@@ -10,13 +10,16 @@ again (what ``famlab sweep run`` does before it starts workers, once, from one p
   lines run before the worker, e.g. ``module load cuda``), each overridden by its command-line option.
 * **Credentials** never go into a file: a storage URL with a password reaches the jobs through
   ``$FAMLAB_STORAGE`` in the submitting environment (sbatch exports it); other URLs travel in the job.
-* **Trials** record their task (``slurm_job``: ``ARRAYID_TASK``), shown by ``famlab sweep status``.
+* **Trials** record their task (``slurm_job``: ``ARRAYID_TASK``), shown by ``famlab sweep status``. A trial
+  of ``train.devices=D > 1`` runs as the D tasks of a job step in its worker's job, its ranks Lightning's
+  ``SLURMEnvironment``'s (:mod:`famlab.sweep.ranks`): ``cpus_per_worker`` must be at least D.
 * **Signals**: SLURM sends SIGTERM when a task is cancelled or preempted, and (submitit's
-  ``--signal``) SIGUSR2 ``signal_delay_s`` before its time limit. Either way the task gives its running
-  trial back at once (failed as stale with the reason, its point queued again without using up
-  ``max_retries``), so any worker resumes it from its last checkpoint (:mod:`famlab.sweep.resume`);
-  at SIGUSR2 the trial first saves a checkpoint of its current step (:mod:`famlab.train.signals`), and
-  submitit requeues the task itself, which then goes on working. A task killed
+  ``--signal``) SIGUSR2 ``signal_delay_s`` before its time limit. Either way the trial first saves a
+  checkpoint of its current step and exits (:mod:`famlab.train.signals`; the task waits for it, at SIGTERM
+  at most ``term_wait`` seconds, within SLURM's ``KillWait``), then the task gives it back (failed as stale
+  with the reason, its point queued again without using up ``max_retries``), so any worker resumes it
+  from that checkpoint (:mod:`famlab.sweep.resume`); at SIGUSR2 submitit requeues the task itself, which
+  then goes on working. A task killed
   without a signal (a node failure) leaves its trial to go stale after ``--grace`` seconds.
 """
 
@@ -42,6 +45,7 @@ from optuna.trial import TrialState
 from famlab.config import config_error, reject_unknown_keys
 from famlab.sweep.journal import JOURNAL_PREFIX, journal_file
 from famlab.sweep.points import requeue
+from famlab.sweep.ranks import most_devices
 from famlab.sweep.spec import SLURM_KEYS, STORAGE_ENV, SweepSpec, load_spec, redact
 from famlab.sweep.storage import make_storage, open_study, requeue_stale
 from famlab.sweep.worker import slurm_job_id, work
@@ -198,6 +202,7 @@ class SweepWorkerJob:
     grace: int | None
     threads: int
     stop_wait: float = 60.0  # seconds the trial may take to save its checkpoint at the time-limit signal
+    term_wait: float = 20.0  # the same at SIGTERM: SLURM kills KillWait seconds later (30 by default)
 
     def storage_url(self) -> str:
         url = self.storage or os.environ.get(STORAGE_ENV)
@@ -210,6 +215,7 @@ class SweepWorkerJob:
         spec = load_spec(self.spec_path, self.profile, validate_runs=False)
 
         def on_sigterm(signum: int, frame: Any) -> None:  # cancelled or preempted: give the trial back now
+            stop_children(signal.SIGTERM, self.term_wait)  # once its trial saved a checkpoint of its step
             released = release_trials(spec, url, job, f"{signal.Signals(signum).name}: cancelled or preempted")
             print(f"sweep worker {job}: {signal.Signals(signum).name}; trials given back: {released}", flush=True)
             raise SystemExit(128 + signum)
@@ -306,6 +312,12 @@ def submit_command(spec: SweepSpec, storage_url: str | None, args: Any) -> tuple
         options = slurm_options(spec, **given, sbatch=args.sbatch)
     except ValueError as err:
         return error(str(err))
+    devices = most_devices(spec)
+    if devices > options.cpus_per_worker:  # a trial's ranks are the tasks of a job step (famlab.sweep.ranks)
+        return error(
+            f"cpus_per_worker={options.cpus_per_worker} is less than the trials' train.devices={devices}: each "
+            f"rank of a trial is a SLURM task with a CPU of its own (give --cpus-per-worker {devices} or more)"
+        )
     if shutil.which("sbatch") is None:
         return error("sbatch not found: run `famlab sweep submit` where SLURM's commands are (a login node)")
     try:

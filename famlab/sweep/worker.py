@@ -37,14 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import fail_stale_trials
+from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import TrialState
 
 from famlab.runs import RunDir
 from famlab.sweep.points import failed_by_itself, is_stale, points
 from famlab.sweep.progress import TrialLines
+from famlab.sweep.ranks import launch, plain_env, trial_devices
 from famlab.sweep.resume import start_of, trial_folder
-from famlab.sweep.spec import STORAGE_ENV, SweepSpec, dot_value
+from famlab.sweep.spec import SweepSpec, dot_value
 from famlab.sweep.storage import make_storage, open_study
 
 # `famlab train`'s exit status for a non-finite training loss (famlab.train.stops.EXIT_DIVERGED; a test
@@ -119,7 +120,8 @@ def _run_child(
                 if on_poll is not None:
                     on_poll()
                 if deadline is not None and time.monotonic() > deadline and proc.poll() is None:
-                    raise TrialFailed(f"famlab {cmd[3]} still running when trial_timeout ran out: killed")
+                    what = "eval" if "eval" in cmd else "train"
+                    raise TrialFailed(f"famlab {what} still running when trial_timeout ran out: killed")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -176,10 +178,8 @@ def run_trial(
         f"logger.tags={dot_value(tags)}",
     ]
     log_path = trial_dir / "train.log"
-    # the run never needs the study's credentials; nor sees SLURM's task variables: Lightning would take the
-    # worker's task for its own (its ranks, its requeue on signals), where a trial is one process of its own
-    env = {k: v for k, v in os.environ.items() if k != STORAGE_ENV and not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    # the run never needs the study's credentials, nor (one process) SLURM's task variables: famlab.sweep.ranks
+    env = plain_env(threads)
     seen: dict[str, Any] = {"run_dir": None, "offset": 0, "step": -1}
     if start is not None:  # said in the trial's train.log and its attributes (see famlab.sweep.resume)
         trial.set_user_attr("started_from", {"trial": start.of, "run_dir": str(start.run), "step": start.step})
@@ -216,7 +216,10 @@ def run_trial(
         code, seen["run_dir"] = 0, start.run
         report_progress()  # the second look for a duplicate
     else:
-        code = _run_child(cmd, log_path, env, on_poll=report_progress, poll=poll, deadline=deadline)
+        # inside a SLURM job, a trial of several devices runs as the tasks of a job step (famlab.sweep.ranks)
+        devices = trial_devices(spec.preset, spec.trial_overrides(params))
+        train_cmd, train_env = launch(cmd, devices, threads, trial_dir, spec.study)
+        code = _run_child(train_cmd, log_path, train_env, on_poll=report_progress, poll=poll, deadline=deadline)
     run_dir: RunDir | None = seen["run_dir"] or RunDir.newest_under(trial_dir)
     if run_dir is not None:
         trial.set_user_attr("run_dir", str(run_dir))
@@ -309,12 +312,16 @@ def work(
     grace: int | None = None,
     threads: int = 1,
     label: str = "",
+    storage: BaseStorage | None = None,
+    runner: Callable[..., float] = run_trial,
 ) -> None:
     """One worker: run trials until the study has nothing left to start or to wait for. It prints a
     line when a trial starts and when it ends (:mod:`famlab.sweep.progress`; ``label``: the worker's
-    index, printed before each line, when several run)."""
+    index, printed before each line, when several run). ``storage``: the store of ``storage_url`` already
+    made (by default made here); ``runner``: what runs a trial (:func:`run_trial`'s arguments; the workers
+    benchmark, :mod:`famlab.bench.workers`, passes one that trains nothing)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(storage_url, heartbeat=heartbeat, grace=grace)
+    storage = storage or make_storage(storage_url, heartbeat=heartbeat, grace=grace)
     study = open_study(spec, storage)
     lines = TrialLines(spec, label)
 
@@ -324,7 +331,7 @@ def work(
         current["number"] = trial.number
         t0 = time.monotonic()
         try:
-            value = run_trial(trial, spec, out_root, threads=threads, lines=lines)
+            value = runner(trial, spec, out_root, threads=threads, lines=lines)
         except TrialFailed as err:
             trial.set_user_attr("fail_reason", str(err))
             if err.deterministic:

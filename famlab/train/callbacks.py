@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from collections import deque
@@ -28,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from famlab import provenance
 from famlab.config import ConfigError, RunConfig
 from famlab.config.metrics import aux_metrics
 from famlab.model.state_size import state_floats
@@ -66,6 +68,30 @@ class FinalMetrics(Callback):
                     logger.save()
                 final["val/loss_last_logged"] = final["val/loss"]
             self.run.write_final_metrics(final)
+
+
+class DistributedProvenance(Callback):
+    """Adds ``distributed`` to ``provenance.json`` once the ranks are set up (global rank 0): the strategy,
+    Lightning's cluster environment (``SLURMEnvironment`` for ranks started by ``srun``, ``LightningEnvironment``
+    for ranks Lightning launched itself; None for one device), the world size and, inside a SLURM job, its id,
+    step and task count: which launcher the run's ranks came from."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero:
+            return
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        slurm = {k: os.environ.get(f"SLURM_{k.upper()}") for k in ("job_id", "step_id", "ntasks", "ntasks_per_node")}
+        record = {
+            "strategy": type(trainer.strategy).__name__,
+            "cluster_environment": type(env).__name__ if env is not None else None,
+            "world_size": trainer.world_size,
+            "num_nodes": trainer.num_nodes,
+            "slurm": slurm if slurm["job_id"] else None,
+        }
+        provenance.add(self.run.provenance_path, distributed=record)
 
 
 class MergeLora(Callback):

@@ -5,7 +5,10 @@ Lightning Trainer, and fits.
 * **Run directory** (:class:`famlab.runs.RunDir`): ``config.yaml`` (resolved), ``provenance.json``,
   ``metrics.jsonl``, ``checkpoints/`` (and ``wandb/``), and at the end ``final_metrics.json``.
 * **DDP**: the run directory is made once by the launching process and handed to Lightning's
-  re-launched workers through ``FAMLAB_RUN_DIR``; strategies ``ddp*`` use
+  re-launched workers through ``FAMLAB_RUN_DIR`` (ranks started by ``srun`` are peers: their launcher makes it
+  and sets it, :mod:`famlab.sweep.ranks`; they take their ranks from ``SLURMEnvironment``, with
+  ``auto_requeue=False``: the job, not Lightning, requeues; ``provenance.json`` records the ``distributed``
+  setting); strategies ``ddp*`` use
   ``find_unused_parameters`` when the model has FAM (a step starting from a carried or RSP state
   does not use the FAM prompt). ``use_distributed_sampler=False``: every rank validates on all
   validation batches (the sums are reduced, so the value equals the single-device one, and
@@ -27,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from famlab import provenance
 from famlab.allocator import reuse_freed_memory
@@ -36,6 +40,7 @@ from famlab.runs import RunDir
 from famlab.train.callbacks import (
     AdaptiveSeqLen,
     Checkpoints,
+    DistributedProvenance,
     FinalMetrics,
     MergeLora,
     stopped_metrics,
@@ -100,6 +105,9 @@ def build_trainer(
         callbacks.append(
             EarlyStopping("val/loss", patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta)
         )
+    plugins: list = [checkpoint_io or AtomicCheckpointIO()]  # atomic saves in the checkpoint folder
+    if SLURMEnvironment.detect():  # ranks from srun's tasks; requeueing is the job's (famlab.train.signals)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = pl.Trainer(
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -125,7 +133,7 @@ def build_trainer(
         deterministic=t.deterministic,
         use_distributed_sampler=False,
         benchmark=False,
-        plugins=[checkpoint_io or AtomicCheckpointIO()],  # atomic saves in the checkpoint folder
+        plugins=plugins,
         fast_dev_run=t.fast_dev_run,
     )
     return trainer, periodic
@@ -203,7 +211,7 @@ def train(
         wb = make_wandb_logger(cfg, run_dir, resume_id)
     if wb is not None:
         loggers.append(wb)
-    extra: list[Callback] = [FinalMetrics(run, t0), CheckpointOnSignal(run)]
+    extra: list[Callback] = [FinalMetrics(run, t0), CheckpointOnSignal(run), DistributedProvenance(run)]
     if cfg.lora.rank and cfg.lora.merge:
         extra.append(MergeLora(run))
     if cfg.data.seq_len_adaptive:

@@ -8,8 +8,9 @@
 4    :class:`CheckpointSaveFailed`: a checkpoint could not be written (disk full, I/O error). Not a property of
      the config: the previous checkpoint is intact and ``resume=<run dir>`` continues from it; no
      ``final_metrics.json`` is written (the run is not complete)
-5    :class:`Interrupted`: SIGUSR1 or SIGUSR2 (SLURM's warning before a time limit, which ``famlab sweep
-     submit`` asks for) asked the run to stop: it saved ``step########.ckpt`` and ``last.ckpt`` of its last
+5    :class:`Interrupted`: SIGUSR1, SIGUSR2 (SLURM's warning before a time limit, which ``famlab sweep
+     submit`` asks for) or SIGTERM (a cancelled or preempted SLURM job) asked the run to stop: it saved
+     ``step########.ckpt`` and ``last.ckpt`` of its last
      optimizer step, and ``resume=<run dir>`` continues from there; no ``final_metrics.json``
 ==== ===============================================================================================
 
