@@ -14,6 +14,8 @@ in :mod:`famlab.model.paths`, and the tests hold them equal:
 * ``step``: streaming, chunks of any length, with a state of constant size (except for ``full``).
 * ``attention="fm"`` (feedback memory segment, App. C.2): ``fast`` and ``layer_major`` run
   :mod:`famlab.model.paths.feedback` (per layer, block by block); ``wave`` does not apply.
+* ``attention="rmt"`` (Recurrent Memory Transformer, :mod:`famlab.model.memory.rmt`): ``fast`` and
+  ``layer_major`` run :func:`famlab.model.paths.rmt.forward`, ``reference`` its own loop; ``wave`` does not apply.
 * ``attention="sum_fam"`` (SUM FAM, App. C.3: ``Layer.fam_update`` with the layer's static summary as
   queries and residual): ``fast`` runs layer-major; ``wave`` does not apply.
 
@@ -38,7 +40,7 @@ from famlab.model.init import INIT_SCHEMES
 from famlab.model.layer import Layer
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import make_norm
-from famlab.model.paths import feedback, layer_major, reference, stream, wavefront
+from famlab.model.paths import feedback, layer_major, reference, rmt, stream, wavefront
 from famlab.model.state import FamState, LayerState
 
 IMPLS = ("fast", "wave", "layer_major", "reference")
@@ -66,6 +68,8 @@ class FamLM(nn.Module):
                 self.fam_prompt = nn.Parameter(torch.empty(L_F, cfg.d_model))
             else:  # the ablation: a learned prefix per layer
                 self.fam_prefix = nn.Parameter(torch.empty(cfg.n_layers, L_F, cfg.d_model))
+        if cfg.attention == "rmt":  # RMT's first memory, [M, d]
+            self.rmt_memory = nn.Parameter(torch.empty(cfg.rmt_mem_tokens, cfg.d_model))
         self.register_load_state_dict_pre_hook(drop_legacy_buffers)
         self.reset_parameters()
 
@@ -161,6 +165,8 @@ class FamLM(nn.Module):
 
     def path(self, impl: str, T: int):
         """The path that runs ``impl`` on T tokens (``fast``: the wavefront where it applies)."""
+        if self.cfg.attention == "rmt" and impl != "wave":
+            return rmt.reference if impl == "reference" else rmt.forward
         if impl == "reference":
             return reference.forward
         if self.cfg.attention == "fm" and impl != "wave":  # fast and layer_major: the per-layer block loop

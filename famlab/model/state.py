@@ -28,6 +28,9 @@ class LayerState:
     fam_v: Tensor | None = None
     fm_k: Tensor | None = None  # [b, G, o, D] fm only: keys of the current partial block's layer outputs
     fm_v: Tensor | None = None
+    rmt_k: Tensor | None = None  # [b, G, M, D] rmt only: keys of the current block's read memory rows
+    rmt_v: Tensor | None = None
+    rmt_mem: Tensor | None = None  # [b, M, d] rmt only, layer 0 only: the memory (the write rows' input)
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerState))

@@ -11,7 +11,10 @@ A memory kind is a class, built from the :class:`~famlab.config.ModelConfig`, wi
 * ``absorb(layer, layer_state, out, cos, sin) -> fields``: the layer state's new fields after each segment
   of a block, from the layer's outputs ``out`` there (only the feedback memory keeps anything: the others
   return ``{}``);
-* ``update(...) -> fields``: the layer state's new fields after a complete block.
+* ``update(...) -> fields``: the layer state's new fields after a complete block (they may keep
+  ``blk_k``/``blk_v``, which are cleared otherwise);
+* ``after_block(model, state) -> state`` (optional): model-level work once a complete block has run through
+  all layers (``rmt``: the write rows make the next memory; it clears ``blk_k``/``blk_v`` itself).
 
 :data:`MEMORY_KINDS` lists them in key order (a block's keys are the kinds' keys in this order, then its own
 tokens). The streaming path runs only through this protocol. The parallel paths (layer-major, wavefront,
@@ -29,9 +32,10 @@ from __future__ import annotations
 from famlab.config import ModelConfig
 from famlab.model.memory.fam import FamMemory
 from famlab.model.memory.feedback import FeedbackMemory
+from famlab.model.memory.rmt import RmtMemory
 from famlab.model.memory.segment import SegmentMemory
 
-MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory, "feedback": FeedbackMemory}  # in key order
+MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory, "feedback": FeedbackMemory, "rmt": RmtMemory}  # key order
 
 
 def memory_kinds(cfg: ModelConfig) -> list:
@@ -39,4 +43,4 @@ def memory_kinds(cfg: ModelConfig) -> list:
     return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
 
 
-__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "SegmentMemory", "memory_kinds"]
+__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "RmtMemory", "SegmentMemory", "memory_kinds"]
