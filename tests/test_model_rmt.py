@@ -9,7 +9,6 @@ import torch
 from helpers import assert_causal, assert_close, make_model, param_grads, stream, tiny_cfg, tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_model_paths import receptive_field
 
 from famlab.model import FamLM
 from famlab.model.init import INIT_SCHEMES
@@ -113,6 +112,16 @@ def test_state_continues_exactly():
         assert_close(g_both[name], g_whole[name], tol=1e-10, what=f"grad {name}")
     with pytest.raises(ValueError, match="block boundary"):
         model(toks[:, :2], state=model(toks[:, :3], return_state=True)[1])
+
+
+def receptive_field(model: FamLM, T: int, impl: str) -> torch.Tensor:
+    """[T, T] bool: does output t depend on input s? One backward per output row (of a random projection of
+    it; test_model_paths' full Jacobian takes d times as many, minutes through RMT's sequential blocks)."""
+    x = torch.randn(1, T, model.cfg.d_model, dtype=torch.float64, requires_grad=True)
+    h = model.forward_embeds(x, impl=impl)[0][0]  # [T, d]
+    w = torch.randn(h.shape, generator=torch.Generator().manual_seed(3), dtype=h.dtype)
+    rows = [torch.autograd.grad((h[t] * w[t]).sum(), x, retain_graph=True)[0][0] for t in range(T)]
+    return torch.stack(rows).abs().sum(-1) > 0  # [T, T]
 
 
 def test_receptive_field_is_unbounded_through_the_memory_only():
