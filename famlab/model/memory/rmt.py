@@ -110,7 +110,9 @@ class RmtMemory:
         M = self.M
         cos, sin = rope_for(self.cfg, self.write_positions(start, mem.device), offset, mem.dtype)
         n_cached, dev = cached[0][0].shape[2], mem.device
-        rows = masks.Rows(is_token=torch.ones(M, 1, dtype=torch.bool, device=dev), pos=torch.arange(M, device=dev)[:, None])
+        rows = masks.Rows(
+            is_token=torch.ones(M, 1, dtype=torch.bool, device=dev), pos=torch.arange(M, device=dev)[:, None]
+        )
         cached_keys = masks.Keys(pos=torch.zeros(1, n_cached, device=dev))  # `memory`: all visible
         own = masks.Keys(pos=torch.arange(M, device=dev)[None, :])  # `own_block`: causal
         mask = masks.table_mask(rows, [(masks.memory, cached_keys), (masks.own_block, own)])  # [M, n_cached + M]
@@ -152,7 +154,9 @@ class RmtMemory:
         new_mem = self.write_pass(model, mem, start, state.pos_offset, cached)
         new_mem = new_mem.detach() if self.depth == 0 else new_mem
         layers = []
-        for i, (ls, (k, v)) in enumerate(zip(state.layers, self.read_pass(model, new_mem, state.pos, state.pos_offset))):
+        for i, (ls, (k, v)) in enumerate(
+            zip(state.layers, self.read_pass(model, new_mem, state.pos, state.pos_offset))
+        ):
             empty = ls.blk_k[:, :, :0]
             extra = {"rmt_mem": new_mem} if i == 0 else {}
             layers.append(dataclasses.replace(ls, rmt_k=k, rmt_v=v, blk_k=empty, blk_v=ls.blk_v[:, :, :0], **extra))

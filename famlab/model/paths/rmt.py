@@ -61,9 +61,7 @@ def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
         pairs = [(kv, (empty, empty)) for kv in rmt.read_pass(model, mem, state.pos + T, state.pos_offset)]
     new_layers = []
     for i, (ls, ((rk, rv), (bk, bv))) in enumerate(zip(state.layers, pairs)):
-        new_layers.append(
-            LayerState(ls.mem_k, ls.mem_v, bk, bv, rmt_k=rk, rmt_v=rv, rmt_mem=mem if i == 0 else None)
-        )
+        new_layers.append(LayerState(ls.mem_k, ls.mem_v, bk, bv, rmt_k=rk, rmt_v=rv, rmt_mem=mem if i == 0 else None))
     h = torch.cat(outs, 1) if outs else x
     return h, FamState(state.pos + T, state.pos_offset, state.fam_fresh, new_layers)
 
