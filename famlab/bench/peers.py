@@ -18,6 +18,9 @@ and segment length:
   (segment length = B, ``num_memory_tokens`` = L_F, ``RecurrentMemoryTransformerWrapper`` over
   the sequence, gradients through all segments; ``use_flash_attn=True`` (SDPA), rotary over the
   whole head instead of absolute positions, no XL memories).
+* famlab ``rmt`` (``rmt_mem_tokens`` = L_F, ``mem_segment=0``) vs the same RMT (pair ``rmt-matched``): the
+  same method on both sides, M memory tokens read before and written after each segment of B tokens,
+  gradients through all segments.
 * famlab ``full`` vs ``x-transformers``' ``TransformerWrapper(Decoder)`` (``attn_flash=True``,
   rotary over the whole head, no absolute positions, tied embedding, bias-free FF as famlab's).
 
@@ -29,8 +32,8 @@ cross-entropy against random targets, ``backward`` (no optimizer), in ``train()`
 in one process, round-robin rounds (warm-up rounds, then timed rounds, each round one step of every
 model); tokens/s = batch * T / the median step time (``--stat min``: the minimum).
 
-Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab
-full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
+Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab rmt
+>= 1.0x RMT; famlab full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
 ``bench/results/peers_latest.md``, and JSON in ``bench/results/peers_<timestamp>.json``.
 """
 
@@ -94,6 +97,14 @@ PAIRS = {
         "famlab fam (m=0)",
         1.25,
     ),
+    "rmt-matched": Pair(
+        "rmt-matched",
+        "recurrent_memory_transformer_pytorch",
+        "recurrent-memory-transformer-pytorch",
+        "famlab-rmt",
+        "famlab rmt",
+        1.0,
+    ),
     "x-transformers": Pair("x-transformers", "x_transformers", "x-transformers", "famlab-full", "famlab full", 1.0),
 }
 
@@ -118,6 +129,8 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
         return base.replace(attention="bswa")
     if pair == "rmt":
         return base.replace(attention="fam", mem_segment=0)
+    if pair == "rmt-matched":  # as many memory tokens as the peer's (L_F)
+        return base.replace(attention="rmt", mem_segment=0, rmt_mem_tokens=base.fam_len)
     return base.replace(attention="full")
 
 
@@ -198,6 +211,8 @@ def build_peer(pair: str, cfg: ModelConfig, seq_len: int) -> nn.Module:
         return LocalAttentionLM(cfg.replace(attention="bswa"), seq_len)
     if pair == "rmt":
         return RMTLM(cfg.replace(attention="fam"))
+    if pair == "rmt-matched":
+        return RMTLM(cfg)  # num_memory_tokens = cfg.fam_len = famlab rmt's rmt_mem_tokens
     if pair == "x-transformers":
         return x_transformers_lm(cfg, seq_len)
     raise ValueError(f"unknown peer {pair!r}: expected one of {', '.join(PAIRS)}")
