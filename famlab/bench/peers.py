@@ -85,6 +85,7 @@ class Pair:
         self.famlab_label, self.famlab_title, self.target = famlab_label, famlab_title, target
 
 
+RMT_PACKAGE = ("recurrent_memory_transformer_pytorch", "recurrent-memory-transformer-pytorch")  # module, dist
 PAIRS = {
     "local-attention": Pair(
         "local-attention", "local_attention", "local-attention", "famlab-bswa", "famlab bswa", 1.25
@@ -97,14 +98,7 @@ PAIRS = {
         "famlab fam (m=0)",
         1.25,
     ),
-    "rmt-matched": Pair(
-        "rmt-matched",
-        "recurrent_memory_transformer_pytorch",
-        "recurrent-memory-transformer-pytorch",
-        "famlab-rmt",
-        "famlab rmt",
-        1.0,
-    ),
+    "rmt-matched": Pair("rmt-matched", *RMT_PACKAGE, "famlab-rmt", "famlab rmt", 1.0),  # the same method
     "x-transformers": Pair("x-transformers", "x_transformers", "x-transformers", "famlab-full", "famlab full", 1.0),
 }
 
