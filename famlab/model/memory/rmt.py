@@ -153,11 +153,10 @@ class RmtMemory:
         cached = [(torch.cat([ls.rmt_k, ls.blk_k], 2), torch.cat([ls.rmt_v, ls.blk_v], 2)) for ls in state.layers]
         new_mem = self.write_pass(model, mem, start, state.pos_offset, cached)
         new_mem = new_mem.detach() if self.depth == 0 else new_mem
+        reads = self.read_pass(model, new_mem, state.pos, state.pos_offset)  # the next block's read rows
         layers = []
-        for i, (ls, (k, v)) in enumerate(
-            zip(state.layers, self.read_pass(model, new_mem, state.pos, state.pos_offset))
-        ):
-            empty = ls.blk_k[:, :, :0]
+        for i, (ls, (k, v)) in enumerate(zip(state.layers, reads)):
             extra = {"rmt_mem": new_mem} if i == 0 else {}
-            layers.append(dataclasses.replace(ls, rmt_k=k, rmt_v=v, blk_k=empty, blk_v=ls.blk_v[:, :, :0], **extra))
+            empty_k, empty_v = ls.blk_k[:, :, :0], ls.blk_v[:, :, :0]
+            layers.append(dataclasses.replace(ls, rmt_k=k, rmt_v=v, blk_k=empty_k, blk_v=empty_v, **extra))
         return dataclasses.replace(state, layers=layers)
