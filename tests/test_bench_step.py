@@ -27,6 +27,15 @@ def test_build_gives_next_token_targets_and_the_variants_impl():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_rmt_variant_has_no_memory_segment_and_l_f_memory_tokens():
+    base = ModelConfig(d_model=32, n_layers=1, n_heads=2, block_size=8, fam_len=2, vocab_size=16, mem_segment=1)
+    cfg, impl = step.variant_config(base, "rmt")
+    assert (cfg.attention, cfg.mem_segment, cfg.rmt_mem_tokens, impl) == ("rmt", 0, 2, "fast")
+    model, inputs, targets = step.build(cfg, batch=2, seq_len=20, seed=3, impl=impl)
+    assert torch.isfinite(torch.tensor(step.train_step(model, inputs, targets, impl)))
+    assert model.rmt_memory.grad.abs().sum() > 0
+
+
 def test_time_fam_scan_runs_the_models_own_scan_and_restores_it():
     cfg = ModelConfig(attention="fam", d_model=32, n_layers=2, n_heads=2, block_size=8, fam_len=2, vocab_size=16)
     model = FamLM(cfg).train()

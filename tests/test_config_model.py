@@ -16,10 +16,14 @@ def small(**changes) -> ModelConfig:
 @pytest.mark.parametrize(
     "changes, key, value, allowed",
     [
-        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam, fm, sum_fam, infini"),
         (dict(attention="infini", infini_delta_rule="yes"), "infini_delta_rule", "'yes'", "true or false"),
+        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam, fm, sum_fam, infini, rmt"),
         (dict(attention="sum_fam", fam_len=0), "fam_len", "0", "an integer >= 1 for attention='sum_fam'"),
         (dict(attention="fm", mem_segment=0), "mem_segment", "0", "an integer >= 1 for attention='fm'"),
+        (dict(attention="rmt", mem_segment=1), "mem_segment", "1", "0 for attention='rmt'"),
+        (dict(rmt_mem_tokens=0), "rmt_mem_tokens", "0", "an integer > 0"),
+        (dict(rmt_bptt_depth=-2), "rmt_bptt_depth", "-2", "-1 (full backprop through the memory) or an integer >= 0"),
+        (dict(rmt_bptt_depth=1.5), "rmt_bptt_depth", "1.5", "-1 (full backprop through the memory) or an integer >= 0"),
         (dict(block_size=0), "block_size", "0", "an integer > 0"),
         (dict(vocab_size=True), "vocab_size", "True", "an integer > 0"),  # YAML's true is not 1
         (dict(mem_segment=-1), "mem_segment", "-1", "an integer >= 0"),

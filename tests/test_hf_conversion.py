@@ -64,6 +64,16 @@ def test_block_attention_within_one_block_equals_original():
     assert hf.compare_logits(fam, ref, x) > 1e-3  # FAM rows are new keys: a different function
 
 
+def test_rmt_converts_with_a_fresh_memory():
+    """The checkpoint has no RMT memory: it starts as initialised; the rest are the original's weights."""
+    ref = make_hf("llama")
+    model = hf.convert(ref, attention="rmt", block_size=8, mem_segment=0, rmt_mem_tokens=3)
+    assert model.rmt_memory.shape == (3, 64) and torch.isfinite(model.rmt_memory).all()
+    bswa = hf.convert(ref, attention="bswa", block_size=8, mem_segment=0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in bswa.state_dict().items())
+    assert model(tokens(T=30)).shape == (2, 30, 256)
+
+
 def test_shape_keys_come_from_the_checkpoint():
     ref = make_hf("llama")
     with pytest.raises(hf.ConversionError, match="'bias' comes from the pretrained model"):

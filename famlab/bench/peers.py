@@ -20,6 +20,9 @@ and segment length:
   whole head instead of absolute positions, no XL memories).
 * famlab ``infini`` with ``mem_segment=0`` vs ``infini-transformer-pytorch``'s ``InfiniTransformer`` (segment
   length = B, run segment by segment with gradients through all memories; see :mod:`famlab.bench.peer_infini`).
+* famlab ``rmt`` (``rmt_mem_tokens`` = L_F, ``mem_segment=0``) vs the same RMT (pair ``rmt-matched``): the
+  same method on both sides, M memory tokens read before and written after each segment of B tokens,
+  gradients through all segments.
 * famlab ``full`` vs ``x-transformers``' ``TransformerWrapper(Decoder)`` (``attn_flash=True``,
   rotary over the whole head, no absolute positions, tied embedding, bias-free FF as famlab's).
 
@@ -32,7 +35,8 @@ in one process, round-robin rounds (warm-up rounds, then timed rounds, each roun
 model); tokens/s = batch * T / the median step time (``--stat min``: the minimum).
 
 Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab infini
-(m=0) >= 1.25x infini-transformer-pytorch; famlab full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
+(m=0) >= 1.25x infini-transformer-pytorch; famlab rmt >= 1.0x RMT; famlab full >= 1.0x x-transformers.
+Results: a Markdown table on stdout and in
 ``bench/results/peers_latest.md``, and JSON in ``bench/results/peers_<timestamp>.json``.
 """
 
@@ -85,26 +89,15 @@ class Pair:
         self.famlab_label, self.famlab_title, self.target = famlab_label, famlab_title, target
 
 
+RMT_PACKAGE = ("recurrent_memory_transformer_pytorch", "recurrent-memory-transformer-pytorch")  # module, dist
+INFINI_PACKAGE = ("infini_transformer_pytorch", "infini-transformer-pytorch")
 PAIRS = {
     "local-attention": Pair(
         "local-attention", "local_attention", "local-attention", "famlab-bswa", "famlab bswa", 1.25
     ),
-    "rmt": Pair(
-        "rmt",
-        "recurrent_memory_transformer_pytorch",
-        "recurrent-memory-transformer-pytorch",
-        "famlab-fam-m0",
-        "famlab fam (m=0)",
-        1.25,
-    ),
-    "infini": Pair(
-        "infini",
-        "infini_transformer_pytorch",
-        "infini-transformer-pytorch",
-        "famlab-infini-m0",
-        "famlab infini (m=0)",
-        1.25,
-    ),
+    "rmt": Pair("rmt", *RMT_PACKAGE, "famlab-fam-m0", "famlab fam (m=0)", 1.25),
+    "infini": Pair("infini", *INFINI_PACKAGE, "famlab-infini-m0", "famlab infini (m=0)", 1.25),
+    "rmt-matched": Pair("rmt-matched", *RMT_PACKAGE, "famlab-rmt", "famlab rmt", 1.0),  # the same method
     "x-transformers": Pair("x-transformers", "x_transformers", "x-transformers", "famlab-full", "famlab full", 1.0),
 }
 
@@ -131,6 +124,8 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
         return base.replace(attention="fam", mem_segment=0)
     if pair == "infini":
         return base.replace(attention="infini", mem_segment=0)
+    if pair == "rmt-matched":  # as many memory tokens as the peer's (L_F)
+        return base.replace(attention="rmt", mem_segment=0, rmt_mem_tokens=base.fam_len)
     return base.replace(attention="full")
 
 
@@ -213,6 +208,8 @@ def build_peer(pair: str, cfg: ModelConfig, seq_len: int) -> nn.Module:
         return RMTLM(cfg.replace(attention="fam"))
     if pair == "infini":
         return InfiniLM(cfg)
+    if pair == "rmt-matched":
+        return RMTLM(cfg)  # num_memory_tokens = cfg.fam_len = famlab rmt's rmt_mem_tokens
     if pair == "x-transformers":
         return x_transformers_lm(cfg, seq_len)
     raise ValueError(f"unknown peer {pair!r}: expected one of {', '.join(PAIRS)}")

@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     # the whole model under torch.compile (default mode), for BSWA and FAM alike
     "bswa-model-compiled": ("bswa", "model-compiled"),
     "fam-model-compiled": ("fam", "model-compiled"),
+    # the Recurrent Memory Transformer: mem_segment=0, L_F memory tokens (as the peers bench's RMT)
+    "rmt": ("rmt", "fast"),
 }
 DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-layer-major,fam-ref"
 # compiled impls -> (train.compile, train.compile_mode)
@@ -119,6 +121,8 @@ def time_fam_scan(model: FamLM, inputs: torch.Tensor, reps: int) -> list[float]:
 
 def variant_config(base: ModelConfig, name: str) -> tuple[ModelConfig, str]:
     attention, impl = VARIANTS[name]
+    if attention == "rmt":  # its blocks meet only through the memory tokens
+        return base.replace(attention=attention, mem_segment=0, rmt_mem_tokens=base.fam_len), impl
     return base.replace(attention=attention), impl
 
 

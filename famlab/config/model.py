@@ -21,7 +21,7 @@ from famlab.config.errors import (
     config_error,
 )
 
-ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam", "infini")
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam", "infini", "rmt")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
 INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
@@ -47,6 +47,7 @@ class ModelConfig(CheckedDataclass):
     # --- attention ---
     attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2) | sum_fam (App. C.3)
     # | infini (Infini-attention, arXiv 2404.07143: a compressive linear-attention memory per layer)
+    # | rmt (Recurrent Memory Transformer, arXiv 2207.06881; needs mem_segment=0)
     # defaults: a small run whose sequence (data.seq_len 256) has 4 blocks, so blocks 3 and 4 see block 1
     # only through FAM (the paper's B=1024, m=3, L_F=64 are preset=paper; L_F = B/16 as there)
     block_size: int = 64  # B: tokens per block
@@ -61,6 +62,9 @@ class ModelConfig(CheckedDataclass):
     fam_zero_residual: bool = True  # first update from the initial FAM uses a zero residual
     # --- Infini-attention (attention="infini", famlab.model.memory.infini) ---
     infini_delta_rule: bool = False  # the compressive memory's update: linear (False) or the delta rule (True)
+    # --- Recurrent Memory Transformer (attention="rmt", famlab.model.memory.rmt) ---
+    rmt_mem_tokens: int = 4  # memory tokens read before and written after each block
+    rmt_bptt_depth: int = -1  # memory transitions the gradient crosses (last ones of a window); -1 = all
     # --- training-only extras ---
     random_pos_offset: bool = True  # RPO: random offset added to every position, per sequence
     rsp_prob: float = 0.8  # random state passing: P(start from the saved FAM of the last step)
@@ -74,6 +78,8 @@ class ModelConfig(CheckedDataclass):
             check_int(name, self, key, 1, "an integer > 0")
         for key in ("mem_segment", "fam_len"):
             check_int(name, self, key, 0)
+        check_int(name, self, "rmt_mem_tokens", 1, "an integer > 0")
+        check_int(name, self, "rmt_bptt_depth", -1, "-1 (full backprop through the memory) or an integer >= 0")
         for key in ("n_kv_heads", "d_ff"):  # None = derived (see the fields)
             if getattr(self, key) is not None:
                 check_int(name, self, key, 1, "an integer > 0")
@@ -97,6 +103,8 @@ class ModelConfig(CheckedDataclass):
             raise config_error(name, "fam_len", self.fam_len, "an integer >= 1 for attention='sum_fam'")
         if not isinstance(self.infini_delta_rule, bool):
             raise config_error(name, "infini_delta_rule", self.infini_delta_rule, "true or false")
+        if self.attention == "rmt" and self.mem_segment != 0:  # rmt blocks meet only through the memory tokens
+            raise config_error(name, "mem_segment", self.mem_segment, "0 for attention='rmt'")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
         if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):

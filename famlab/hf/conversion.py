@@ -60,7 +60,7 @@ SHAPE_KEYS = (  # the ModelConfig keys a pretrained model decides; the attention
     "tie_embeddings",
     "rope_base",
 )
-FAM_KEYS = ("fam_prompt", "fam_prefix")  # the tensors a converted checkpoint may lack or carry extra
+FAM_KEYS = ("fam_prompt", "fam_prefix", "rmt_memory")  # tensors a converted checkpoint may lack or carry extra
 FAM_LAYER_KEYS = (".fam_summary", ".infini_beta")  # per layer, likewise (sum_fam's summary, infini's gates)
 # training-time buffers older FamLMs held in their state dict: never saved in a converted folder, ignored
 # when an old folder or state dict still has them

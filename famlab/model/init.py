@@ -12,6 +12,7 @@ and weights loaded afterwards (``model.init_from``, a converted Hugging Face mod
   near uniform) and tokens enter at rms d^-1/2 (pre-LN hands every layer a normalised input anyway).
   The FAM prompt/prefix (and SUM FAM's summary) at the embedding scale.
 * Every scheme: Infini-attention's per-head gates beta at 0 (:func:`zero_gates`).
+  The FAM prompt/prefix (and SUM FAM's summary, RMT's first memory) at the embedding scale.
 * ``gpt2``: GPT-2's N(0, 0.02) for linear layers and embeddings, residual output projections at
   0.02/sqrt(2 n_layers), biases zero, FAM prompt/prefix N(0, 0.02). Chosen for d=768; at famlab's CPU
   widths (d=64) the attention scores at init have std ~0.02 (attention is uniform) and the residual
@@ -35,7 +36,8 @@ RESIDUAL_OUTPUTS = (".wo", ".down")  # the linear layers that write into the res
 def fam_tensors(model: nn.Module) -> list[nn.Parameter]:
     """The learned initial FAM (prompt or per-layer prefix) and SUM FAM's summary queries, when the model has them."""
     summaries = [layer.fam_summary for layer in model.layers if getattr(layer, "fam_summary", None) is not None]
-    return [getattr(model, name) for name in ("fam_prompt", "fam_prefix") if hasattr(model, name)] + summaries
+    names = ("fam_prompt", "fam_prefix", "rmt_memory")  # rmt_memory: RMT's first memory, like a FAM prompt
+    return [getattr(model, name) for name in names if hasattr(model, name)] + summaries
 
 
 def zero_gates(model: nn.Module) -> None:

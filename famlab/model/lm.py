@@ -17,6 +17,8 @@ in :mod:`famlab.model.paths`, and the tests hold them equal:
   :mod:`famlab.model.paths.feedback` (per layer, block by block); ``wave`` does not apply.
 * ``attention="infini"`` (Infini-attention, arXiv 2404.07143: a compressive linear-attention memory per
   layer, gated with block-local attention): ``fast`` and ``layer_major`` run :mod:`famlab.model.paths.infini`.
+* ``attention="rmt"`` (Recurrent Memory Transformer, :mod:`famlab.model.memory.rmt`): ``fast`` and
+  ``layer_major`` run :func:`famlab.model.paths.rmt.forward`, ``reference`` its own loop; ``wave`` does not apply.
 * ``attention="sum_fam"`` (SUM FAM, App. C.3: ``Layer.fam_update`` with the layer's static summary as
   queries and residual): ``fast`` runs layer-major; ``wave`` does not apply.
 
@@ -41,7 +43,7 @@ from famlab.model.init import INIT_SCHEMES
 from famlab.model.layer import Layer
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import make_norm
-from famlab.model.paths import feedback, infini, layer_major, reference, stream, wavefront
+from famlab.model.paths import feedback, infini, layer_major, reference, rmt, stream, wavefront
 from famlab.model.state import FamState, LayerState
 
 IMPLS = ("fast", "wave", "layer_major", "reference")
@@ -69,6 +71,8 @@ class FamLM(nn.Module):
                 self.fam_prompt = nn.Parameter(torch.empty(L_F, cfg.d_model))
             else:  # the ablation: a learned prefix per layer
                 self.fam_prefix = nn.Parameter(torch.empty(cfg.n_layers, L_F, cfg.d_model))
+        if cfg.attention == "rmt":  # RMT's first memory, [M, d]
+            self.rmt_memory = nn.Parameter(torch.empty(cfg.rmt_mem_tokens, cfg.d_model))
         self.register_load_state_dict_pre_hook(drop_legacy_buffers)
         self.reset_parameters()
 
@@ -164,6 +168,8 @@ class FamLM(nn.Module):
 
     def path(self, impl: str, T: int):
         """The path that runs ``impl`` on T tokens (``fast``: the wavefront where it applies)."""
+        if self.cfg.attention == "rmt" and impl != "wave":
+            return rmt.reference if impl == "reference" else rmt.forward
         if impl == "reference":
             return reference.forward
         if self.cfg.attention == "fm" and impl != "wave":  # fast and layer_major: the per-layer block loop

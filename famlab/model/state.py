@@ -31,6 +31,9 @@ class LayerState:
     infini_mem: Tensor | None = None  # [b, G, D, D] infini only: compressive memory M of the complete blocks
     infini_norm: Tensor | None = None  # [b, G, D] infini only: its normaliser z
     infini_k: Tensor | None = None  # [b, G, o, D] infini only: pre-RoPE keys of the current partial block
+    rmt_k: Tensor | None = None  # [b, G, M, D] rmt only: keys of the current block's read memory rows
+    rmt_v: Tensor | None = None
+    rmt_mem: Tensor | None = None  # [b, M, d] rmt only, layer 0 only: the memory (the write rows' input)
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerState))

@@ -11,10 +11,13 @@ A memory kind is a class, built from the :class:`~famlab.config.ModelConfig`, wi
 * ``absorb(layer, layer_state, out, cos, sin) -> fields``: the layer state's new fields after each segment
   of a block, from the layer's outputs ``out`` there (only the feedback memory keeps anything: the others
   return ``{}``);
-* ``update(...) -> fields``: the layer state's new fields after a complete block;
 * optionally ``mix(layer, layer_state, qk_raw, attn) -> (attn, fields)``: a memory that is no keys to attend
   (Infini-attention's compressive memory) changes the attention output ``attn`` [b, H, n, D] of a segment,
   given its pre-RoPE queries and keys ``qk_raw`` [b, H+G, n, D].
+* ``update(...) -> fields``: the layer state's new fields after a complete block (they may keep
+  ``blk_k``/``blk_v``, which are cleared otherwise);
+* ``after_block(model, state) -> state`` (optional): model-level work once a complete block has run through
+  all layers (``rmt``: the write rows make the next memory; it clears ``blk_k``/``blk_v`` itself).
 
 :data:`MEMORY_KINDS` lists them in key order (a block's keys are the kinds' keys in this order, then its own
 tokens). The streaming path runs only through this protocol. The parallel paths (layer-major, wavefront,
@@ -33,10 +36,17 @@ from famlab.config import ModelConfig
 from famlab.model.memory.fam import FamMemory
 from famlab.model.memory.feedback import FeedbackMemory
 from famlab.model.memory.infini import InfiniMemory
+from famlab.model.memory.rmt import RmtMemory
 from famlab.model.memory.segment import SegmentMemory
 
 # in key order (infini's memory has no keys)
-MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory, "feedback": FeedbackMemory, "infini": InfiniMemory}
+MEMORY_KINDS = {
+    "fam": FamMemory,
+    "segment": SegmentMemory,
+    "feedback": FeedbackMemory,
+    "infini": InfiniMemory,
+    "rmt": RmtMemory,
+}
 
 
 def memory_kinds(cfg: ModelConfig) -> list:
@@ -44,4 +54,12 @@ def memory_kinds(cfg: ModelConfig) -> list:
     return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
 
 
-__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "InfiniMemory", "SegmentMemory", "memory_kinds"]
+__all__ = [
+    "MEMORY_KINDS",
+    "FamMemory",
+    "FeedbackMemory",
+    "InfiniMemory",
+    "RmtMemory",
+    "SegmentMemory",
+    "memory_kinds",
+]

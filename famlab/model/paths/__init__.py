@@ -7,9 +7,11 @@ and the state before them, and returns the final hidden states [b, T, d] and the
 * :mod:`.feedback`: ``fm`` (feedback memory segment): per layer, all QKV at once, then block by block.
 * :mod:`.infini`: ``infini`` (Infini-attention): per layer, all tokens at once; the compressive memory by a
   cumulative sum over blocks (a scan for the delta rule).
+* :mod:`.rmt`: ``rmt`` (Recurrent Memory Transformer): block by block, [read | block | write] rows through all
+  layers (``forward``), and its own reference loop (``reference``).
 * :mod:`.stream`: chunks of any length, per token segment inside one block (``FamLM.step``).
 """
 
-from famlab.model.paths import feedback, infini, layer_major, reference, stream, wavefront
+from famlab.model.paths import feedback, infini, layer_major, reference, rmt, stream, wavefront
 
-__all__ = ["feedback", "infini", "layer_major", "reference", "stream", "wavefront"]
+__all__ = ["feedback", "infini", "layer_major", "reference", "rmt", "stream", "wavefront"]

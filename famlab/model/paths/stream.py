@@ -35,6 +35,8 @@ def forward(model, x_all: Tensor, state: FamState) -> tuple[Tensor, FamState]:
             new_layers.append(ls)
         completed = (state.pos + n) % B == 0
         state = FamState(state.pos + n, state.pos_offset, state.fam_fresh and not completed, new_layers)
+        for kind in kinds if completed else []:  # model-level work after a block (rmt's write memory)
+            state = kind.after_block(model, state) if hasattr(kind, "after_block") else state
         outs.append(x)
         start += n
     return (torch.cat(outs, dim=1) if outs else x_all), state
@@ -80,4 +82,4 @@ def segment(model, kinds, layer, ls: LayerState, x: Tensor, state: FamState) -> 
         fields |= kind.update(
             layer, ls, blk_k, blk_v, block=state.pos // B, offset=state.pos_offset, fresh=state.fam_fresh, dtype=x.dtype
         )
-    return out, dataclasses.replace(ls, blk_k=blk_k[:, :, :0], blk_v=blk_v[:, :, :0], **fields)
+    return out, dataclasses.replace(ls, **({"blk_k": blk_k[:, :, :0], "blk_v": blk_v[:, :, :0]} | fields))
