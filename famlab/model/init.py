@@ -18,6 +18,11 @@ and weights loaded afterwards (``model.init_from``, a converted Hugging Face mod
 * ``torch``: PyTorch's own defaults (``nn.Linear``: U(+-1/sqrt(fan_in)) weights and biases;
   ``nn.Embedding``: N(0, 1)); the FAM prompt/prefix N(0, 1).
 
+Block-Recurrent cells (``attention="block_recurrent"``): their linear layers as above (the token
+cross-attention's ``brt.wo`` and the state feed-forward's ``brt.ff.down`` count as residual outputs), the
+learned initial state ``brt.state0`` like the FAM prompt of the scheme, and the gates and state IDs by the
+paper's code in every scheme (:meth:`~famlab.model.recurrent_cell.RecurrentCell.reset_own`).
+
 Measured in docs/init.md (PassKey, text, recall at the tiny presets, 3 seeds each).
 """
 
@@ -37,6 +42,15 @@ def fam_tensors(model: nn.Module) -> list[nn.Parameter]:
     return [getattr(model, name) for name in ("fam_prompt", "fam_prefix") if hasattr(model, name)] + summaries
 
 
+def recurrent_cells(model: nn.Module, state_std: float) -> None:
+    """Block-Recurrent cells after the scheme's linear layers: initial state N(0, ``state_std``), the rest
+    (gates, state IDs) as the paper."""
+    for layer in model.layers:
+        if getattr(layer, "brt", None) is not None:
+            nn.init.normal_(layer.brt.state0, std=state_std)
+            layer.brt.reset_own()
+
+
 def gpt2(model: nn.Module) -> None:
     depth_scale = 1 / math.sqrt(2 * model.cfg.n_layers)
     for name, module in model.named_modules():
@@ -49,6 +63,7 @@ def gpt2(model: nn.Module) -> None:
             nn.init.normal_(module.weight, std=0.02)
     for p in fam_tensors(model):
         nn.init.normal_(p, std=0.02)
+    recurrent_cells(model, 0.02)
 
 
 def torch_default(model: nn.Module) -> None:
@@ -57,6 +72,7 @@ def torch_default(model: nn.Module) -> None:
             module.reset_parameters()
     for p in fam_tensors(model):
         nn.init.normal_(p, std=1.0)
+    recurrent_cells(model, 1.0)
 
 
 def scaled(model: nn.Module) -> None:
@@ -72,6 +88,7 @@ def scaled(model: nn.Module) -> None:
     nn.init.normal_(model.tok_emb.weight, std=emb_std)
     for p in fam_tensors(model):
         nn.init.normal_(p, std=emb_std)
+    recurrent_cells(model, emb_std)
 
 
 INIT_SCHEMES: dict[str, Callable[[nn.Module], None]] = {"scaled": scaled, "gpt2": gpt2, "torch": torch_default}

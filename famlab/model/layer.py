@@ -34,6 +34,8 @@ class Layer(nn.Module):
         self.ff = FeedForward(cfg)
         # SUM FAM (App. C.3): a static learned summary of L_F rows whose queries update the FAM
         self.fam_summary = nn.Parameter(torch.empty(cfg.fam_len, cfg.d_model)) if cfg.attention == "sum_fam" else None
+        # Block-Recurrent Transformer: FamLM sets a RecurrentCell (famlab.model.recurrent_cell) on its recurrent layers
+        self.brt = None
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, T, d] -> q [b, H, T, D], k and v [b, G, T, D], RoPE applied to q and k."""

@@ -29,9 +29,15 @@ from __future__ import annotations
 from famlab.config import ModelConfig
 from famlab.model.memory.fam import FamMemory
 from famlab.model.memory.feedback import FeedbackMemory
+from famlab.model.memory.recurrent import RecurrentMemory
 from famlab.model.memory.segment import SegmentMemory
 
-MEMORY_KINDS = {"fam": FamMemory, "segment": SegmentMemory, "feedback": FeedbackMemory}  # in key order
+MEMORY_KINDS = {
+    "fam": FamMemory,
+    "segment": SegmentMemory,
+    "feedback": FeedbackMemory,
+    "recurrent": RecurrentMemory,
+}  # in key order
 
 
 def memory_kinds(cfg: ModelConfig) -> list:
@@ -39,4 +45,4 @@ def memory_kinds(cfg: ModelConfig) -> list:
     return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
 
 
-__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "SegmentMemory", "memory_kinds"]
+__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "RecurrentMemory", "SegmentMemory", "memory_kinds"]

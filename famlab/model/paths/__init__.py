@@ -5,9 +5,10 @@ and the state before them, and returns the final hidden states [b, T, d] and the
 * :mod:`.layer_major`: per layer, all tokens at once; a sequential scan for the FAM rows only.
 * :mod:`.wavefront`: the reference's rows scheduled as a wavefront over (layer, block) (FAM only).
 * :mod:`.feedback`: ``fm`` (feedback memory segment): per layer, all QKV at once, then block by block.
+* :mod:`.block_recurrent`: ``block_recurrent`` (Block-Recurrent Transformer): reference loop, layer-major, stream.
 * :mod:`.stream`: chunks of any length, per token segment inside one block (``FamLM.step``).
 """
 
-from famlab.model.paths import feedback, layer_major, reference, stream, wavefront
+from famlab.model.paths import block_recurrent, feedback, layer_major, reference, stream, wavefront
 
-__all__ = ["feedback", "layer_major", "reference", "stream", "wavefront"]
+__all__ = ["block_recurrent", "feedback", "layer_major", "reference", "stream", "wavefront"]
