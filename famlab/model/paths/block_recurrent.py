@@ -106,7 +106,7 @@ def recurrent_layer(cfg, layer, ls: LayerState, x: Tensor, state: FamState) -> t
     n_blk, n_full = -(-T // cfg.block_size), T // cfg.block_size  # blocks (the last possibly partial), complete
     mem_len = ls.mem_k.shape[2]
     cfg = SegmentMemory.within_reach(cfg, n_blk, mem_len)
-    B, H, G, D = cfg.block_size, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    B, G, D = cfg.block_size, cfg.kv_heads, cfg.head_dim
     segment = SegmentMemory(cfg)
     Tp = n_blk * B
     x = F.pad(x, (0, 0, 0, Tp - T))  # zero rows after the end; causal masking hides them, no state reads them
