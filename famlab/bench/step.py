@@ -25,6 +25,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam": ("fam", "fast"),  # the wavefront path (``impl="wave"``), which "fast" picks for FAM
     "fam-layer-major": ("fam", "layer_major"),  # layer-major with its sequential FAM scan
     "fam-ref": ("fam", "reference"),
+    "block-recurrent": ("block_recurrent", "fast"),  # Block-Recurrent Transformer (App. C.1), layer-major
+    "block-recurrent-ref": ("block_recurrent", "reference"),
     "fam-compiled": ("fam", "compiled"),  # the fast path with FamLM.compile_fam_updates()
     # the same, compiled with mode="reduce-overhead": on a GPU the scan replays as CUDA graphs
     "fam-graphs": ("fam", "graphs"),
