@@ -12,7 +12,6 @@ import torch
 from helpers import assert_causal, assert_close, make_model, param_grads, stream, tiny_cfg, tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_model_paths import receptive_field
 
 from famlab.model import FamLM
 from famlab.model.init import INIT_SCHEMES
@@ -116,6 +115,16 @@ def test_a_partial_block_reads_the_state_but_does_not_update_it():
     assert torch.equal(part.layers[1].brt_state, full.layers[1].brt_state)
     _, more = model(tokens(model.cfg, 2, 4 * B), return_state=True)
     assert not torch.allclose(more.layers[1].brt_state, full.layers[1].brt_state)
+
+
+def receptive_field(model: FamLM, T: int, impl: str) -> torch.Tensor:
+    """[T, T] bool: does output t depend on input s? One backward pass per output (of a random projection
+    of its features), where test_model_paths' Jacobian needs one per output feature."""
+    x = torch.randn(1, T, model.cfg.d_model, dtype=torch.float64, requires_grad=True)
+    out = model.forward_embeds(x, impl=impl)[0][0]  # [T, d]
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+    rows = [torch.autograd.grad((out[t] * w[t]).sum(), x, retain_graph=True)[0][0] for t in range(T)]
+    return torch.stack(rows).abs().sum(-1) > 0  # [T (outputs), T (inputs)]
 
 
 def test_the_state_carries_information_across_blocks():
@@ -249,3 +258,18 @@ def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
     for name in g_ref:
         assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name} {sw}")
     assert_close(stream(model, toks, [chunk, chunk + 2]), fast, tol=1e-10, what=f"stream vs fast {sw}")
+
+
+def test_a_tiny_training_run_learns(tmp_path):
+    """``famlab train`` with block_recurrent (Lightning, the fast path, random state passing across windows):
+    the recall task's loss goes down."""
+    from tiny_runs import RECALL, tiny, train_losses
+
+    from famlab.train import train
+
+    extra = ["model.attention=block_recurrent", "model.brt_gate=lstm", "model.rsp_prob=0.8", "train.lr=3e-3"]
+    cfg = tiny(tmp_path, *RECALL, *extra, "train.max_steps=30", "train.warmup_steps=3", "name=brt")
+    losses = train_losses(train(cfg))
+    assert sorted(losses) == list(range(1, 31)) and all(math.isfinite(v) for v in losses.values())
+    first, last = (sum(losses[s] for s in steps) / 5 for steps in (range(1, 6), range(26, 31)))
+    assert last < first - 0.3, (first, last)
