@@ -108,7 +108,16 @@ def test_quick_peers_bench_when_installed(tmp_path, capsys):
     res = bench_peers.main(args)
     assert "| model | version | params |" in capsys.readouterr().out
     names = [r["name"] for r in res["rows"]]
-    assert names == ["famlab-bswa", "local-attention", "famlab-fam-m0", "rmt", "famlab-full", "x-transformers"]
+    assert names == [
+        "famlab-bswa",
+        "local-attention",
+        "famlab-fam-m0",
+        "rmt",
+        "famlab-full",
+        "x-transformers",
+        "famlab-block-recurrent",
+        "block-recurrent",
+    ]
     for r in res["rows"]:
         assert r["tokens_per_s"] > 0 and 0.9 <= r["params_vs_famlab"] <= 1.1
         assert (r["version"] is None) == (r["kind"] == "famlab")
