@@ -70,8 +70,8 @@ def _influence(model: torch.nn.Module, T: int, positions: list[int]) -> torch.Te
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_peer_sees_the_same_tokens_as_famlab(pair):
     # one layer: local-attention (window = B, look_backward = 1) sees exactly BSWA's previous block
-    # and own block; RMT, like FAM with m=0, carries everything earlier through its memory; both full
-    # attentions are causal
+    # and own block; RMT, like FAM with m=0, and infini-transformer-pytorch, like infini with m=0, carry
+    # everything earlier through their memories; both full attentions are causal
     ours, peer = _pair_models(pair, n_layers=1)
     B, T = 16, 64
     positions = [0, 5, B - 1, B, 2 * B + 3, T - 1]
@@ -109,14 +109,9 @@ def test_quick_peers_bench_when_installed(tmp_path, capsys):
     assert "| model | version | params |" in capsys.readouterr().out
     names = [r["name"] for r in res["rows"]]
     assert names == [
-        "famlab-bswa",
-        "local-attention",
-        "famlab-fam-m0",
-        "rmt",
-        "famlab-full",
-        "x-transformers",
-        "famlab-block-recurrent",
-        "block-recurrent",
+        *("famlab-bswa", "local-attention", "famlab-fam-m0", "rmt"),
+        *("famlab-infini-m0", "infini", "famlab-full", "x-transformers"),
+        *("famlab-block-recurrent", "block-recurrent"),
     ]
     for r in res["rows"]:
         assert r["tokens_per_s"] > 0 and 0.9 <= r["params_vs_famlab"] <= 1.1

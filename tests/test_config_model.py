@@ -17,12 +17,6 @@ def small(**changes) -> ModelConfig:
 @pytest.mark.parametrize(
     "changes, key, value, allowed",
     [
-        (
-            dict(attention="sliding"),
-            "attention",
-            "'sliding'",
-            "one of full, bswa, txl, fam, fm, sum_fam, block_recurrent",
-        ),
         (dict(brt_gate="gru"), "brt_gate", "'gru'", "one of fixed, lstm"),
         (dict(brt_state_len=0), "brt_state_len", "0", "an integer > 0 or null (= block_size)"),
         (dict(brt_layers=[2]), "brt_layers", "[2]", BRT_LAYERS),
@@ -31,6 +25,13 @@ def small(**changes) -> ModelConfig:
         (dict(brt_layers=[-1]), "brt_layers", "[-1]", BRT_LAYERS),
         (dict(brt_layers=[True]), "brt_layers", "[True]", BRT_LAYERS),
         (dict(brt_layers=1), "brt_layers", "1", BRT_LAYERS),
+        (
+            dict(attention="sliding"),
+            "attention",
+            "'sliding'",
+            "one of full, bswa, txl, fam, fm, sum_fam, infini, block_recurrent",
+        ),
+        (dict(attention="infini", infini_delta_rule="yes"), "infini_delta_rule", "'yes'", "true or false"),
         (dict(attention="sum_fam", fam_len=0), "fam_len", "0", "an integer >= 1 for attention='sum_fam'"),
         (dict(attention="fm", mem_segment=0), "mem_segment", "0", "an integer >= 1 for attention='fm'"),
         (dict(block_size=0), "block_size", "0", "an integer > 0"),

@@ -153,3 +153,23 @@ def test_block_recurrent_loads_from_any_folder(tmp_path):
     assert again.cfg.attention == "block_recurrent" and torch.equal(again(x), brt(x))
     bswa = hf.load_converted(tmp_path / "brt", attention="bswa")
     assert torch.equal(bswa(x), hf.load_converted(out, attention="bswa")(x))
+
+
+def test_infini_converts_and_loads_with_fresh_gates(tmp_path):
+    """An HF model converts to infini (the gates beta start at 0, every other tensor is the checkpoint's); an
+    infini folder round-trips with its gates and loads into fam (and a fam folder into infini) without them."""
+    fam = hf.convert(make_hf("llama"), attention="fam", block_size=8, mem_segment=1, fam_len=4)
+    inf = hf.convert(make_hf("llama"), attention="infini", block_size=8, mem_segment=0)
+    assert torch.equal(inf.layers[0].infini_beta, torch.zeros(inf.cfg.n_heads))
+    assert torch.equal(inf.layers[1].wqkv.weight, fam.layers[1].wqkv.weight)
+    x = tokens()
+    fresh = inf(x)
+    with torch.no_grad():
+        inf.layers[0].infini_beta.fill_(0.5)
+    again = hf.load_converted(hf.save_converted(inf, tmp_path / "inf"))
+    assert again.cfg.attention == "infini" and torch.equal(again(x), inf(x))
+    as_fam = hf.load_converted(tmp_path / "inf", attention="fam", fam_len=4)
+    assert torch.equal(as_fam.layers[0].wqkv.weight, inf.layers[0].wqkv.weight)
+    from_fam = hf.load_converted(hf.save_converted(fam, tmp_path / "fam"), attention="infini", mem_segment=0)
+    assert torch.equal(from_fam.layers[0].infini_beta, torch.zeros(inf.cfg.n_heads))
+    assert torch.equal(from_fam(x), fresh) and not torch.equal(fresh, inf(x))

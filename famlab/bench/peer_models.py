@@ -1,6 +1,6 @@
-"""Peer models of :mod:`famlab.bench.peers` whose matching to famlab takes more than a constructor call.
+"""Peer models of :mod:`famlab.bench.peers` (the pairs are described there).
 
-famlab ``block_recurrent`` (m=1, one recurrent layer, S = B state vectors) vs
+Block-Recurrent: famlab ``block_recurrent`` (m=1, one recurrent layer, S = B state vectors) vs
 ``block-recurrent-transformer-pytorch``'s ``BlockRecurrentTransformer`` (``block_width`` = B, one block of
 XL memory, ``num_state_vectors`` = S, the same recurrent layer, ``use_flash_attn=True``). The peer has
 one key/value head (multi-query) and a GEGLU feed-forward, so famlab's side runs with ``n_kv_heads=1``
@@ -11,6 +11,8 @@ path); its untied head and final LayerNorm stay.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -42,3 +44,56 @@ class BlockRecurrentLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         logits, _, _ = self.peer(tokens)
         return logits
+
+
+def stack_shape(cfg: ModelConfig) -> dict[str, Any]:
+    """The layer-stack keywords every peer's constructor takes, at famlab's shape; hyper-connections
+    off (one residual stream)."""
+    return {"depth": cfg.n_layers, "heads": cfg.n_heads, "ff_mult": cfg.ff_dim / cfg.d_model, "num_residual_streams": 1}
+
+
+class LocalAttentionLM(nn.Module):
+    """``local_attention.LocalTransformer``'s layer stack between a token embedding, a final
+    LayerNorm and a head tied to the embedding (famlab's ends)."""
+
+    def __init__(self, cfg: ModelConfig, seq_len: int):
+        super().__init__()
+        from local_attention import LocalTransformer
+
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.stack = LocalTransformer(
+            num_tokens=None,
+            max_seq_len=seq_len,
+            dim=cfg.d_model,
+            dim_head=cfg.head_dim,
+            local_attn_window_size=cfg.block_size,
+            causal=True,
+            look_backward=cfg.mem_segment,
+            exact_windowsize=False,
+            **stack_shape(cfg),
+        )
+        self.norm = nn.LayerNorm(cfg.d_model, bias=False)
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.norm(self.stack(self.tok_emb(tokens))) @ self.tok_emb.weight.T
+
+
+def x_transformers_lm(cfg: ModelConfig, seq_len: int) -> nn.Module:
+    from x_transformers import Decoder, TransformerWrapper
+
+    return TransformerWrapper(
+        num_tokens=cfg.vocab_size,
+        max_seq_len=seq_len,
+        use_abs_pos_emb=False,
+        tie_embedding=True,
+        attn_layers=Decoder(
+            dim=cfg.d_model,
+            attn_dim_head=cfg.head_dim,
+            rotary_pos_emb=True,
+            rotary_emb_dim=cfg.head_dim,
+            attn_flash=True,
+            ff_no_bias=True,
+            **stack_shape(cfg),
+        ),
+    )

@@ -18,6 +18,8 @@ and segment length:
   (segment length = B, ``num_memory_tokens`` = L_F, ``RecurrentMemoryTransformerWrapper`` over
   the sequence, gradients through all segments; ``use_flash_attn=True`` (SDPA), rotary over the
   whole head instead of absolute positions, no XL memories).
+* famlab ``infini`` with ``mem_segment=0`` vs ``infini-transformer-pytorch``'s ``InfiniTransformer`` (segment
+  length = B, run segment by segment with gradients through all memories; see :mod:`famlab.bench.peer_infini`).
 * famlab ``full`` vs ``x-transformers``' ``TransformerWrapper(Decoder)`` (``attn_flash=True``,
   rotary over the whole head, no absolute positions, tied embedding, bias-free FF as famlab's).
 * famlab ``block_recurrent`` vs ``block-recurrent-transformer-pytorch``: matched as :mod:`.peer_models` says.
@@ -30,8 +32,8 @@ cross-entropy against random targets, ``backward`` (no optimizer), in ``train()`
 in one process, round-robin rounds (warm-up rounds, then timed rounds, each round one step of every
 model); tokens/s = batch * T / the median step time (``--stat min``: the minimum).
 
-Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab
-full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
+Targets (PASS/FAIL): famlab bswa >= 1.25x local-attention; famlab fam (m=0) >= 1.25x RMT; famlab infini
+(m=0) >= 1.25x infini-transformer-pytorch; famlab full >= 1.0x x-transformers. Results: a Markdown table on stdout and in
 ``bench/results/peers_latest.md``, and JSON in ``bench/results/peers_<timestamp>.json``.
 """
 
@@ -69,7 +71,8 @@ from famlab.bench.common import (
     target_status,
     timestamp,
 )
-from famlab.bench.peer_models import BlockRecurrentLM
+from famlab.bench.peer_infini import InfiniLM
+from famlab.bench.peer_models import BlockRecurrentLM, LocalAttentionLM, stack_shape, x_transformers_lm
 from famlab.config import ModelConfig
 from famlab.model import FamLM
 
@@ -94,6 +97,14 @@ PAIRS = {
         "recurrent-memory-transformer-pytorch",
         "famlab-fam-m0",
         "famlab fam (m=0)",
+        1.25,
+    ),
+    "infini": Pair(
+        "infini",
+        "infini_transformer_pytorch",
+        "infini-transformer-pytorch",
+        "famlab-infini-m0",
+        "famlab infini (m=0)",
         1.25,
     ),
     "x-transformers": Pair("x-transformers", "x_transformers", "x-transformers", "famlab-full", "famlab full", 1.0),
@@ -130,40 +141,9 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
         return base.replace(attention="fam", mem_segment=0)
     if pair == "block-recurrent":  # the peer's multi-query attention and GEGLU width
         return base.replace(attention="block_recurrent", n_kv_heads=1, ff="swiglu", d_ff=int(base.d_model * 8 / 3))
+    if pair == "infini":
+        return base.replace(attention="infini", mem_segment=0)
     return base.replace(attention="full")
-
-
-def stack_shape(cfg: ModelConfig) -> dict[str, Any]:
-    """The layer-stack keywords every peer's constructor takes, at famlab's shape; hyper-connections
-    off (one residual stream)."""
-    return {"depth": cfg.n_layers, "heads": cfg.n_heads, "ff_mult": cfg.ff_dim / cfg.d_model, "num_residual_streams": 1}
-
-
-class LocalAttentionLM(nn.Module):
-    """``local_attention.LocalTransformer``'s layer stack between a token embedding, a final
-    LayerNorm and a head tied to the embedding (famlab's ends)."""
-
-    def __init__(self, cfg: ModelConfig, seq_len: int):
-        super().__init__()
-        from local_attention import LocalTransformer
-
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.stack = LocalTransformer(
-            num_tokens=None,
-            max_seq_len=seq_len,
-            dim=cfg.d_model,
-            dim_head=cfg.head_dim,
-            local_attn_window_size=cfg.block_size,
-            causal=True,
-            look_backward=cfg.mem_segment,
-            exact_windowsize=False,
-            **stack_shape(cfg),
-        )
-        self.norm = nn.LayerNorm(cfg.d_model, bias=False)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.norm(self.stack(self.tok_emb(tokens))) @ self.tok_emb.weight.T
 
 
 class RMTLM(nn.Module):
@@ -184,32 +164,14 @@ class RMTLM(nn.Module):
         return logits
 
 
-def x_transformers_lm(cfg: ModelConfig, seq_len: int) -> nn.Module:
-    from x_transformers import Decoder, TransformerWrapper
-
-    return TransformerWrapper(
-        num_tokens=cfg.vocab_size,
-        max_seq_len=seq_len,
-        use_abs_pos_emb=False,
-        tie_embedding=True,
-        attn_layers=Decoder(
-            dim=cfg.d_model,
-            attn_dim_head=cfg.head_dim,
-            rotary_pos_emb=True,
-            rotary_emb_dim=cfg.head_dim,
-            attn_flash=True,
-            ff_no_bias=True,
-            **stack_shape(cfg),
-        ),
-    )
-
-
 def build_peer(pair: str, cfg: ModelConfig, seq_len: int) -> nn.Module:
     """The peer of ``pair`` at the shape of ``cfg`` (a famlab config: sizes, B, m, L_F)."""
     if pair == "local-attention":
         return LocalAttentionLM(cfg.replace(attention="bswa"), seq_len)
     if pair == "rmt":
         return RMTLM(cfg.replace(attention="fam"))
+    if pair == "infini":
+        return InfiniLM(cfg)
     if pair == "x-transformers":
         return x_transformers_lm(cfg, seq_len)
     if pair == "block-recurrent":

@@ -27,6 +27,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam-ref": ("fam", "reference"),
     "block-recurrent": ("block_recurrent", "fast"),  # Block-Recurrent Transformer (App. C.1), layer-major
     "block-recurrent-ref": ("block_recurrent", "reference"),
+    # Infini-attention (compressive memory beside the base config's m-block segment; its memory matmuls are
+    # not in famlab.bench.flops' counts)
+    "infini": ("infini", "fast"),
+    "infini-ref": ("infini", "reference"),
     "fam-compiled": ("fam", "compiled"),  # the fast path with FamLM.compile_fam_updates()
     # the same, compiled with mode="reduce-overhead": on a GPU the scan replays as CUDA graphs
     "fam-graphs": ("fam", "graphs"),

@@ -6,6 +6,11 @@ as ``eval/<name>`` (its numbers by task, as ``famlab.cli.summarize_eval`` writes
 holds the per-step ``train/...`` and ``val/...`` rows (:mod:`famlab.train.module`); a sweep's objective is
 read from ``final_metrics.json`` (and from ``metrics.jsonl`` by a pruner). Tests hold these lists to what a
 short run writes.
+
+``state_floats`` (the floats a model carries from block to block per sequence) is a number for every attention
+kind but those in :data:`UNBOUNDED_STATE`, whose state grows (null there). The auxiliary losses
+(``train/diversity_loss``, ``train/reconstruction_loss``) are logged, and kept in ``final_metrics.json``, when
+their ``train.*_loss_weight`` is > 0.
 """
 
 from __future__ import annotations
@@ -21,13 +26,32 @@ EVAL_METRICS = {  # famlab eval's summary numbers per task (final_metrics.json's
 }
 EVAL_TEXT = ("eval/task", "eval/checkpoint", "eval/csv")  # strings, not numbers
 TEXT_METRICS = ("checkpoint", "run_dir")  # final_metrics.json's strings
+STATE_METRIC = "state_floats"
+UNBOUNDED_STATE = ("full",)  # attention kinds whose streaming state grows with the tokens: state_floats is null
+AUX_METRICS = {
+    "diversity_loss_weight": "train/diversity_loss",
+    "reconstruction_loss_weight": "train/reconstruction_loss",
+}
+
+
+def aux_weight_keys(cfg: Any) -> list[str]:
+    """The ``train.<name>_loss_weight`` keys of a run of ``cfg`` that are > 0 (its auxiliary losses on)."""
+    return [key for key in AUX_METRICS if getattr(cfg.train, key, 0) > 0]
+
+
+def aux_metrics(cfg: Any) -> list[str]:
+    """The auxiliary-loss metrics a run of ``cfg`` logs: those whose ``train.<key>`` weight is > 0."""
+    return [AUX_METRICS[key] for key in aux_weight_keys(cfg)]
 
 
 def logged_metrics(cfg: Any, *, evaluate: bool = False, numeric: bool = True) -> list[str]:
     """The names a run of ``cfg`` (a :class:`~famlab.config.RunConfig`) leaves in its final metrics, as a
     sweep reads them: numbers only (an objective), or with ``numeric=False`` the strings too (a table may
     show them); ``evaluate``: after ``famlab eval`` (the ``eval/...`` names of the task)."""
-    names = list(FINAL_METRICS)
+    names = list(FINAL_METRICS) + aux_metrics(cfg)
+    bounded = cfg.model.attention not in UNBOUNDED_STATE
+    if bounded or not numeric:
+        names.append(STATE_METRIC)
     if cfg.data.val_batches > 0:
         names += VAL_METRICS
     if evaluate:

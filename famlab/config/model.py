@@ -22,7 +22,7 @@ from famlab.config.errors import (
     is_int,
 )
 
-ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam", "block_recurrent")
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam", "infini", "block_recurrent")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
 INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
@@ -47,7 +47,9 @@ class ModelConfig(CheckedDataclass):
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     # --- attention ---
-    attention: str = "fam"  # full | bswa | txl | fam | fm (App. C.2) | sum_fam (App. C.3) | block_recurrent (C.1)
+    attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2) | sum_fam (App. C.3)
+    # | infini (Infini-attention, arXiv 2404.07143: a compressive linear-attention memory per layer)
+    # | block_recurrent (Block-Recurrent Transformer, App. C.1: a gated state per recurrent layer)
     # defaults: a small run whose sequence (data.seq_len 256) has 4 blocks, so blocks 3 and 4 see block 1
     # only through FAM (the paper's B=1024, m=3, L_F=64 are preset=paper; L_F = B/16 as there)
     block_size: int = 64  # B: tokens per block
@@ -64,6 +66,8 @@ class ModelConfig(CheckedDataclass):
     brt_layers: list[int] | None = None  # indices of the recurrent layers; None = [n_layers // 2]
     brt_state_len: int | None = None  # S: state vectors per recurrent layer; None = block_size (the paper's S = W)
     brt_gate: str = "fixed"  # fixed: c' = c*sigmoid(b) + z*(1 - sigmoid(b)); lstm: input/forget projections
+    # --- Infini-attention (attention="infini", famlab.model.memory.infini) ---
+    infini_delta_rule: bool = False  # the compressive memory's update: linear (False) or the delta rule (True)
     # --- training-only extras ---
     random_pos_offset: bool = True  # RPO: random offset added to every position, per sequence
     rsp_prob: float = 0.8  # random state passing: P(start from the saved FAM of the last step)
@@ -102,6 +106,8 @@ class ModelConfig(CheckedDataclass):
             raise config_error(name, "mem_segment", self.mem_segment, "an integer >= 1 for attention='fm'")
         if self.attention == "sum_fam" and self.fam_len < 1:  # no FAM rows: no summary either
             raise config_error(name, "fam_len", self.fam_len, "an integer >= 1 for attention='sum_fam'")
+        if not isinstance(self.infini_delta_rule, bool):
+            raise config_error(name, "infini_delta_rule", self.infini_delta_rule, "true or false")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise config_error(name, "n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
         if not (isinstance(self.rsp_prob, int | float) and 0.0 <= self.rsp_prob <= 1.0):

@@ -36,6 +36,7 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 TRAIN_COMPILE = ("none", "fam_scan", "fam_update", "model")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+AUX_LOSS_WEIGHTS = ("diversity_loss_weight", "reconstruction_loss_weight")  # TrainConfig's auxiliary-loss weights
 SEED_MAX = 2**32 - 1  # numpy.random.seed's (and so Lightning's seed_everything's) largest seed
 
 
@@ -69,6 +70,9 @@ class TrainConfig:
       checkpoints, no metrics rows, no wandb/CSV/TensorBoard run (the run directory holds its config).
     * ``early_stopping_patience``: N > 0 stops training after N validations (``val_every``) without a
       ``val/loss`` better by more than ``early_stopping_min_delta`` (Lightning's ``EarlyStopping``); 0 = off.
+    * ``diversity_loss_weight`` / ``reconstruction_loss_weight``: the paper's auxiliary losses on the FAM
+      (App. C.4 and C.5), added to the LM loss with these weights (0 = off; models with FAM only, eager only:
+      ``compile`` must be ``none``). Definitions and choices: :mod:`famlab.model.aux_losses`.
     """
 
     max_steps: int = 1000
@@ -99,6 +103,8 @@ class TrainConfig:
     fast_dev_run: Any = False  # bool, or an integer number of steps
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
+    diversity_loss_weight: float = 0.0
+    reconstruction_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         o = "train"
@@ -106,6 +112,12 @@ class TrainConfig:
             raise config_error(o, "fast_dev_run", self.fast_dev_run, "true, false or a number of steps >= 0")
         check_int(o, self, "early_stopping_patience", 0, "an integer >= 0 (0 = no early stopping)")
         check_number(o, self, "early_stopping_min_delta", 0.0)
+        for key in AUX_LOSS_WEIGHTS:
+            check_number(o, self, key, 0.0)
+            if getattr(self, key) > 0 and self.compile != "none":
+                raise config_error(
+                    o, key, getattr(self, key), "0 unless train.compile=none (the auxiliary losses run eagerly)"
+                )
         if self.early_stopping_patience and not self.val_every:
             raise config_error(
                 o,
@@ -258,6 +270,14 @@ class RunConfig:
         if self.resume is not None and not (isinstance(self.resume, str) and self.resume):
             raise config_error("run", "resume", self.resume, "a checkpoint path or run directory")
         check_finite("run", self)
+        for key in AUX_LOSS_WEIGHTS:  # losses on the FAM: a model with FAM rows only
+            weight = getattr(self.train, key)
+            if weight > 0 and not self.model.effective_fam_len:
+                raise ConfigError(
+                    f"train.{key}={weight!r} is not allowed: expected 0 unless the model has FAM (model.attention "
+                    f"fam or sum_fam with model.fam_len > 0; got model.attention={self.model.attention!r}, "
+                    f"model.fam_len={self.model.fam_len})"
+                )
         data = self.data
         if getattr(data, "stateful", False):
             B = self.model.block_size

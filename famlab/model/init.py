@@ -11,6 +11,7 @@ and weights loaded afterwards (``model.init_from``, a converted Hugging Face mod
   unit-rms rows): it takes N(0, 1/d), so the initial logits have std 1 at any width (the prediction starts
   near uniform) and tokens enter at rms d^-1/2 (pre-LN hands every layer a normalised input anyway).
   The FAM prompt/prefix (and SUM FAM's summary) at the embedding scale.
+* Every scheme: Infini-attention's per-head gates beta at 0 (:func:`zero_gates`).
 * ``gpt2``: GPT-2's N(0, 0.02) for linear layers and embeddings, residual output projections at
   0.02/sqrt(2 n_layers), biases zero, FAM prompt/prefix N(0, 0.02). Chosen for d=768; at famlab's CPU
   widths (d=64) the attention scores at init have std ~0.02 (attention is uniform) and the residual
@@ -51,6 +52,14 @@ def recurrent_cells(model: nn.Module, state_std: float) -> None:
             layer.brt.reset_own()
 
 
+def zero_gates(model: nn.Module) -> None:
+    """Infini-attention's per-head gates beta to 0 in every scheme: sigmoid(0) = 1/2, memory and local
+    attention mixed evenly at the start (the paper does not say; famlab.model.memory.infini)."""
+    for layer in model.layers:
+        if getattr(layer, "infini_beta", None) is not None:
+            nn.init.zeros_(layer.infini_beta)
+
+
 def gpt2(model: nn.Module) -> None:
     depth_scale = 1 / math.sqrt(2 * model.cfg.n_layers)
     for name, module in model.named_modules():
@@ -64,6 +73,7 @@ def gpt2(model: nn.Module) -> None:
     for p in fam_tensors(model):
         nn.init.normal_(p, std=0.02)
     recurrent_cells(model, 0.02)
+    zero_gates(model)
 
 
 def torch_default(model: nn.Module) -> None:
@@ -73,6 +83,7 @@ def torch_default(model: nn.Module) -> None:
     for p in fam_tensors(model):
         nn.init.normal_(p, std=1.0)
     recurrent_cells(model, 1.0)
+    zero_gates(model)
 
 
 def scaled(model: nn.Module) -> None:
@@ -89,6 +100,7 @@ def scaled(model: nn.Module) -> None:
     for p in fam_tensors(model):
         nn.init.normal_(p, std=emb_std)
     recurrent_cells(model, emb_std)
+    zero_gates(model)
 
 
 INIT_SCHEMES: dict[str, Callable[[nn.Module], None]] = {"scaled": scaled, "gpt2": gpt2, "torch": torch_default}

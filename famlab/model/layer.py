@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from famlab.config import ModelConfig
-from famlab.model.ops import apply_rope, ff_activation, linear_plus, make_norm, merge_heads, sdpa
+from famlab.model import aux_losses
+from famlab.model.ops import apply_rope, attention_probs, ff_activation, linear_plus, make_norm, merge_heads, sdpa
 
 
 class FeedForward(nn.Module):
@@ -36,15 +37,23 @@ class Layer(nn.Module):
         self.fam_summary = nn.Parameter(torch.empty(cfg.fam_len, cfg.d_model)) if cfg.attention == "sum_fam" else None
         # Block-Recurrent Transformer: FamLM sets a RecurrentCell (famlab.model.recurrent_cell) on its recurrent layers
         self.brt = None
+        # Infini-attention: per query head, the gate beta between memory and local attention (init 0)
+        self.infini_beta = nn.Parameter(torch.empty(cfg.n_heads)) if cfg.attention == "infini" else None
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, T, d] -> q [b, H, T, D], k and v [b, G, T, D], RoPE applied to q and k."""
+        q, k, v, _ = self.qkv_raw(x, cos, sin)
+        return q, k, v
+
+    def qkv_raw(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``qkv`` and the queries and keys before RoPE, qk_raw [b, H+G, T, D] (queries, then keys; a view),
+        which Infini-attention's compressive memory reads."""
         b, T, _ = x.shape
         H, G, D = self.cfg.n_heads, self.cfg.kv_heads, self.cfg.head_dim
         qkv = self.wqkv(self.norm1(x)).view(b, T, H + 2 * G, D).transpose(1, 2)  # [b, H+2G, T, D]
         qk, v = qkv.split((H + G, G), dim=1)
         q, k = apply_rope(qk, cos, sin).split((H, G), dim=1)  # one RoPE call for q and k together
-        return q, k, v
+        return q, k, v, qk
 
     def fam_update(
         self, fam: Tensor, cos: Tensor, sin: Tensor, k_blk: Tensor, v_blk: Tensor, zero_residual: bool
@@ -56,13 +65,20 @@ class Layer(nn.Module):
 
         SUM FAM (``fam_summary`` set): the queries and the residual are the static summary S's (at the same
         positions), not F's; F enters only through its keys/values: A_F = Attn(Q(S), [K(F); K(X)]) + S
-        (``zero_residual`` has no effect)."""
+        (``zero_residual`` has no effect).
+
+        With an auxiliary-loss collector active (:mod:`famlab.model.aux_losses`) that wants the diversity loss,
+        the update's attention probabilities are reported to it."""
         q, k, v = self.qkv(fam, cos, sin)
         residual = 0.0 if zero_residual else fam
         if self.fam_summary is not None:
             residual = self.summary(fam.shape[0], fam.dtype)  # [b, L_F, d]
             q, _, _ = self.qkv(residual, cos, sin)
-        attn = sdpa(q, torch.cat([k, k_blk], 2), torch.cat([v, v_blk], 2))
+        keys = torch.cat([k, k_blk], 2)  # [b, G, L_F + B, D]
+        aux = aux_losses.active()
+        if aux is not None and aux.diversity:  # SDPA returns no probabilities: the same softmax, explicitly
+            aux.add_fam_attention(attention_probs(q, keys))
+        attn = sdpa(q, keys, torch.cat([v, v_blk], 2))
         return self.finish(merge_heads(attn), residual), k, v
 
     def summary(self, b: int, dtype) -> Tensor:

@@ -1,4 +1,5 @@
-"""FamLM: a decoder-only transformer with full, BSWA, TransformerXL-style, FAM or feedback-memory attention.
+"""FamLM: a decoder-only transformer with full, BSWA, TransformerXL-style, FAM, feedback-memory or Infini
+attention.
 
 The method is specified in ``../shared/spec/transformerfam.md``. Implementations of the same function live
 in :mod:`famlab.model.paths`, and the tests hold them equal:
@@ -14,6 +15,8 @@ in :mod:`famlab.model.paths`, and the tests hold them equal:
 * ``step``: streaming, chunks of any length, with a state of constant size (except for ``full``).
 * ``attention="fm"`` (feedback memory segment, App. C.2): ``fast`` and ``layer_major`` run
   :mod:`famlab.model.paths.feedback` (per layer, block by block); ``wave`` does not apply.
+* ``attention="infini"`` (Infini-attention, arXiv 2404.07143: a compressive linear-attention memory per
+  layer, gated with block-local attention): ``fast`` and ``layer_major`` run :mod:`famlab.model.paths.infini`.
 * ``attention="sum_fam"`` (SUM FAM, App. C.3: ``Layer.fam_update`` with the layer's static summary as
   queries and residual): ``fast`` runs layer-major; ``wave`` does not apply.
 * ``attention="block_recurrent"`` (Block-Recurrent Transformer, App. C.1): every impl runs
@@ -41,7 +44,7 @@ from famlab.model.init import INIT_SCHEMES
 from famlab.model.layer import Layer
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import make_norm
-from famlab.model.paths import block_recurrent, feedback, layer_major, reference, stream, wavefront
+from famlab.model.paths import block_recurrent, feedback, infini, layer_major, reference, stream, wavefront
 from famlab.model.recurrent_cell import RecurrentCell
 from famlab.model.state import FamState, LayerState
 
@@ -173,6 +176,8 @@ class FamLM(nn.Module):
             return reference.forward
         if self.cfg.attention == "fm" and impl != "wave":  # fast and layer_major: the per-layer block loop
             return feedback.forward
+        if self.cfg.attention == "infini" and impl != "wave":  # fast and layer_major: the memory by cumsum
+            return infini.forward
         if impl == "layer_major":
             return layer_major.forward
         if wavefront.supported(self, T):

@@ -52,13 +52,18 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, T, H * D)
 
 
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """The textbook softmax attention, for the reference path."""
-    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [b, H, Tq, Tk]
+def attention_probs(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(D)): q [b, H, Tq, D], k [b, G, Tk, D] (repeated to H heads) -> [b, H, Tq, Tk];
+    mask True = attend."""
+    scores = q @ expand_kv(k, q.shape[1]).transpose(-1, -2) / math.sqrt(q.shape[-1])  # [b, H, Tq, Tk]
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v
+    return scores.softmax(dim=-1)
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The textbook softmax attention, for the reference path."""
+    return attention_probs(q, k, mask) @ expand_kv(v, q.shape[1])
 
 
 def additive(mask: Tensor, dtype: torch.dtype) -> Tensor:

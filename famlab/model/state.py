@@ -30,6 +30,9 @@ class LayerState:
     fm_v: Tensor | None = None
     brt_state: Tensor | None = None  # [b, S, d] block_recurrent, recurrent layers: the state the block reads
     brt_k: Tensor | None = None  # [b, G, o, D] block_recurrent, recurrent layers: the partial block's keys before RoPE
+    infini_mem: Tensor | None = None  # [b, G, D, D] infini only: compressive memory M of the complete blocks
+    infini_norm: Tensor | None = None  # [b, G, D] infini only: its normaliser z
+    infini_k: Tensor | None = None  # [b, G, o, D] infini only: pre-RoPE keys of the current partial block
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerState))

@@ -56,10 +56,10 @@ def metric_error(owner: str, key: str, name: str, allowed: list[str]) -> str:
 
 def check_metrics(spec: Any, cfg: Any, memo: dict[tuple, str | None]) -> str | None:
     """The objective (a number) and the ``metrics:`` names (any value) among what a trial of ``cfg`` writes."""
-    key = (cfg.data.task, cfg.data.val_batches > 0)
+    numbers = logged_metrics(cfg, evaluate=spec.evaluate)
+    key = tuple(numbers)  # the names depend on the task, validation, attention kind and auxiliary losses
     if key not in memo:
         owner = Path(spec.path).stem if spec.path else spec.study
-        numbers = logged_metrics(cfg, evaluate=spec.evaluate)
         if spec.metric not in numbers:
             memo[key] = metric_error(owner, "objective.metric", spec.metric, numbers)
         else:

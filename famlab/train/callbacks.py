@@ -4,7 +4,10 @@
 * **Checkpoints**: ``<run_dir>/checkpoints/step########.ckpt`` every ``checkpoint_every`` steps
   (all kept) and ``last.ckpt`` at each of those and at the end of training.
 * ``final_metrics.json``: step counters, the last and recent mean train loss, the last logged validation
-  loss and a fresh validation loss of the final weights (whenever ``data.val_batches`` > 0). A run whose
+  loss and a fresh validation loss of the final weights (whenever ``data.val_batches`` > 0), the model's
+  state size (``state_floats``: floats carried from block to block per sequence,
+  :func:`famlab.model.state_size.state_floats`; null for ``full`` attention, whose state grows) and the
+  last logged auxiliary losses when they are on (``train/diversity_loss``, ``train/reconstruction_loss``). A run whose
   last step was not validated (shorter than ``val_every``, or not a multiple of it) also logs that final
   ``val/loss`` at its last step (``metrics.jsonl``, wandb): every run's curve ends with a validation.
 * **Adaptive curriculum** (``data.seq_len_adaptive``, :class:`AdaptiveSeqLen`): after each training batch the
@@ -26,6 +29,8 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from famlab.config import ConfigError, RunConfig
+from famlab.config.metrics import aux_metrics
+from famlab.model.state_size import state_floats
 from famlab.runs import STOPPED_KEY, RunDir
 from famlab.train.module import LN2, FamLightningModule
 from famlab.train.stops import TrainingStopped
@@ -183,9 +188,12 @@ def final_metrics(
         else None,
         "val/loss_last_logged": cb.get("val/loss"),
         "wall_time_s": round(wall, 3),
+        "state_floats": state_floats(module.model),
         "checkpoint": str(run.last_checkpoint),
         "run_dir": str(run.path),
     }
+    for name in aux_metrics(cfg):
+        out[name] = cb.get(name)
     if cfg.data.val_batches > 0:
         dm.setup("validate")
         with trainer.precision_plugin.forward_context():

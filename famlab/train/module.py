@@ -24,13 +24,19 @@ Choices (each one deliberate; see also :class:`famlab.config.TrainConfig`):
   the RSP coin). The carried state is saved in checkpoints (as plain tensors) so resuming continues
   the episode. Validation carries its own state the same way, reset at every validation run.
   The carried stateful-training state is restored on resume only for single-process runs.
+* **Auxiliary losses** (``train.diversity_loss_weight``, ``train.reconstruction_loss_weight``; App. C.4 and C.5,
+  defined in :mod:`famlab.model.aux_losses`): the training forward runs with a collector, and the objective
+  is CE + sum(weight * aux loss); ``train/loss`` stays the LM loss alone. Validation computes none. Weights 0
+  (the default): no collector, the training step is what it was without them.
 * **Divergence**: the first non-finite training loss raises :class:`~famlab.train.stops.Diverged` before
   its backward pass (``famlab train`` exits 3; see :mod:`famlab.train.stops`).
 * **Logged metrics**: ``train/loss`` (0 for a window without targets, possible when stateful),
   ``train/weight`` (sum of the loss weights), ``train/lr``, ``train/tokens_per_s`` (all ranks, wall
   time between steps, validation excluded), ``train/tokens``, ``train/rsp_prob``, ``train/seq_len``,
   ``train/grad_norm`` (before clipping); for passkey and recall ``train/answer_acc`` (:func:`answer_accuracy`,
-  the adaptive curriculum's default metric); ``val/loss`` and ``val/bits_per_token``.
+  the adaptive curriculum's default metric); ``val/loss`` and ``val/bits_per_token``; with an auxiliary loss on,
+  ``train/diversity_loss`` / ``train/reconstruction_loss`` (unweighted, the mean over the optimizer step's
+  micro-batches).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from famlab.config import RunConfig
-from famlab.model import FamState, compile_model, state_from_dict, state_to, state_to_dict
+from famlab.config.metrics import aux_weight_keys
+from famlab.model import FamState, aux_losses, compile_model, state_from_dict, state_to, state_to_dict
 from famlab.train.factory import CKPT_KEY, build_model
 from famlab.train.quiet import quiet_lightning
 from famlab.train.regularizers import RandomStatePassing, training_start, upgrade_checkpoint
@@ -96,6 +103,11 @@ class FamLightningModule(pl.LightningModule):
         self.tokens_seen = 0  # input tokens over all ranks (saved in checkpoints)
         self.recent_losses: deque[float] = deque(maxlen=50)
         self.last_weight = torch.zeros(())  # sum of the loss weights of the last training batch
+        self.last_lm_loss = torch.zeros(())  # the LM loss (weighted CE) of the last training batch
+        # auxiliary losses on (train.<name>_loss_weight > 0): {name: weight}; their values of the last batch
+        self.aux_weights = {k.removesuffix("_loss_weight"): getattr(cfg.train, k) for k in aux_weight_keys(cfg)}
+        self.aux_values: dict[str, torch.Tensor] = {}
+        self._aux_step: tuple[dict[str, torch.Tensor], int, int] | None = None  # (sums, micro-batches, its step)
         self.answer_acc: torch.Tensor | None = None  # answer_accuracy of the last training batch (passkey, recall)
         # sums over the micro-batches of the optimizer step in progress: (sum w*loss, sum w, its step)
         self._acc_step: tuple[torch.Tensor, torch.Tensor, int] | None = None
@@ -145,21 +157,31 @@ class FamLightningModule(pl.LightningModule):
         remember = self.model.training and self.rsp.needs_final_state
         if state is None and self.model.training:  # RPO and RSP draw the start of a training call
             state = training_start(self.model, self.rsp, x.shape[0], x.device)
-        if not (stateful or remember):
-            logits, new_state = self.model(x, state=state), None
-        else:
-            logits, new_state = self.model(
-                x, state=state if state is None else state_to(state, x.device), return_state=True
-            )
-            if remember:
-                self.rsp.remember(new_state)
-            new_state = new_state.detach() if stateful else None
-            if self.cuda_graphs and stateful:  # the carried state must outlive the graph's output buffers
-                new_state = new_state.clone()
+        with self.aux_collector() as aux:
+            if not (stateful or remember):
+                logits, new_state = self.model(x, state=state), None
+            else:
+                logits, new_state = self.model(
+                    x, state=state if state is None else state_to(state, x.device), return_state=True
+                )
+        if aux is not None:
+            self.aux_values = aux.losses()
+        if remember:
+            self.rsp.remember(new_state)
+        new_state = new_state.detach() if stateful else None
+        if self.cuda_graphs and stateful:  # the carried state must outlive the graph's output buffers
+            new_state = new_state.clone()
         wce, wsum = weighted_ce(logits, batch["target"], batch["weight"])
         if self.model.training and self.cfg.data.task != "text":
             self.answer_acc = answer_accuracy(logits, batch["target"], batch["weight"])
         return wce, wsum, new_state
+
+    def aux_collector(self) -> contextlib.AbstractContextManager:
+        """The auxiliary-loss collector of a training forward with an auxiliary loss on; else a context that
+        yields None (validation and evaluation compute none)."""
+        if not (self.model.training and self.aux_weights):
+            return contextlib.nullcontext()
+        return aux_losses.collect("diversity" in self.aux_weights, "reconstruction" in self.aux_weights)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -188,7 +210,8 @@ class FamLightningModule(pl.LightningModule):
 
     def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """One training micro-step's loss (no Trainer needed): applies the RSP schedule, draws the
-        model's randomness from the step-keyed generator, carries/resets the stateful state."""
+        model's randomness from the step-keyed generator, carries/resets the stateful state. The LM loss, plus
+        the weighted auxiliary losses when they are on (the LM loss alone is ``last_lm_loss``)."""
         self.set_rsp_prob()
         stateful = self.cfg.data.stateful
         state = None if (not stateful or self._new_episode(batch)) else self.carried
@@ -197,7 +220,11 @@ class FamLightningModule(pl.LightningModule):
         self.carried = new_state
         self.micro_step += 1
         self.last_weight = wsum.detach()
-        return wce / wsum.clamp_min(1e-8)
+        loss = wce / wsum.clamp_min(1e-8)
+        self.last_lm_loss = loss.detach()
+        for key, weight in self.aux_weights.items():
+            loss = loss + weight * self.aux_values[key]
+        return loss
 
     def check_finite(self, loss: torch.Tensor) -> None:
         """Raise :class:`Diverged` at the first non-finite training loss, before its backward pass (so the
@@ -226,12 +253,15 @@ class FamLightningModule(pl.LightningModule):
         w = self.last_weight
         if self._acc_step is None or self._acc_step[2] != self.global_step:
             self._acc_step = (torch.zeros_like(w), torch.zeros_like(w), self.global_step)
-        lw_sum, w_sum = self._acc_step[0] + loss.detach() * w, self._acc_step[1] + w
+        lm = self.last_lm_loss
+        lw_sum, w_sum = self._acc_step[0] + lm * w, self._acc_step[1] + w
         self._acc_step = (lw_sum, w_sum, self.global_step)
-        self.log("train/loss", lw_sum / w_sum if w_sum > 0 else loss.detach(), prog_bar=True)
+        self.log("train/loss", lw_sum / w_sum if w_sum > 0 else lm, prog_bar=True)
         self.log("train/weight", w_sum)
         if self.last_weight > 0:
-            self.recent_losses.append(float(loss.detach()))
+            self.recent_losses.append(float(lm))
+        if self.aux_weights:
+            self.log_aux()
         # float64: Lightning would store plain numbers as float32 (token counts > 2**24 would round)
         self.log("train/lr", _f64(opt.param_groups[0]["lr"] if opt else 0.0))
         self.log("train/rsp_prob", _f64(rsp))
@@ -240,6 +270,16 @@ class FamLightningModule(pl.LightningModule):
             self.log("train/answer_acc", self.answer_acc)
         self.log("train/tokens", _f64(self.tokens_seen))
         return loss
+
+    def log_aux(self) -> None:
+        """Log each auxiliary loss (unweighted): the mean over the optimizer step's micro-batches so far."""
+        if self._aux_step is None or self._aux_step[2] != self.global_step:
+            self._aux_step = ({k: torch.zeros(()) for k in self.aux_weights}, 0, self.global_step)
+        sums, n, _ = self._aux_step
+        sums = {k: sums[k].to(v.device) + v.detach().float() for k, v in self.aux_values.items()}
+        self._aux_step = (sums, n + 1, self.global_step)
+        for key, total in sums.items():
+            self.log(f"train/{key}_loss", total / (n + 1))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()

@@ -11,7 +11,10 @@ A memory kind is a class, built from the :class:`~famlab.config.ModelConfig`, wi
 * ``absorb(layer, layer_state, out, cos, sin) -> fields``: the layer state's new fields after each segment
   of a block, from the layer's outputs ``out`` there (only the feedback memory keeps anything: the others
   return ``{}``);
-* ``update(...) -> fields``: the layer state's new fields after a complete block.
+* ``update(...) -> fields``: the layer state's new fields after a complete block;
+* optionally ``mix(layer, layer_state, qk_raw, attn) -> (attn, fields)``: a memory that is no keys to attend
+  (Infini-attention's compressive memory) changes the attention output ``attn`` [b, H, n, D] of a segment,
+  given its pre-RoPE queries and keys ``qk_raw`` [b, H+G, n, D].
 
 :data:`MEMORY_KINDS` lists them in key order (a block's keys are the kinds' keys in this order, then its own
 tokens). The streaming path runs only through this protocol. The parallel paths (layer-major, wavefront,
@@ -29,15 +32,18 @@ from __future__ import annotations
 from famlab.config import ModelConfig
 from famlab.model.memory.fam import FamMemory
 from famlab.model.memory.feedback import FeedbackMemory
+from famlab.model.memory.infini import InfiniMemory
 from famlab.model.memory.recurrent import RecurrentMemory
 from famlab.model.memory.segment import SegmentMemory
 
+# in key order (infini's memory and the recurrent state have no keys)
 MEMORY_KINDS = {
     "fam": FamMemory,
     "segment": SegmentMemory,
     "feedback": FeedbackMemory,
+    "infini": InfiniMemory,
     "recurrent": RecurrentMemory,
-}  # in key order
+}
 
 
 def memory_kinds(cfg: ModelConfig) -> list:
@@ -45,4 +51,12 @@ def memory_kinds(cfg: ModelConfig) -> list:
     return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
 
 
-__all__ = ["MEMORY_KINDS", "FamMemory", "FeedbackMemory", "RecurrentMemory", "SegmentMemory", "memory_kinds"]
+__all__ = [
+    "MEMORY_KINDS",
+    "FamMemory",
+    "FeedbackMemory",
+    "InfiniMemory",
+    "RecurrentMemory",
+    "SegmentMemory",
+    "memory_kinds",
+]

@@ -6,9 +6,11 @@ and the state before them, and returns the final hidden states [b, T, d] and the
 * :mod:`.wavefront`: the reference's rows scheduled as a wavefront over (layer, block) (FAM only).
 * :mod:`.feedback`: ``fm`` (feedback memory segment): per layer, all QKV at once, then block by block.
 * :mod:`.block_recurrent`: ``block_recurrent`` (Block-Recurrent Transformer): reference loop, layer-major, stream.
+* :mod:`.infini`: ``infini`` (Infini-attention): per layer, all tokens at once; the compressive memory by a
+  cumulative sum over blocks (a scan for the delta rule).
 * :mod:`.stream`: chunks of any length, per token segment inside one block (``FamLM.step``).
 """
 
-from famlab.model.paths import block_recurrent, feedback, layer_major, reference, stream, wavefront
+from famlab.model.paths import block_recurrent, feedback, infini, layer_major, reference, stream, wavefront
 
-__all__ = ["block_recurrent", "feedback", "layer_major", "reference", "stream", "wavefront"]
+__all__ = ["block_recurrent", "feedback", "infini", "layer_major", "reference", "stream", "wavefront"]

@@ -1,6 +1,8 @@
 """The layer-major path: per layer, QKV of all tokens at once; a sequential scan over blocks that updates only
 the L_F FAM rows (``Layer.fam_scan``); then every block's attention in one SDPA call (each block against [its
-FAM keys | its memory segment | itself]). ``full`` attention: one causal SDPA per layer over the KV cache."""
+FAM keys | its memory segment | itself]). ``full`` attention: one causal SDPA per layer over the KV cache.
+With an auxiliary-loss collector active, the FAM updates report their attention (``Layer.fam_update``) and each
+layer its blocks' reconstruction terms (:func:`reconstruct`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from famlab.model import masks
+from famlab.model import aux_losses, masks
 from famlab.model.memory import FamMemory, SegmentMemory
 from famlab.model.ops import additive, expand_kv, merge_heads, sdpa
 from famlab.model.positions import fam_cos_sin, token_cos_sin
@@ -72,6 +74,9 @@ def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
         vals = torch.cat([t.transpose(1, 2) for t in (*parts_v, v_own)], dim=3).flatten(0, 1)
         q_blk = q.reshape(b, -1, n_blk, B, D).transpose(1, 2).flatten(0, 1)  # [b*n, H, B, D]
         attn = sdpa(q_blk, keys, vals, mask)  # [b*n, H, B, D]
+        aux = aux_losses.active()
+        if L_F and n_full and aux is not None and aux.reconstruction:
+            reconstruct(aux, q_blk, attn, fk, fv, b, n_full)
         attn = attn.view(b, n_blk, -1, B, D).permute(0, 1, 3, 2, 4).reshape(b, Tp, -1)  # [b, Tp, H*D]
         x = layer.finish(attn, x)
         # the state after the last token: memory = last m complete blocks, partial block, FAM
@@ -88,6 +93,21 @@ def forward(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:
         new_layers.append(new)
     fresh = state.fam_fresh and n_full == 0
     return x[:, :T], FamState(state.pos + T, state.pos_offset, fresh, new_layers)
+
+
+def reconstruct(aux, q_blk: Tensor, attn: Tensor, fk: Tensor, fv: Tensor, b: int, n_full: int) -> None:
+    """Report each complete block's queries and attention outputs (q_blk, attn [b*n, H, B, D]) with the keys/values
+    of the FAM its update made, S_{i+1} (from ``fk``/``fv`` = S_0 .. S_{n_full}, [b, G, (n_full+1)*L_F, D]), to the
+    auxiliary-loss collector (:mod:`famlab.model.aux_losses`)."""
+    L_F = fk.shape[2] // (n_full + 1)
+
+    def blocks(t: Tensor) -> Tensor:  # [b*n, H, B, D] -> the complete blocks', [b*n_full, H, B, D]
+        return t.unflatten(0, (b, -1))[:, :n_full].flatten(0, 1)
+
+    def next_fam(t: Tensor) -> Tensor:  # S_1 .. S_{n_full}: [b, G, n_full*L_F, D] -> [b*n_full, G, L_F, D]
+        return t[:, :, L_F:].unflatten(2, (n_full, L_F)).transpose(1, 2).flatten(0, 1)
+
+    aux.add_reconstruction(blocks(q_blk), blocks(attn), next_fam(fk), next_fam(fv))
 
 
 def forward_full(model, x: Tensor, state: FamState) -> tuple[Tensor, FamState]:

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from famlab.model import masks
+from famlab.model import aux_losses, masks
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import merge_heads, sdpa
 from famlab.model.paths import block_recurrent
@@ -19,6 +19,11 @@ from famlab.model.state import FamState, LayerState
 
 def forward(model, x_all: Tensor, state: FamState) -> tuple[Tensor, FamState]:
     """The layer stack on x_all [b, t, d] from ``state``, in segments that never cross a block boundary."""
+    aux = aux_losses.active()
+    if aux is not None and aux.reconstruction:  # a block's queries arrive in segments here: not collected
+        raise ValueError(
+            "the reconstruction loss is collected by forward() (impl layer_major or reference), not step()"
+        )
     B = model.cfg.block_size
     kinds = memory_kinds(model.cfg)
     outs, start, T = [], 0, x_all.shape[1]
@@ -43,7 +48,7 @@ def segment(model, kinds, layer, ls: LayerState, x: Tensor, state: FamState) -> 
     B = cfg.block_size
     n, o = x.shape[1], state.pos % B  # o tokens of this block came before
     cos, sin = token_cos_sin(cfg, state.pos, n, state.pos_offset, x.device, x.dtype)
-    q, k, v = layer.qkv(x, cos, sin)
+    q, k, v, qk_raw = layer.qkv_raw(x, cos, sin)
     blk_k, blk_v = torch.cat([ls.blk_k, k], 2), torch.cat([ls.blk_v, v], 2)  # [b, G, o+n, D]
     # the keys held for this block: o of them, except for `full` after a parallel forward (then in memory)
     n_own = blk_k.shape[2]
@@ -60,8 +65,12 @@ def segment(model, kinds, layer, ls: LayerState, x: Tensor, state: FamState) -> 
     own = masks.Keys(pos=o + n - n_own + torch.arange(n_own, device=x.device)[None, :])
     mask = masks.table_mask(rows, [*regions, (masks.own_block, own)], cfg.window)
     attn = sdpa(q, torch.cat([*keys, blk_k], 2), torch.cat([*vals, blk_v], 2), mask)
-    out = layer.finish(merge_heads(attn), x)
     fields = {}
+    for kind in kinds:
+        if hasattr(kind, "mix"):  # a memory read that is no keys (infini)
+            attn, more = kind.mix(layer, ls, qk_raw, attn)
+            fields |= more
+    out = layer.finish(merge_heads(attn), x)
     for kind in kinds:
         fields |= kind.absorb(layer, ls, out, cos, sin)
     ls = dataclasses.replace(ls, blk_k=blk_k, blk_v=blk_v, **fields)

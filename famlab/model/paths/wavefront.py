@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famlab.model import masks
+from famlab.model import aux_losses, masks
 from famlab.model.memory import SegmentMemory
 from famlab.model.ops import additive, apply_rope, ff_activation, norm_type, plain_norm, sdpa
 from famlab.model.paths.layer_major import check_block_aligned
@@ -22,8 +22,8 @@ from famlab.model.state import FamState, LayerState
 
 UNSUPPORTED = (
     "impl='wave' needs FAM (attention='fam', fam_len > 0), T > 0, the layers as FamLM builds them (plain "
-    "nn.Linear/norm modules without hooks) and no compiled FAM updates; use impl='fast' or "
-    "'layer_major'"
+    "nn.Linear/norm modules without hooks), no compiled FAM updates and no auxiliary losses collected; use "
+    "impl='fast' or 'layer_major'"
 )
 HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -34,8 +34,9 @@ def supported(model, T: int) -> bool:
     parametrizations) with no hooks (pruning and weight norm recompute ``weight`` in a pre-hook; global
     hooks, which tools such as FlopCounterMode register to observe every module, are not looked at), norms
     with weights and ``cfg.norm_eps``, biases on all layers or none. Compiled FAM updates
-    (``compile_fam_updates``) belong to the layer-major path, which then runs instead."""
-    if not (model.cfg.effective_fam_len and T) or model.cfg.attention == "sum_fam":
+    (``compile_fam_updates``) belong to the layer-major path, which then runs instead; so do the auxiliary losses
+    (an active :mod:`famlab.model.aux_losses` collector: the wavefront does not report to it)."""
+    if not (model.cfg.effective_fam_len and T) or model.cfg.attention == "sum_fam" or aux_losses.active():
         return False
     norm = norm_type(model.cfg)
     has_bias = set()
