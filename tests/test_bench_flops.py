@@ -117,3 +117,16 @@ def test_useful_flops_count_only_unmasked_pairs():
     txl = flops.forward_flops(_cfg("txl", n_layers=1, txl_window=4), 1, 16 + 8)["useful"]["attn"]
     # block 1 tokens see max(0, 4 - r) memory keys besides their causal own block
     assert txl == (sum(r + 1 for r in range(16)) + sum(max(0, 4 - r) + r + 1 for r in range(8))) * 128
+
+
+@pytest.mark.parametrize("gate", ["fixed", "lstm"])
+def test_block_recurrent_flops_match_flop_counter(gate):
+    """The recurrent cells' FLOPs (token reads, state projections, complete blocks' updates) on top of BSWA's:
+    a partial last block reads the state and does not update it."""
+    cfg = _cfg("block_recurrent", brt_gate=gate, brt_state_len=5, n_kv_heads=1, brt_layers=[1])
+    for impl in ["fast", "reference"]:
+        f = flops.forward_flops(cfg, 2, 40, impl)["computed"]
+        bswa = flops.forward_flops(cfg.replace(attention="bswa"), 2, 40, impl)["computed"]
+        assert f["recurrent"] > 0 and f["total"] == bswa["total"] + f["recurrent"]
+        linear, attn = _counted(cfg, 40, impl)
+        assert linear + attn == f["token_linear"] + f["head"] + f["attn"] + f["recurrent"], impl

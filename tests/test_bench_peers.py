@@ -109,7 +109,8 @@ def test_quick_peers_bench_when_installed(tmp_path, capsys):
     assert "| model | version | params |" in capsys.readouterr().out
     names = [r["name"] for r in res["rows"]]
     expected = ["famlab-bswa", "local-attention", "famlab-fam-m0", "rmt", "famlab-infini-m0", "infini"]
-    assert names == [*expected, "famlab-rmt", "rmt-matched", "famlab-full", "x-transformers"]
+    expected += ["famlab-rmt", "rmt-matched", "famlab-full", "x-transformers"]
+    assert names == [*expected, "famlab-block-recurrent", "block-recurrent"]
     for r in res["rows"]:
         assert r["tokens_per_s"] > 0 and 0.9 <= r["params_vs_famlab"] <= 1.1
         assert (r["version"] is None) == (r["kind"] == "famlab")

@@ -46,7 +46,10 @@ def test_config_keys_and_values(monkeypatch):
         "model.attention=fm",
         "model.attention=full",
     ]
-    assert complete(monkeypatch, "famlab train model.attention=b") == ["model.attention=bswa"]
+    assert complete(monkeypatch, "famlab train model.attention=b") == [
+        "model.attention=block_recurrent",
+        "model.attention=bswa",
+    ]
     assert "preset=tiny" in complete(monkeypatch, "famlab train preset=")
     assert "--print-config" in complete(monkeypatch, "famlab train --pr")
     assert "model.fam_len=" not in complete(monkeypatch, "famlab train data.")  # only the section's keys

@@ -6,6 +6,7 @@ import pytest
 
 from famlab.config import ModelConfig
 
+BRT_LAYERS = "null or a non-empty list of distinct layer indices in [0, n_layers=2)"
 SMALL = dict(vocab_size=41, d_model=32, n_layers=2, n_heads=4, block_size=8, mem_segment=1, fam_len=2)
 
 
@@ -16,8 +17,21 @@ def small(**changes) -> ModelConfig:
 @pytest.mark.parametrize(
     "changes, key, value, allowed",
     [
+        (dict(brt_gate="gru"), "brt_gate", "'gru'", "one of fixed, lstm"),
+        (dict(brt_state_len=0), "brt_state_len", "0", "an integer > 0 or null (= block_size)"),
+        (dict(brt_layers=[2]), "brt_layers", "[2]", BRT_LAYERS),
+        (dict(brt_layers=[0, 0]), "brt_layers", "[0, 0]", BRT_LAYERS),
+        (dict(brt_layers=[]), "brt_layers", "[]", BRT_LAYERS),
+        (dict(brt_layers=[-1]), "brt_layers", "[-1]", BRT_LAYERS),
+        (dict(brt_layers=[True]), "brt_layers", "[True]", BRT_LAYERS),
+        (dict(brt_layers=1), "brt_layers", "1", BRT_LAYERS),
+        (
+            dict(attention="sliding"),
+            "attention",
+            "'sliding'",
+            "one of full, bswa, txl, fam, fm, sum_fam, infini, rmt, block_recurrent",
+        ),
         (dict(attention="infini", infini_delta_rule="yes"), "infini_delta_rule", "'yes'", "true or false"),
-        (dict(attention="sliding"), "attention", "'sliding'", "one of full, bswa, txl, fam, fm, sum_fam, infini, rmt"),
         (dict(attention="sum_fam", fam_len=0), "fam_len", "0", "an integer >= 1 for attention='sum_fam'"),
         (dict(attention="fm", mem_segment=0), "mem_segment", "0", "an integer >= 1 for attention='fm'"),
         (dict(attention="rmt", mem_segment=1), "mem_segment", "1", "0 for attention='rmt'"),
@@ -78,3 +92,10 @@ def test_attention_derived_values():
     assert small(attention="bswa", txl_window=5).window is None  # only txl has a per-token window
     assert small(attention="bswa", stop_grad=True).detach_memory
     assert not small(attention="full", stop_grad=True).detach_memory  # full attention has no memory segment
+
+
+def test_block_recurrent_layers_and_state_len():
+    assert small(attention="block_recurrent").recurrent_layers == (1,)  # n_layers // 2
+    assert small(attention="block_recurrent", brt_layers=[1, 0]).recurrent_layers == (0, 1)
+    assert small(brt_layers=[1]).recurrent_layers == ()  # other kinds have no recurrent layers
+    assert small().state_len == 8 and small(brt_state_len=3).state_len == 3  # default: block_size

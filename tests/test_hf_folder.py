@@ -139,6 +139,22 @@ def test_memory_kinds_load_from_any_folder(tmp_path):
     assert hf.load_converted(out, attention="fm").cfg.mem_segment == 1
 
 
+def test_block_recurrent_loads_from_any_folder(tmp_path):
+    """A converted model loads into block_recurrent (fresh recurrent cells, every other tensor loaded); a
+    block_recurrent folder round-trips with its cells and loads into bswa without them."""
+    fam = hf.convert(make_hf("llama"), attention="fam", block_size=8, mem_segment=1, fam_len=4)
+    out = hf.save_converted(fam, tmp_path / "conv")
+    x = tokens()
+    brt = hf.load_converted(out, attention="block_recurrent", brt_state_len=3)
+    cell = brt.layers[brt.cfg.n_layers // 2].brt
+    assert cell is not None and cell.state0.shape == (3, 64) and torch.isfinite(cell.state0).all()
+    assert torch.equal(brt.layers[0].wqkv.weight, fam.layers[0].wqkv.weight)
+    again = hf.load_converted(hf.save_converted(brt, tmp_path / "brt"))
+    assert again.cfg.attention == "block_recurrent" and torch.equal(again(x), brt(x))
+    bswa = hf.load_converted(tmp_path / "brt", attention="bswa")
+    assert torch.equal(bswa(x), hf.load_converted(out, attention="bswa")(x))
+
+
 def test_infini_converts_and_loads_with_fresh_gates(tmp_path):
     """An HF model converts to infini (the gates beta start at 0, every other tensor is the checkpoint's); an
     infini folder round-trips with its gates and loads into fam (and a fam folder into infini) without them."""

@@ -37,7 +37,9 @@ def test_parallel_then_step_continues(attention):
     assert_close(torch.cat([first, rest], 1), whole, what="parallel + parallel")
 
 
-@pytest.mark.parametrize("attention,impl", [(a, "fast") for a in (*VARIANTS, "fm")] + [("fam", "layer_major")])
+@pytest.mark.parametrize(
+    "attention,impl", [(a, "fast") for a in (*VARIANTS, "fm", "block_recurrent")] + [("fam", "layer_major")]
+)
 def test_returned_state_holds_only_its_own_memory(attention, impl):
     """A state returned by a parallel forward (a prefill, a carried training window) holds its
     tensors' bytes and no more: no slice of the chunk's per-layer K/V keeps the whole chunk alive."""

@@ -48,6 +48,27 @@ def _memory_keys(cfg: ModelConfig, blk: int, row: int) -> int:
     return n
 
 
+def recurrent_flops(cfg: ModelConfig, batch: int, seq_len: int, rows: int | None = None) -> int:
+    """Matmul FLOPs the Block-Recurrent cells add (``attention="block_recurrent"``; 0 otherwise), the same
+    in every path: per recurrent layer, each token's queries for the state (``2*d*H*D``), its cross-attention
+    to the S state vectors and the projection back (``2*d*d``); each block's state projections (``2*d*(2H+2G)*D``
+    per state row: every block reads the state); each complete block's state update: self-attention over S
+    and cross-attention over B keys, ``2*2d*d`` projection, FF, and the lstm gates' ``2*h*d`` input and
+    forget projections (h = 2d, ff_dim). ``rows``: the token rows computed (the parallel paths pad the last
+    block: n_blk * B; default ``seq_len``)."""
+    n_rec = len(cfg.recurrent_layers)
+    if not n_rec:
+        return 0
+    d, H, G, D, S, B = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.state_len, cfg.block_size
+    pair = 4 * H * D
+    n_blk, n_full = -(-seq_len // B), seq_len // B
+    tokens = (seq_len if rows is None else rows) * (2 * d * H * D + S * pair + 2 * d * d)
+    ff_in = cfg.ff_dim * (2 if cfg.ff == "swiglu" else 1)
+    gates = 2 * 2 * (2 * d + cfg.ff_dim) * d if cfg.brt_gate == "lstm" else 0
+    update = S * ((S + B) * pair + 2 * 2 * d * d + 2 * d * ff_in + 2 * cfg.ff_dim * d + gates)
+    return n_rec * batch * (tokens + n_blk * S * 2 * d * (2 * H + 2 * G) * D + n_full * update)
+
+
 def flop_path(cfg: ModelConfig, impl: str) -> str:
     """The code path a bench impl runs, for FLOP counting: ``wave`` (what ``fast`` picks for FAM, also
     under a whole-model compile), ``layer_major`` (every other model, and the compiled FAM scans) or
@@ -66,7 +87,8 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
     out, FF of the block tokens), ``fam_linear`` (the same for FAM rows: the fast path's scan or
     the reference path's [F; X] rows), ``init_linear`` / ``init_attn`` (prompt pass and initial
     FAM keys), ``attn`` (block attention; in the reference path also the FAM rows' attention),
-    ``scan_attn`` (fast path: FAM queries over [F; block]), ``head`` and ``total``. The wavefront
+    ``scan_attn`` (fast path: FAM queries over [F; block]), ``recurrent`` (Block-Recurrent cells,
+    :func:`recurrent_flops`), ``head`` and ``total``. The wavefront
     path computes the FAM rows' attention with the block tokens' (in ``attn``, over the same keys) and
     ``useful`` is that of the layer-major path.
     """
@@ -124,6 +146,9 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, impl: str = "fast"
             fam_pairs += L_F * (L_F + nb)
         comp["attn"] = nl * b * comp_pairs * pair
         use["attn"] += nl * b * fam_pairs * pair
+    # not in the ceiling's shapes; the parallel paths compute the padding rows of a partial block too
+    use["recurrent"] = recurrent_flops(cfg, b, T)
+    comp["recurrent"] = recurrent_flops(cfg, b, T, None if path == "reference" else n_blk * B)
     comp["total"] = sum(comp.values())
     use["total"] = sum(use.values())
     return {"computed": comp, "useful": use}

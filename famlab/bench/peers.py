@@ -25,6 +25,7 @@ and segment length:
   gradients through all segments.
 * famlab ``full`` vs ``x-transformers``' ``TransformerWrapper(Decoder)`` (``attn_flash=True``,
   rotary over the whole head, no absolute positions, tied embedding, bias-free FF as famlab's).
+* famlab ``block_recurrent`` vs ``block-recurrent-transformer-pytorch``: matched as :mod:`.peer_models` says.
 
 Hyper-connections are off in every peer (``num_residual_streams=1``); dropout is 0. Each model's
 parameter count and the ratio to its famlab counterpart are printed.
@@ -75,6 +76,7 @@ from famlab.bench.common import (
     timestamp,
 )
 from famlab.bench.peer_infini import InfiniLM
+from famlab.bench.peer_models import BlockRecurrentLM, LocalAttentionLM, stack_shape, x_transformers_lm
 from famlab.config import ModelConfig
 from famlab.model import FamLM
 
@@ -99,6 +101,14 @@ PAIRS = {
     "infini": Pair("infini", *INFINI_PACKAGE, "famlab-infini-m0", "famlab infini (m=0)", 1.25),
     "rmt-matched": Pair("rmt-matched", *RMT_PACKAGE, "famlab-rmt", "famlab rmt", 1.0),  # the same method
     "x-transformers": Pair("x-transformers", "x_transformers", "x-transformers", "famlab-full", "famlab full", 1.0),
+    "block-recurrent": Pair(
+        "block-recurrent",
+        "block_recurrent_transformer_pytorch",
+        "block-recurrent-transformer-pytorch",
+        "famlab-block-recurrent",
+        "famlab block_recurrent",
+        1.0,
+    ),
 }
 
 
@@ -122,44 +132,13 @@ def famlab_config(base: ModelConfig, pair: str) -> ModelConfig:
         return base.replace(attention="bswa")
     if pair == "rmt":
         return base.replace(attention="fam", mem_segment=0)
+    if pair == "block-recurrent":  # the peer's multi-query attention and GEGLU width
+        return base.replace(attention="block_recurrent", n_kv_heads=1, ff="swiglu", d_ff=int(base.d_model * 8 / 3))
     if pair == "infini":
         return base.replace(attention="infini", mem_segment=0)
     if pair == "rmt-matched":  # as many memory tokens as the peer's (L_F)
         return base.replace(attention="rmt", mem_segment=0, rmt_mem_tokens=base.fam_len)
     return base.replace(attention="full")
-
-
-def stack_shape(cfg: ModelConfig) -> dict[str, Any]:
-    """The layer-stack keywords every peer's constructor takes, at famlab's shape; hyper-connections
-    off (one residual stream)."""
-    return {"depth": cfg.n_layers, "heads": cfg.n_heads, "ff_mult": cfg.ff_dim / cfg.d_model, "num_residual_streams": 1}
-
-
-class LocalAttentionLM(nn.Module):
-    """``local_attention.LocalTransformer``'s layer stack between a token embedding, a final
-    LayerNorm and a head tied to the embedding (famlab's ends)."""
-
-    def __init__(self, cfg: ModelConfig, seq_len: int):
-        super().__init__()
-        from local_attention import LocalTransformer
-
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.stack = LocalTransformer(
-            num_tokens=None,
-            max_seq_len=seq_len,
-            dim=cfg.d_model,
-            dim_head=cfg.head_dim,
-            local_attn_window_size=cfg.block_size,
-            causal=True,
-            look_backward=cfg.mem_segment,
-            exact_windowsize=False,
-            **stack_shape(cfg),
-        )
-        self.norm = nn.LayerNorm(cfg.d_model, bias=False)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.norm(self.stack(self.tok_emb(tokens))) @ self.tok_emb.weight.T
 
 
 class RMTLM(nn.Module):
@@ -180,26 +159,6 @@ class RMTLM(nn.Module):
         return logits
 
 
-def x_transformers_lm(cfg: ModelConfig, seq_len: int) -> nn.Module:
-    from x_transformers import Decoder, TransformerWrapper
-
-    return TransformerWrapper(
-        num_tokens=cfg.vocab_size,
-        max_seq_len=seq_len,
-        use_abs_pos_emb=False,
-        tie_embedding=True,
-        attn_layers=Decoder(
-            dim=cfg.d_model,
-            attn_dim_head=cfg.head_dim,
-            rotary_pos_emb=True,
-            rotary_emb_dim=cfg.head_dim,
-            attn_flash=True,
-            ff_no_bias=True,
-            **stack_shape(cfg),
-        ),
-    )
-
-
 def build_peer(pair: str, cfg: ModelConfig, seq_len: int) -> nn.Module:
     """The peer of ``pair`` at the shape of ``cfg`` (a famlab config: sizes, B, m, L_F)."""
     if pair == "local-attention":
@@ -212,6 +171,8 @@ def build_peer(pair: str, cfg: ModelConfig, seq_len: int) -> nn.Module:
         return RMTLM(cfg)  # num_memory_tokens = cfg.fam_len = famlab rmt's rmt_mem_tokens
     if pair == "x-transformers":
         return x_transformers_lm(cfg, seq_len)
+    if pair == "block-recurrent":
+        return BlockRecurrentLM(cfg.replace(attention="block_recurrent"), seq_len)
     raise ValueError(f"unknown peer {pair!r}: expected one of {', '.join(PAIRS)}")
 
 

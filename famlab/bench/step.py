@@ -25,6 +25,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam": ("fam", "fast"),  # the wavefront path (``impl="wave"``), which "fast" picks for FAM
     "fam-layer-major": ("fam", "layer_major"),  # layer-major with its sequential FAM scan
     "fam-ref": ("fam", "reference"),
+    "block-recurrent": ("block_recurrent", "fast"),  # Block-Recurrent Transformer (App. C.1), layer-major
+    "block-recurrent-ref": ("block_recurrent", "reference"),
     # Infini-attention (compressive memory beside the base config's m-block segment; its memory matmuls are
     # not in famlab.bench.flops' counts)
     "infini": ("infini", "fast"),

@@ -19,14 +19,16 @@ from famlab.config.errors import (
     check_int,
     check_number,
     config_error,
+    is_int,
 )
 
-ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam", "infini", "rmt")
+ATTENTION_KINDS = ("full", "bswa", "txl", "fam", "fm", "sum_fam", "infini", "rmt", "block_recurrent")
 FAM_POSITIONS = ("last", "float", "zero")
 FAM_INITS = ("prompt", "prefix")
 INIT_SCHEMES = ("scaled", "gpt2", "torch")  # famlab.model.init holds them under these names
 FF_KINDS = ("gelu", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
+BRT_GATES = ("fixed", "lstm")  # block_recurrent: the state's gate (famlab.model.recurrent_cell)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ModelConfig(CheckedDataclass):
     attention: str = "fam"  # full | bswa | txl | fam | fm (feedback memory segment, App. C.2) | sum_fam (App. C.3)
     # | infini (Infini-attention, arXiv 2404.07143: a compressive linear-attention memory per layer)
     # | rmt (Recurrent Memory Transformer, arXiv 2207.06881; needs mem_segment=0)
+    # | block_recurrent (Block-Recurrent Transformer, App. C.1: a gated state per recurrent layer)
     # defaults: a small run whose sequence (data.seq_len 256) has 4 blocks, so blocks 3 and 4 see block 1
     # only through FAM (the paper's B=1024, m=3, L_F=64 are preset=paper; L_F = B/16 as there)
     block_size: int = 64  # B: tokens per block
@@ -60,6 +63,10 @@ class ModelConfig(CheckedDataclass):
     fam_init: str = "prompt"  # prompt: one learned prompt run through the stack; prefix: per-layer
     fam_prev_blocks: int = 1  # how many previous FAM states block tokens attend
     fam_zero_residual: bool = True  # first update from the initial FAM uses a zero residual
+    # --- Block-Recurrent Transformer switches (attention="block_recurrent"; ignored by other kinds) ---
+    brt_layers: list[int] | None = None  # indices of the recurrent layers; None = [n_layers // 2]
+    brt_state_len: int | None = None  # S: state vectors per recurrent layer; None = block_size (the paper's S = W)
+    brt_gate: str = "fixed"  # fixed: c' = c*sigmoid(b) + z*(1 - sigmoid(b)); lstm: input/forget projections
     # --- Infini-attention (attention="infini", famlab.model.memory.infini) ---
     infini_delta_rule: bool = False  # the compressive memory's update: linear (False) or the delta rule (True)
     # --- Recurrent Memory Transformer (attention="rmt", famlab.model.memory.rmt) ---
@@ -91,6 +98,10 @@ class ModelConfig(CheckedDataclass):
         check_choice(name, self, "init", INIT_SCHEMES)
         check_choice(name, self, "ff", FF_KINDS)
         check_choice(name, self, "norm", NORM_KINDS)
+        check_choice(name, self, "brt_gate", BRT_GATES)
+        if self.brt_state_len is not None:
+            check_int(name, self, "brt_state_len", 1, "an integer > 0 or null (= block_size)")
+        self.check_brt_layers(name)
         if self.d_model % self.n_heads:
             raise config_error(name, "n_heads", self.n_heads, f"a divisor of d_model={self.d_model}")
         if (self.d_model // self.n_heads) % 2:
@@ -115,6 +126,16 @@ class ModelConfig(CheckedDataclass):
             raise config_error(name, "init_from", self.init_from, "a converted folder (famlab.hf) or null")
         check_finite(name, self)
 
+    def check_brt_layers(self, name: str) -> None:
+        """``brt_layers``: null or a non-empty list of distinct layer indices in [0, n_layers)."""
+        layers = self.brt_layers
+        if layers is None:
+            return
+        allowed = f"null or a non-empty list of distinct layer indices in [0, n_layers={self.n_layers})"
+        ok = isinstance(layers, list | tuple) and len(layers) > 0 and len(set(layers)) == len(layers)
+        if not (ok and all(is_int(i) and 0 <= i < self.n_layers for i in layers)):
+            raise config_error(name, "brt_layers", layers, allowed)
+
     # --- derived values ---
     @property
     def head_dim(self) -> int:
@@ -136,6 +157,18 @@ class ModelConfig(CheckedDataclass):
     def effective_fam_len(self) -> int:
         """FAM rows actually used: only the `fam` and `sum_fam` attention kinds have any."""
         return self.fam_len if self.attention in ("fam", "sum_fam") else 0
+
+    @property
+    def recurrent_layers(self) -> tuple[int, ...]:
+        """The Block-Recurrent layers' indices, sorted (none unless ``attention="block_recurrent"``)."""
+        if self.attention != "block_recurrent":
+            return ()
+        return tuple(sorted(self.brt_layers)) if self.brt_layers is not None else (self.n_layers // 2,)
+
+    @property
+    def state_len(self) -> int:
+        """S, the Block-Recurrent state vectors per recurrent layer."""
+        return self.block_size if self.brt_state_len is None else self.brt_state_len
 
     @property
     def detach_memory(self) -> bool:

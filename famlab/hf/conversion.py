@@ -61,6 +61,7 @@ SHAPE_KEYS = (  # the ModelConfig keys a pretrained model decides; the attention
     "rope_base",
 )
 FAM_KEYS = ("fam_prompt", "fam_prefix", "rmt_memory")  # tensors a converted checkpoint may lack or carry extra
+BRT_LAYER_KEY = ".brt."  # likewise, every tensor of a block_recurrent layer's recurrent cell
 FAM_LAYER_KEYS = (".fam_summary", ".infini_beta")  # per layer, likewise (sum_fam's summary, infini's gates)
 # training-time buffers older FamLMs held in their state dict: never saved in a converted folder, ignored
 # when an old folder or state dict still has them
@@ -68,9 +69,9 @@ SKIPPED_KEYS = ("rsp_state", "rsp_valid")
 
 
 def is_fam_key(key: str) -> bool:
-    """A FAM tensor (prompt, prefix, a layer's SUM FAM summary) or a layer's Infini-attention gates: a checkpoint
-    may lack it or carry it extra."""
-    return key.startswith(FAM_KEYS) or key.endswith(FAM_LAYER_KEYS)
+    """A memory kind's own tensor (FAM prompt, prefix, a layer's SUM FAM summary, Infini-attention gates, a
+    Block-Recurrent cell's tensors): a checkpoint may lack it (kept as initialised) or carry it extra (ignored)."""
+    return key.startswith(FAM_KEYS) or key.endswith(FAM_LAYER_KEYS) or BRT_LAYER_KEY in key
 
 
 class ConversionError(ValueError):

@@ -20,6 +20,11 @@ and weights loaded afterwards (``model.init_from``, a converted Hugging Face mod
 * ``torch``: PyTorch's own defaults (``nn.Linear``: U(+-1/sqrt(fan_in)) weights and biases;
   ``nn.Embedding``: N(0, 1)); the FAM prompt/prefix N(0, 1).
 
+Block-Recurrent cells (``attention="block_recurrent"``): their linear layers as above (the token
+cross-attention's ``brt.wo`` and the state feed-forward's ``brt.ff.down`` count as residual outputs), the
+learned initial state ``brt.state0`` like the FAM prompt of the scheme, and the gates and state IDs by the
+paper's code in every scheme (:meth:`~famlab.model.recurrent_cell.RecurrentCell.reset_own`).
+
 Measured in docs/init.md (PassKey, text, recall at the tiny presets, 3 seeds each).
 """
 
@@ -38,6 +43,15 @@ def fam_tensors(model: nn.Module) -> list[nn.Parameter]:
     summaries = [layer.fam_summary for layer in model.layers if getattr(layer, "fam_summary", None) is not None]
     names = ("fam_prompt", "fam_prefix", "rmt_memory")  # rmt_memory: RMT's first memory, like a FAM prompt
     return [getattr(model, name) for name in names if hasattr(model, name)] + summaries
+
+
+def recurrent_cells(model: nn.Module, state_std: float) -> None:
+    """Block-Recurrent cells after the scheme's linear layers: initial state N(0, ``state_std``), the rest
+    (gates, state IDs) as the paper."""
+    for layer in model.layers:
+        if getattr(layer, "brt", None) is not None:
+            nn.init.normal_(layer.brt.state0, std=state_std)
+            layer.brt.reset_own()
 
 
 def zero_gates(model: nn.Module) -> None:
@@ -60,6 +74,7 @@ def gpt2(model: nn.Module) -> None:
             nn.init.normal_(module.weight, std=0.02)
     for p in fam_tensors(model):
         nn.init.normal_(p, std=0.02)
+    recurrent_cells(model, 0.02)
     zero_gates(model)
 
 
@@ -69,6 +84,7 @@ def torch_default(model: nn.Module) -> None:
             module.reset_parameters()
     for p in fam_tensors(model):
         nn.init.normal_(p, std=1.0)
+    recurrent_cells(model, 1.0)
     zero_gates(model)
 
 
@@ -85,6 +101,7 @@ def scaled(model: nn.Module) -> None:
     nn.init.normal_(model.tok_emb.weight, std=emb_std)
     for p in fam_tensors(model):
         nn.init.normal_(p, std=emb_std)
+    recurrent_cells(model, emb_std)
     zero_gates(model)
 
 

@@ -35,6 +35,8 @@ class Layer(nn.Module):
         self.ff = FeedForward(cfg)
         # SUM FAM (App. C.3): a static learned summary of L_F rows whose queries update the FAM
         self.fam_summary = nn.Parameter(torch.empty(cfg.fam_len, cfg.d_model)) if cfg.attention == "sum_fam" else None
+        # Block-Recurrent Transformer: FamLM sets a RecurrentCell (famlab.model.recurrent_cell) on its recurrent layers
+        self.brt = None
         # Infini-attention: per query head, the gate beta between memory and local attention (init 0)
         self.infini_beta = nn.Parameter(torch.empty(cfg.n_heads)) if cfg.attention == "infini" else None
 

@@ -21,6 +21,9 @@ in :mod:`famlab.model.paths`, and the tests hold them equal:
   ``layer_major`` run :func:`famlab.model.paths.rmt.forward`, ``reference`` its own loop; ``wave`` does not apply.
 * ``attention="sum_fam"`` (SUM FAM, App. C.3: ``Layer.fam_update`` with the layer's static summary as
   queries and residual): ``fast`` runs layer-major; ``wave`` does not apply.
+* ``attention="block_recurrent"`` (Block-Recurrent Transformer, App. C.1): every impl runs
+  :mod:`famlab.model.paths.block_recurrent` (``reference``: its block-by-block loop; ``fast`` and
+  ``layer_major``: layer-major, a per-block loop for the recurrent layers' state); ``wave`` does not apply.
 
 Architecture: pre-LN (LayerNorm or RMSNorm), RoPE (rotate-half, base 10,000) on queries and keys,
 fused QKV projection with optional grouped-query heads, and a standard feed-forward: GELU MLP with
@@ -43,7 +46,8 @@ from famlab.model.init import INIT_SCHEMES
 from famlab.model.layer import Layer
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import make_norm
-from famlab.model.paths import feedback, infini, layer_major, reference, rmt, stream, wavefront
+from famlab.model.paths import block_recurrent, feedback, infini, layer_major, reference, rmt, stream, wavefront
+from famlab.model.recurrent_cell import RecurrentCell
 from famlab.model.state import FamState, LayerState
 
 IMPLS = ("fast", "wave", "layer_major", "reference")
@@ -63,6 +67,8 @@ class FamLM(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
+        for i in cfg.recurrent_layers:  # block_recurrent: the recurrent layers' cells
+            self.layers[i].brt = RecurrentCell(cfg)
         self.norm_f = make_norm(cfg)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         L_F = cfg.effective_fam_len
@@ -170,6 +176,8 @@ class FamLM(nn.Module):
         """The path that runs ``impl`` on T tokens (``fast``: the wavefront where it applies)."""
         if self.cfg.attention == "rmt" and impl != "wave":
             return rmt.reference if impl == "reference" else rmt.forward
+        if self.cfg.attention == "block_recurrent" and impl != "wave":
+            return block_recurrent.reference if impl == "reference" else block_recurrent.forward
         if impl == "reference":
             return reference.forward
         if self.cfg.attention == "fm" and impl != "wave":  # fast and layer_major: the per-layer block loop

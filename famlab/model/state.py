@@ -28,6 +28,8 @@ class LayerState:
     fam_v: Tensor | None = None
     fm_k: Tensor | None = None  # [b, G, o, D] fm only: keys of the current partial block's layer outputs
     fm_v: Tensor | None = None
+    brt_state: Tensor | None = None  # [b, S, d] block_recurrent, recurrent layers: the state the block reads
+    brt_k: Tensor | None = None  # [b, G, o, D] block_recurrent, recurrent layers: the partial block's keys before RoPE
     infini_mem: Tensor | None = None  # [b, G, D, D] infini only: compressive memory M of the complete blocks
     infini_norm: Tensor | None = None  # [b, G, D] infini only: its normaliser z
     infini_k: Tensor | None = None  # [b, G, o, D] infini only: pre-RoPE keys of the current partial block

@@ -36,16 +36,18 @@ from famlab.config import ModelConfig
 from famlab.model.memory.fam import FamMemory
 from famlab.model.memory.feedback import FeedbackMemory
 from famlab.model.memory.infini import InfiniMemory
+from famlab.model.memory.recurrent import RecurrentMemory
 from famlab.model.memory.rmt import RmtMemory
 from famlab.model.memory.segment import SegmentMemory
 
-# in key order (infini's memory has no keys)
+# in key order (infini's memory and the recurrent state have no keys)
 MEMORY_KINDS = {
     "fam": FamMemory,
     "segment": SegmentMemory,
     "feedback": FeedbackMemory,
     "infini": InfiniMemory,
     "rmt": RmtMemory,
+    "recurrent": RecurrentMemory,
 }
 
 
@@ -59,6 +61,7 @@ __all__ = [
     "FamMemory",
     "FeedbackMemory",
     "InfiniMemory",
+    "RecurrentMemory",
     "RmtMemory",
     "SegmentMemory",
     "memory_kinds",

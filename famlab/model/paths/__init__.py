@@ -5,6 +5,7 @@ and the state before them, and returns the final hidden states [b, T, d] and the
 * :mod:`.layer_major`: per layer, all tokens at once; a sequential scan for the FAM rows only.
 * :mod:`.wavefront`: the reference's rows scheduled as a wavefront over (layer, block) (FAM only).
 * :mod:`.feedback`: ``fm`` (feedback memory segment): per layer, all QKV at once, then block by block.
+* :mod:`.block_recurrent`: ``block_recurrent`` (Block-Recurrent Transformer): reference loop, layer-major, stream.
 * :mod:`.infini`: ``infini`` (Infini-attention): per layer, all tokens at once; the compressive memory by a
   cumulative sum over blocks (a scan for the delta rule).
 * :mod:`.rmt`: ``rmt`` (Recurrent Memory Transformer): block by block, [read | block | write] rows through all
@@ -12,6 +13,6 @@ and the state before them, and returns the final hidden states [b, T, d] and the
 * :mod:`.stream`: chunks of any length, per token segment inside one block (``FamLM.step``).
 """
 
-from famlab.model.paths import feedback, infini, layer_major, reference, rmt, stream, wavefront
+from famlab.model.paths import block_recurrent, feedback, infini, layer_major, reference, rmt, stream, wavefront
 
-__all__ = ["feedback", "infini", "layer_major", "reference", "rmt", "stream", "wavefront"]
+__all__ = ["block_recurrent", "feedback", "infini", "layer_major", "reference", "rmt", "stream", "wavefront"]

@@ -12,6 +12,7 @@ from torch import Tensor
 from famlab.model import aux_losses, masks
 from famlab.model.memory import memory_kinds
 from famlab.model.ops import merge_heads, sdpa
+from famlab.model.paths import block_recurrent
 from famlab.model.positions import token_cos_sin
 from famlab.model.state import FamState, LayerState
 
@@ -31,7 +32,8 @@ def forward(model, x_all: Tensor, state: FamState) -> tuple[Tensor, FamState]:
         x = x_all[:, start : start + n]
         new_layers = []
         for layer, ls in zip(model.layers, state.layers):
-            x, ls = segment(model, kinds, layer, ls, x, state)
+            run = segment if layer.brt is None else block_recurrent.segment  # a Block-Recurrent layer: its own
+            x, ls = run(model, kinds, layer, ls, x, state)
             new_layers.append(ls)
         completed = (state.pos + n) % B == 0
         state = FamState(state.pos + n, state.pos_offset, state.fam_fresh and not completed, new_layers)
