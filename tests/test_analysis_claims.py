@@ -22,6 +22,7 @@ SPECS_WITH_CLAIMS = [
     "txl_vs_bswa",
     "fam_prev_blocks",
     "fam_init",
+    "memory_kinds",
 ]
 
 

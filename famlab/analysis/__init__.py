@@ -57,6 +57,7 @@ from famlab.analysis.scoreboard import (
     scoreboard_text,
     verdict_counts,
 )
+from famlab.analysis.state_size import plot_state_size, state_size_table
 from famlab.analysis.stats import STATS, aggregate, lower_is_better, mean_ci, spearman, t_cdf, t_ppf
 from famlab.analysis.tables import (
     ablation_table,
@@ -135,6 +136,7 @@ __all__ = [
     "plot_curves",
     "plot_eval",
     "plot_grid",
+    "plot_state_size",
     "rank_correlation",
     "read_curves",
     "run_config",
@@ -146,6 +148,7 @@ __all__ = [
     "seed_scores",
     "spearman",
     "spec_claims",
+    "state_size_table",
     "status_table",
     "storage_for",
     "study_names",

@@ -82,3 +82,28 @@ def eval_beyond_training(res: SweepResults, *, needs: str, better: Any, worse: A
     if "where" in params:
         raise TypeError("eval_beyond_training() got an unexpected keyword argument 'where'")
     return eval_beats(res, needs=needs, better=better, worse=worse, where="beyond", **params)
+
+
+@check_kind("eval_beats_every")
+def eval_beats_every(
+    res: SweepResults,
+    *,
+    needs: str,
+    better: Any,
+    worse: list[Any],
+    value: str = "accuracy",
+    kind: str = "beats",
+    margin: float = 0.0,
+    where: str = "all",
+):
+    """``better`` beats (``kind``) each of the settings ``worse`` on the mean of ``value`` over the evaluation
+    rows ``where`` (as :func:`eval_beats`): one comparison each, so the claim holds only if every one holds.
+    A setting of ``worse`` that was not evaluated makes the claim not testable."""
+    scores, what = eval_scores(res, value, where, needs)
+    a, others = find_setting(scores, better), [find_setting(scores, w) for w in worse]
+    if a is None or not others or any(b is None for b in others):
+        raise NotTestable(needs)
+    means = scores.mean()
+    shown = ", ".join(f"{b} {means[b]:.3g}" for b in others)
+    evidence = f"mean {value} {what} (seed means): {better} {means[a]:.3g}; {shown}"
+    return Finding(evidence, versus(scores, a, others, claim_kind(kind), float(margin)))

@@ -20,6 +20,7 @@ class NotebookSpec:
     title: str
     about: str  # what is varied, what the paper found, how famlab measures it
     evaluate: bool = False  # the spec evaluates each run: add the evaluation table and plot
+    state_size: bool = False  # the settings are memory kinds: add the score against the state size
 
 
 # the sweeps that have a notebook, in the report's order; each spec's `notebook:` section (title, about,
@@ -49,7 +50,8 @@ def sweep_notebook(name: str) -> NotebookSpec:
     section = OmegaConf.to_container(OmegaConf.load(spec_file(name))).get("notebook")
     if not isinstance(section, dict) or not {"title", "about"} <= section.keys():
         raise ValueError(f"sweep spec {name!r} has no notebook: section with title and about")
-    return NotebookSpec(name, section["title"], section["about"], bool(section.get("evaluate", False)))
+    flags = {key: bool(section.get(key, False)) for key in ("evaluate", "state_size")}
+    return NotebookSpec(name, section["title"], section["about"], **flags)
 
 
 SWEEP_NOTEBOOKS = tuple(sweep_notebook(name) for name in SWEEP_ORDER)
@@ -154,6 +156,21 @@ def sweep_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
                 '    display(Markdown(f"### {value} (mean over seeds)"))\n'
                 "    display(fa.eval_table(res, value))\n"
                 "    fig = fa.plot_eval(res, value)\n"
+                "    plt.show()",
+                [],
+            ),
+        ]
+    if nb.state_size:
+        cells += [
+            ("markdown", "## Accuracy against state size (floats carried from block to block)", []),
+            (
+                "code",
+                "table = fa.state_size_table(res) if res.ok else None\n"
+                "if table is None or table.empty:\n"
+                '    display(Markdown("No state sizes or no evaluation stored on the trials."))\n'
+                "else:\n"
+                "    display(table)\n"
+                "    fig = fa.plot_state_size(res)\n"
                 "    plt.show()",
                 [],
             ),
