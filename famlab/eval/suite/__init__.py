@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from famlab.config.metrics import SUITES  # the suites and their members, declared with their metric names
 from famlab.data import as_data_config
 from famlab.eval.streaming import EvalRun, eval_mode, resolve_multiples
 from famlab.eval.suite.codec import codec_for
@@ -35,14 +36,6 @@ from famlab.eval.suite.heatmap import write_heatmap
 from famlab.eval.suite.members import evaluate_lm_position, evaluate_mqar
 from famlab.eval.suite.ruler import NIAH_TASKS, TASKS, evaluate_tasks
 from famlab.eval.suite.summary import DEFAULT_THRESHOLD, summarize
-
-SUITES: dict[str, tuple[str, ...]] = {
-    "niah": ("niah",),
-    "ruler": ("ruler",),
-    "mqar": ("mqar",),
-    "lm-position": ("lm-position",),
-    "all": ("ruler", "mqar", "lm-position"),
-}
 
 __all__ = ["SUITES", "TASKS", "SuiteResult", "report_lines", "run_suite", "summary_lines", "task_tables", "write_suite"]
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from famlab.config.metrics import NIAH_TASKS  # the niah suite's tasks (declared with the metric names)
 from famlab.eval.streaming import EvalRun, greedy_decode_ragged
 from famlab.eval.suite.codec import Codec
 from famlab.eval.suite.niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
@@ -58,7 +59,6 @@ TASKS = {
         SyntheticTask("cwe", 8, cwe, has_depth=False),
     )
 }
-NIAH_TASKS = ("niah_single_digits", "niah_single_words", "niah_single_uuid")
 
 
 def cell_rng(seed: int, task: SyntheticTask, length: int, bucket: int, buckets: int) -> np.random.Generator:
