@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from famlab.config.metrics import NIAH_TASKS  # the niah suite's tasks (declared with the metric names)
+from famlab.config.metrics import NIAH_TASKS  # noqa: F401  (re-exported: the niah suite's tasks, declared there)
 from famlab.eval.streaming import EvalRun, greedy_decode_ragged
 from famlab.eval.suite.codec import Codec
 from famlab.eval.suite.niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
