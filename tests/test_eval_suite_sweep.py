@@ -253,3 +253,46 @@ def test_a_sweep_runs_the_suite_and_the_notebook_shows_it(tmp_path):
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", "")) for o in outputs)
     assert "effective length (x training)" in text and "niah_single_uuid" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the heatmaps, and more
+
+
+def test_the_analysis_averages_seeds_and_orders_settings_as_the_spec():
+    from analysis_store import synthetic
+
+    def table(score: float) -> list[dict]:  # one task with a needle, one without (vt: no depth, not drawn)
+        rows = [
+            {"member": "ruler", "task": "niah_single_digits", "length": 128 * x, "length_x": x, "depth": d}
+            | {"score": score * x + d}
+            for x in (1, 2)
+            for d in (0.25, 0.75)
+        ]
+        return rows + [{"member": "ruler", "task": "vt", "length": 128, "length_x": 1, "depth": None, "score": 1.0}]
+
+    rows = []
+    for i, variant in enumerate(["FAM", "M2", "M0"]):  # stored out of the spec's order
+        for seed, eff in ((0, 1.0 + i), (1, 2.0 + i)):
+            rows.append(
+                {"variant": variant, "seed": seed, "suite_table": table(0.1 * seed + i)}
+                | {
+                    "eval/ruler/effective_length_x": eff,
+                    "eval/ruler/tasks/niah_single_digits/effective_length_x": 2 * eff,
+                }
+                | {"eval/ruler/tasks/vt/effective_length_x": 0.0, "eval/ruler/effective_length": 128 * eff}
+            )
+    res = synthetic("long_context_suite", rows, ["variant"])
+    means = fa.effective_length_table(res, formatted=False)
+    assert list(means.index) == ["M0", "M2", "FAM"]  # the spec's grid order
+    assert list(means.columns) == ["average", "niah_single_digits", "vt"]
+    np.testing.assert_allclose(means.loc["M0"], [3.5, 7.0, 0.0])  # seeds 0 and 1 of i = 2
+    np.testing.assert_allclose(means.loc["FAM"], [1.5, 3.0, 0.0])
+    shown = fa.effective_length_table(res)
+    assert shown.loc["FAM", "average"].startswith("1.5 ± ") and set(shown["n"]) == {2}
+    fig = fa.plot_suite_heatmaps(res)
+    drawn = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in drawn] == [
+        "M0: niah_single_digits",
+        "M2: niah_single_digits",
+        "FAM: niah_single_digits",
+    ]
+    # FAM (i = 0): the mean over seeds of score*x + depth, score = 0.1 * seed: rows depth, columns length_x
+    expected = [[0.05 * x + d for x in (1, 2)] for d in (0.25, 0.75)]
+    np.testing.assert_allclose(drawn[2].get_images()[0].get_array(), expected)

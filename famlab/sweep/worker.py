@@ -259,9 +259,10 @@ def _evaluate(
     poll: float,
     deadline: float | None,
 ) -> None:
-    """``famlab eval RUN [--suite S] <eval_overrides> --device cpu`` as a child process logging to ``eval.log``;
-    ``TrialFailed`` if it fails (for good where it refused the settings)."""
-    eval_cmd = [*famlab, "eval", str(run_dir), *extra, *spec.eval_overrides_list(), "--device", "cpu"]
+    """``famlab eval RUN <eval_overrides> --device cpu [--suite S]`` as a child process logging to ``eval.log``;
+    ``TrialFailed`` if it fails (for good where it refused the settings). The options go after the settings:
+    argparse takes no positional settings after an option's value."""
+    eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu", *extra]
     code = _run_child(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
     if code != 0:
         tail = _log_tail(trial_dir / "eval.log")
