@@ -102,3 +102,8 @@ def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
     assert ev["ruler"]["effective_length"] in (0, 512, 1024) and set(ev["ruler"]["tasks"]) == set(TASKS)
     assert ev["all"]["csv"] == str(run_dir / "eval" / "all.csv") and 0 < ev["lm-position"]["bpb"] < 16
     assert f"all: score {ev['all']['score']:.3f}, effective length {ev['all']['effective_length']} " in out
+    # the names a sweep may use are exactly the ones written (famlab.config.metrics declares them)
+    from famlab.config.metrics import suite_metrics
+    from famlab.runs import flatten_metrics
+
+    assert set(flatten_metrics({"eval": ev})) == set(suite_metrics("all", "bytes", numeric=False))

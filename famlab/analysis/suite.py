@@ -20,7 +20,9 @@ from famlab.analysis.plots import pyplot
 from famlab.analysis.results import SweepResults
 from famlab.analysis.stats import aggregate, setting_sort_key
 from famlab.analysis.tables import format_mean_ci
+from famlab.config.metrics import RULER_TASKS
 
+TASK_ORDER = (*RULER_TASKS, "mqar")
 AVERAGE = "average"  # the suite's own effective length: the rule applied to the score averaged over its tasks
 
 
@@ -109,6 +111,7 @@ def effective_length_metrics(res: SweepResults) -> dict[str, str]:
     # the suite's section: its one member's ("ruler"), or for "all" the one over every scored task
     prefix, suffix = f"eval/{suite}/tasks/", "/effective_length_x"
     tasks = [c[len(prefix) : -len(suffix)] for c in done.columns if c.startswith(prefix) and c.endswith(suffix)]
+    tasks.sort(key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER))  # as the suite runs them
     return {AVERAGE: f"eval/{suite}{suffix}", **{t: f"{prefix}{t}{suffix}" for t in tasks}}
 
 
