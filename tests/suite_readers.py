@@ -47,6 +47,12 @@ def solve(task: str, templates: dict[str, str], text: str) -> str | None:
             return None
         words = re.findall(pattern(t["cwe_entry"], i=r"\d+", word=f"({WORD})"), text[: q.start()])
         return t["sep"].join(w for w, _ in Counter(words).most_common(int(q.group("k"))))
+    if task == "fwe":
+        q = re.search(pattern(t["fwe_query"], k=r"(?P<k>\d+)") + "$", text)
+        if not q:
+            return None
+        words = re.findall(pattern(t["fwe_entry"], word=f"({WORD})"), text[: q.start()])
+        return t["sep"].join(w for w, _ in Counter(words).most_common(int(q.group("k"))))
     name = {"niah_multiquery": "query_many", "niah_multivalue": "query_all"}.get(task, "query")
     q = re.search(
         pattern(t[name], noun=r"\w+", key=f"(?P<keys>{WORD})", keys=f"(?P<keys>{WORD}(, {WORD})*)") + "$", text

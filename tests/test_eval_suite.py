@@ -37,7 +37,7 @@ def byte_cfg(cache_dir, **kw):
 @pytest.fixture(scope="module")
 def codecs(cache_dir):
     return {
-        "symbols": (codec_for(DataConfig(**SYM), VOCAB), [60 * 3, 512]),
+        "symbols": (codec_for(DataConfig(**SYM), VOCAB), [210, 512]),  # fwe needs >= 201 symbols
         "bytes": (codec_for(byte_cfg(cache_dir), VOCAB), [420, 1500]),
         "bytes+instruction": (codec_for(byte_cfg(cache_dir, passkey_instruction=True), VOCAB), [560, 1500]),
     }

@@ -36,7 +36,7 @@ SUITES: dict[str, tuple[str, ...]] = {  # famlab eval --suite SUITE: the members
     "all": ("ruler", "mqar", "lm-position"),
 }
 NIAH_TASKS = ("niah_single_digits", "niah_single_words", "niah_single_uuid")
-RULER_TASKS = (*NIAH_TASKS, "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
+RULER_TASKS = (*NIAH_TASKS, "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe")
 MEMBER_TASKS = {"niah": NIAH_TASKS, "ruler": RULER_TASKS, "mqar": ("mqar",)}  # lm-position scores no task
 SCORE_SUMMARY = ("threshold", "score", "effective_length", "effective_length_x")
 SCORE_SUMMARY += ("mean_effective_length", "mean_effective_length_x")

@@ -51,6 +51,10 @@ TEXT_TEMPLATES = {
     "Memorize the ones that appear most often.\n",
     "cwe_entry": " {i}. {word}",
     "cwe_query": "\nWhat are the {k} most common words in the above list? Answer: ",
+    "fwe_head": "Read the following coded text and track the frequency of each coded word. "
+    "Find the {k} most frequently appeared coded words.\n",
+    "fwe_entry": " {word}",
+    "fwe_query": "\nWhat are the {k} most frequently appeared words in the above coded text? Answer: ",
     "sep": " ",
 }
 SYMBOL_TEMPLATES = {
@@ -66,9 +70,12 @@ SYMBOL_TEMPLATES = {
     "cwe_head": "",
     "cwe_entry": "{word} ",
     "cwe_query": "?{k}:",
+    "fwe_head": "",
+    "fwe_entry": "{word} ",
+    "fwe_query": "?{k}:",
     "sep": " ",
 }
-HEADS = ("head", "vt_head", "cwe_head")  # left out with data.passkey_instruction=false
+HEADS = ("head", "vt_head", "cwe_head", "fwe_head")  # left out with data.passkey_instruction=false
 # symbols: every character the templates and values use (uppercase read as lowercase), after the digits and markers
 SYMBOL_CHARS = string.ascii_lowercase + " -:.=,"
 
