@@ -118,6 +118,15 @@ def synthetic_trials(spec) -> pd.DataFrame:
                     for k, s in enumerate((0, 64, 128, 256))
                 ] + [{"task": "text", "scope": "overall", "position_bucket_start": 0, "bpb": value, "n_bytes": 40}]
                 row["eval/bpb"] = value
+            if spec.eval_suite is not None:  # the suite's numbers the spec names, and its rows (a needle task)
+                for name in (spec.metric, *spec.metrics):
+                    if name.startswith(f"eval/{spec.eval_suite}/"):
+                        row[name] = float(i % 3)
+                row["suite_table"] = [
+                    {"task": "niah_single_digits", "length": 128 * x, "length_x": x, "depth": d, "score": 1.0 / x}
+                    for x in (1, 2, 4)
+                    for d in (0.25, 0.75)
+                ]
             row["objective"] = row.get(spec.metric, value)
             rows.append(row)
     return pd.DataFrame(rows)

@@ -25,6 +25,7 @@ def pattern(template: str, **groups: str) -> str:
 
 
 WORD, VALUE = r"[a-z]+", r"[A-Za-z0-9-]+"
+NAME = r"([A-Za-z]+)"  # a variable: uppercase in text, lowercase as symbols (one symbol per letter, any case)
 
 
 def solve(task: str, templates: dict[str, str], text: str) -> str | None:
@@ -34,8 +35,8 @@ def solve(task: str, templates: dict[str, str], text: str) -> str | None:
         q = re.search(pattern(t["vt_query"], value=r"(?P<v>\d+)") + "$", text)
         if not q:
             return None
-        names = [m.group(1) for m in re.finditer(pattern(t["vt_value"], name="([A-Z]+)", value=q.group("v")), text)]
-        links = re.findall(pattern(t["vt_link"], name="([A-Z]+)", prev="([A-Z]+)"), text)
+        names = [m.group(1) for m in re.finditer(pattern(t["vt_value"], name=NAME, value=q.group("v")), text)]
+        links = re.findall(pattern(t["vt_link"], name=NAME, prev=NAME), text)
         for name, prev in links:  # links come after what they copy
             if prev in names and name not in names:
                 names.append(name)
@@ -45,6 +46,12 @@ def solve(task: str, templates: dict[str, str], text: str) -> str | None:
         if not q:
             return None
         words = re.findall(pattern(t["cwe_entry"], i=r"\d+", word=f"({WORD})"), text[: q.start()])
+        return t["sep"].join(w for w, _ in Counter(words).most_common(int(q.group("k"))))
+    if task == "fwe":
+        q = re.search(pattern(t["fwe_query"], k=r"(?P<k>\d+)") + "$", text)
+        if not q:
+            return None
+        words = re.findall(pattern(t["fwe_entry"], word=f"({WORD})"), text[: q.start()])
         return t["sep"].join(w for w, _ in Counter(words).most_common(int(q.group("k"))))
     name = {"niah_multiquery": "query_many", "niah_multivalue": "query_all"}.get(task, "query")
     q = re.search(
@@ -113,11 +120,12 @@ class Recall(Reader):
 
     def step(self, tokens, state):
         b, n = tokens.shape
-        logits = torch.zeros(b, n, VOCAB)
+        logits = torch.zeros(b, n, self.vocab)
         for r in range(b):
             for i in range(n):
                 seen = state.seen[r]
                 seen.append(int(tokens[r, i]))
+                self.largest = max(getattr(self, "largest", 0), seen[-1])
                 first = seen.index(seen[-1])
                 if first < len(seen) - 1 and (self.window is None or len(seen) - 1 - first < self.window):
                     logits[r, i, seen[first + 1]] = 1.0

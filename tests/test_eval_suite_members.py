@@ -12,7 +12,7 @@ from suite_readers import VOCAB, Reader, Recall
 from famlab.data import DataConfig
 from famlab.eval.suite import run_suite, task_tables
 from famlab.eval.suite.codec import codec_for
-from famlab.eval.suite.members import log_buckets
+from famlab.eval.suite.members import log_buckets, mqar_settings
 from famlab.eval.suite.ruler import TASKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,22 @@ def test_mqar_member_has_pairs_and_length_as_knobs():
     assert short.summary["mqar"]["effective_length"] == 64
     with pytest.raises(ValueError, match="length=10 is not allowed for task mqar"):
         run_suite(Recall(codec, None), cfg, "mqar", **{**kw, "lengths": [10]})
+
+
+def test_mqar_fits_its_tokens_to_a_small_vocabulary_and_checks_before_anything_runs():
+    # a PassKey model's 64 symbols: recall's 64 + 64 + 64 tokens shrink to 21 each (the same factor)
+    cfg = DataConfig(task="passkey", tokenizer="symbols", seq_len=64)
+    ((sub, _),) = mqar_settings(cfg, 64, [64])
+    assert (sub.recall_noise_vocab, sub.recall_key_vocab, sub.recall_value_vocab) == (21, 21, 21)
+    assert mqar_settings(cfg, 256, [64])[0][0] == cfg  # they fit 256 tokens: unchanged (negative control)
+    reader = Recall(codec_for(cfg, 64), None, vocab=64)
+    res = run_suite(reader, cfg, "mqar", block_size=16, seed=0, lengths=[64, 128], samples=2, depth_buckets=1)
+    assert (res.table.score == 1).all() and 43 <= reader.largest <= 63  # values (the last 21 ids) fit the model
+    # a bad length is refused before the other members run (the needle tasks would take minutes first)
+    lines: list[str] = []
+    with pytest.raises(ValueError, match="length=10 is not allowed for task mqar"):
+        run_suite(reader, cfg, "all", block_size=16, seed=0, lengths=[10, 64], progress=lines.append)
+    assert lines == []
 
 
 def test_lm_position_reads_to_16x_in_log_buckets(cache_dir):
@@ -102,3 +118,8 @@ def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
     assert ev["ruler"]["effective_length"] in (0, 512, 1024) and set(ev["ruler"]["tasks"]) == set(TASKS)
     assert ev["all"]["csv"] == str(run_dir / "eval" / "all.csv") and 0 < ev["lm-position"]["bpb"] < 16
     assert f"all: score {ev['all']['score']:.3f}, effective length {ev['all']['effective_length']} " in out
+    # the names a sweep may use are exactly the ones written (famlab.config.metrics declares them)
+    from famlab.config.metrics import suite_metrics
+    from famlab.runs import flatten_metrics
+
+    assert set(flatten_metrics({"eval": ev})) == set(suite_metrics("all", "bytes", numeric=False))

@@ -14,7 +14,8 @@ Typical use (the notebooks in ``analysis/`` are thin wrappers around this)::
     fa.to_markdown(t), fa.to_latex(t)
 
 The modules: ``frames`` (the only reader of Optuna storages and run directories), ``results``
-(a sweep's trials with its spec), ``stats``, ``tables``, ``evals``, ``verdicts``, ``claims``, ``scoreboard``, ``plots``,
+(a sweep's trials with its spec), ``stats``, ``tables``, ``evals``, ``suite`` (the long-context suite's heatmaps and effective lengths),
+``verdicts``, ``claims``, ``scoreboard``, ``plots``,
 ``export``, ``cost`` (bench results) and ``locate`` (where the stores and bench results are found
 when not given: the working directory, then its parents).
 """
@@ -59,6 +60,7 @@ from famlab.analysis.scoreboard import (
 )
 from famlab.analysis.state_size import plot_state_size, state_size_table
 from famlab.analysis.stats import STATS, aggregate, lower_is_better, mean_ci, spearman, t_cdf, t_ppf
+from famlab.analysis.suite import effective_length_table, plot_suite_heatmaps, suite_long
 from famlab.analysis.tables import (
     ablation_table,
     ablation_text,
@@ -109,6 +111,7 @@ __all__ = [
     "claim_studies",
     "claims_text",
     "cost_table",
+    "effective_length_table",
     "eval_aggregate",
     "eval_frame",
     "eval_long",
@@ -137,6 +140,7 @@ __all__ = [
     "plot_eval",
     "plot_grid",
     "plot_state_size",
+    "plot_suite_heatmaps",
     "rank_correlation",
     "read_curves",
     "run_config",
@@ -152,6 +156,7 @@ __all__ = [
     "status_table",
     "storage_for",
     "study_names",
+    "suite_long",
     "t_cdf",
     "t_ppf",
     "to_latex",

@@ -2,8 +2,9 @@
 
 Frames are tidy: one row per trial or run, columns for the parameters (``model.fam_len``,
 ``variant``, ``seed``, ...), ``objective``, every recorded metric (``val/loss``, ``eval/accuracy``,
-...), ``state``, ``duration_s``, ``run_dir`` and ``eval_table`` (the trial's evaluation rows as a
-list of dicts, where the spec evaluates). Storages are opened for reading: a missing SQLite file is
+...), ``state``, ``duration_s``, ``run_dir``, ``eval_table`` (the trial's evaluation rows as a
+list of dicts, where the spec evaluates) and ``suite_table`` (``famlab eval --suite``'s rows, where the spec
+has an ``eval_suite``). Storages are opened for reading: a missing SQLite file is
 an empty frame, never a new file. Run directories are read through :class:`famlab.runs.RunDir`.
 """
 
@@ -23,7 +24,7 @@ from famlab.runs import RunDir
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 TRIAL_COLUMNS = ("study", "number", "state")
-TRIAL_ATTRS = ("run_dir", "worker", "slurm_job", "fail_reason", "retry_of", "command", "eval_table")
+TRIAL_ATTRS = ("run_dir", "worker", "slurm_job", "fail_reason", "retry_of", "command", "eval_table", "suite_table")
 INFO_COLUMNS = ("objective", "duration_s", "datetime_start", "datetime_complete", *TRIAL_ATTRS)
 METRIC_PREFIX = "m."  # sweep workers store each final metric as the trial user attribute "m.<name>"
 
@@ -173,16 +174,16 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     return order_columns(df, [])
 
 
-def eval_frame(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """The ``eval_table`` rows of every trial, one row per evaluation row, with the trial's
-    ``keys`` (default: study, number, every parameter and seed) in front."""
-    if df.empty or "eval_table" not in df.columns:
+def eval_frame(df: pd.DataFrame, keys: Sequence[str] | None = None, column: str = "eval_table") -> pd.DataFrame:
+    """The ``eval_table`` rows (or ``column``'s: ``suite_table``) of every trial, one row per evaluation row,
+    with the trial's ``keys`` (default: study, number, every parameter and seed) in front."""
+    if df.empty or column not in df.columns:
         return pd.DataFrame()
     if keys is None:
         keys = [c for c in ("study", "number", *df.attrs.get("params", []), "seed", "run_dir") if c in df.columns]
     rows = []
     for _, trial in df.iterrows():
-        table = trial["eval_table"]
+        table = trial[column]
         if not isinstance(table, list):
             continue
         for r in table:
@@ -224,6 +225,7 @@ def trials_frame(spec: Any, storage_url: str, frame: pd.DataFrame | None = None)
     head = ["number", "state", *df.attrs["params"], "seed", "objective", "duration_s"]
     tail = ["retry_of", "fail_reason", "run_dir"]
     skip = {"study", "datetime_start", "datetime_complete", "worker", "slurm_job", "command", "eval_table"}
+    skip.add("suite_table")
     metrics = [c for c in df.columns if c not in {*head, *tail, *skip}]
     out = df[[c for c in [*head, *metrics, *tail] if c in df.columns]]
     out.attrs = dict(df.attrs)

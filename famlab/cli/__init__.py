@@ -35,6 +35,7 @@ from typing import Any
 from famlab.cli.complete import add_completion_parser, autocomplete, complete_setting, completion_code
 from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main, sweep_parser
 from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
+from famlab.config.metrics import SUITES
 from famlab.runs import RunDir
 
 __all__ = ["SWEEP_ACTIONS", "main", "sweep_main"]
@@ -111,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--out", help="CSV path (default: <run_dir>/eval.csv)")
     p_eval.add_argument(
         "--suite",
-        choices=["ruler", "niah", "mqar", "lm-position", "all"],
+        choices=list(SUITES),
         help="run the long-context suite (famlab.eval.suite) instead: eval/<suite>.csv, a heatmap, effective lengths",
     )
     p_eval.add_argument(
@@ -314,14 +315,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run.eval_path
     df.to_csv(out, index=False)
     summary = summarize_eval(df)
-    run.update_final_metrics(
-        eval={
-            "task": cfg.data.task,
-            "checkpoint": str(args.checkpoint or run.last_checkpoint),
-            "csv": str(out),
-            **summary,
-        }
-    )
+    plain = {"task": cfg.data.task, "checkpoint": str(args.checkpoint or run.last_checkpoint), "csv": str(out)}
+    run.update_final_metrics(eval=merge_eval(run.read_final_metrics().get("eval"), plain={**plain, **summary}))
     from famlab.train.loggers import log_eval_to_wandb
 
     logged = log_eval_to_wandb(cfg, run, df, summary)
@@ -351,13 +346,26 @@ def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, 
         return _error(str(e))
     csv, png = write_suite(result, run.eval_dir)
     print("\n".join(report_lines(result)))
-    section = run.read_final_metrics().get("eval")
-    section = dict(section) if isinstance(section, dict) else {}
-    for member, summary in result.summary.items():
-        section[member] = {**summary, "csv": str(csv), **({"heatmap": str(png)} if png else {})}
-    run.update_final_metrics(eval=section)
+    files = {"csv": str(csv), **({"heatmap": str(png)} if png else {})}
+    sections = {member: {**summary, **files} for member, summary in result.summary.items()}
+    run.update_final_metrics(eval=merge_eval(run.read_final_metrics().get("eval"), suite=sections))
+    from famlab.train.loggers import log_suite_to_wandb
+
+    logged = log_suite_to_wandb(cfg, run, result.suite, result.table, sections, png)
+    if logged:
+        print(f"wandb: logged to run {logged} ({run.path / 'wandb'})")
     print(f"wrote {csv}{f', {png}' if png else ''} and {run.final_metrics_path}")
     return 0
+
+
+def merge_eval(old: Any, *, plain: dict | None = None, suite: dict | None = None) -> dict:
+    """final_metrics.json's ``eval`` section after one evaluation: ``famlab eval``'s numbers (``plain``: the
+    section's plain entries) replace the earlier plain entries and keep the suite's sections (the mappings
+    ``famlab eval --suite`` writes, one per member); a suite's sections replace those members' and keep the rest."""
+    old = dict(old) if isinstance(old, dict) else {}
+    if plain is not None:
+        old = {k: v for k, v in old.items() if isinstance(v, dict)} | plain
+    return old | (suite or {})
 
 
 def cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

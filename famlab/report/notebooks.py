@@ -21,10 +21,11 @@ class NotebookSpec:
     about: str  # what is varied, what the paper found, how famlab measures it
     evaluate: bool = False  # the spec evaluates each run: add the evaluation table and plot
     state_size: bool = False  # the settings are memory kinds: add the score against the state size
+    suite: bool = False  # the spec runs famlab eval --suite (eval_suite): add the heatmaps and effective lengths
 
 
 # the sweeps that have a notebook, in the report's order; each spec's `notebook:` section (title, about,
-# evaluate) is its heading, so a study is described once, in its YAML
+# evaluate, suite) is its heading, so a study is described once, in its YAML
 SWEEP_ORDER = (
     "fam_length",
     "memory_segment",
@@ -40,6 +41,7 @@ SWEEP_ORDER = (
     "passkey_recipe",
     "feedback_memory",
     "memory_kinds",
+    "long_context_suite",
 )
 
 
@@ -50,7 +52,7 @@ def sweep_notebook(name: str) -> NotebookSpec:
     section = OmegaConf.to_container(OmegaConf.load(spec_file(name))).get("notebook")
     if not isinstance(section, dict) or not {"title", "about"} <= section.keys():
         raise ValueError(f"sweep spec {name!r} has no notebook: section with title and about")
-    flags = {key: bool(section.get(key, False)) for key in ("evaluate", "state_size")}
+    flags = {key: bool(section.get(key, False)) for key in ("evaluate", "state_size", "suite")}
     return NotebookSpec(name, section["title"], section["about"], **flags)
 
 
@@ -174,6 +176,21 @@ def sweep_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
                 "    plt.show()",
                 [],
             ),
+        ]
+    if nb.suite:
+        cells += [
+            ("markdown", "## Long-context suite: needle heatmaps side by side (mean over seeds)", []),
+            (
+                "code",
+                "fig = fa.plot_suite_heatmaps(res) if res.ok else None\n"
+                "if res.ok and fig is None:\n"
+                '    display(Markdown("No suite tables stored on the trials."))\n'
+                "elif fig is not None:\n"
+                "    plt.show()",
+                [],
+            ),
+            ("markdown", "## Effective length (x the training length, mean ± 95% t-interval over seeds)", []),
+            ("code", "if res.ok:\n    display(fa.effective_length_table(res))", []),
         ]
     cells.append(
         (

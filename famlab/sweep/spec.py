@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from famlab.config import config_error, reject_unknown_keys
+from famlab.config.metrics import SUITES
 from famlab.resources import spec_file
 from famlab.sweep.shape import check_shape, read_spec_yaml
 from famlab.sweep.validate import validate_trials
@@ -43,6 +44,7 @@ SPEC_KEYS = (
     "table",
     "evaluate",
     "eval_overrides",
+    "eval_suite",  # `famlab eval RUN --suite <value>` after training (famlab.eval.suite): its metrics eval/<member>/...
     "claims",
     "notebook",  # the analysis notebook's heading (title, about, evaluate), read by famlab.report
     "slurm",  # `famlab sweep submit`'s settings (famlab.sweep.slurm)
@@ -88,6 +90,7 @@ class SweepSpec:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: bool = False  # run `famlab eval` on each trained run (its table goes on the trial)
     eval_overrides: dict[str, Any] = field(default_factory=dict)
+    eval_suite: str | None = None  # run `famlab eval --suite` on each trained run (its table goes on the trial)
     description: str = ""
     paper: str = ""
     table: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +106,11 @@ class SweepSpec:
     def varied(self) -> list[str]:
         """Parameters the sweep varies (seed excluded)."""
         return list(self.grid or self.space or {})
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether a trial runs ``famlab eval`` after training: plain (``evaluate``), the suite, or both."""
+        return self.evaluate or self.eval_suite is not None
 
     def eval_overrides_list(self) -> list[str]:
         return [f"{k}={dot_value(v)}" for k, v in self.eval_overrides.items()]
@@ -255,6 +263,13 @@ def _trial_settings(owner: str, pick: Callable[[str, Any], Any]) -> dict[str, An
     }
 
 
+def _eval_suite(owner: str, value: Any) -> str | None:
+    """``eval_suite``: a suite of ``famlab eval --suite`` (:data:`famlab.config.metrics.SUITES`), or null for none."""
+    if value is not None and not (isinstance(value, str) and value in SUITES):
+        raise config_error(owner, "eval_suite", value, "one of " + ", ".join(SUITES) + ", or null for none")
+    return value
+
+
 def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool = True) -> SweepSpec:
     """Load and check a spec for one profile. Everything is checked before any trial runs: spec keys,
     the profile, value types, an empty grid, and (``validate_runs``) every trial's run config."""
@@ -301,6 +316,7 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         variants=variants,
         evaluate=bool(pick("evaluate", False)),
         eval_overrides=merged("eval_overrides"),
+        eval_suite=_eval_suite(owner, pick("eval_suite", None)),
         description=raw.get("description", ""),
         paper=raw.get("paper", ""),
         table=pick("table", {}) or {},

@@ -56,14 +56,15 @@ def metric_error(owner: str, key: str, name: str, allowed: list[str]) -> str:
 
 def check_metrics(spec: Any, cfg: Any, memo: dict[tuple, str | None]) -> str | None:
     """The objective (a number) and the ``metrics:`` names (any value) among what a trial of ``cfg`` writes."""
-    numbers = logged_metrics(cfg, evaluate=spec.evaluate)
-    key = tuple(numbers)  # the names depend on the task, validation, attention kind and auxiliary losses
+    numbers = logged_metrics(cfg, evaluate=spec.evaluate, suite=spec.eval_suite)
+    # the names depend on the task, validation, tokenizer, attention kind and auxiliary losses
+    key = (tuple(numbers), cfg.data.task, cfg.data.val_batches > 0, cfg.data.tokenizer == "bytes")
     if key not in memo:
         owner = Path(spec.path).stem if spec.path else spec.study
         if spec.metric not in numbers:
             memo[key] = metric_error(owner, "objective.metric", spec.metric, numbers)
         else:
-            every = logged_metrics(cfg, evaluate=spec.evaluate, numeric=False)
+            every = logged_metrics(cfg, evaluate=spec.evaluate, numeric=False, suite=spec.eval_suite)
             bad = [m for m in spec.metrics if m not in every]
             memo[key] = metric_error(owner, "metrics", bad[0], every) if bad else None
     return memo[key]
@@ -71,7 +72,7 @@ def check_metrics(spec: Any, cfg: Any, memo: dict[tuple, str | None]) -> str | N
 
 def validate_trials(spec: Any, memory: int | None = None) -> None:
     """Load and check the run config of every trial (:func:`candidates`), its evaluation settings when the spec
-    evaluates, and the metric names; raise ``ValueError`` with one line at the first bad one. ``memory``: the
+    evaluates (plainly or with a suite), and the metric names; raise ``ValueError`` with one line at the first bad one. ``memory``: the
     bytes a trial may use (default: this machine's, see :func:`famlab.config.trainable.check_sizes`)."""
     owner = Path(spec.path).stem if spec.path else spec.study
     memo: dict[tuple, str | None] = {}
@@ -84,7 +85,7 @@ def validate_trials(spec: Any, memory: int | None = None) -> None:
             if key not in checked:
                 checked.add(key)
                 check_trainable(cfg, memory)
-                if spec.evaluate:
+                if spec.evaluates:
                     load_run_config(spec.preset, overrides + spec.eval_overrides_list())
         except ValueError as err:
             shown = ", ".join(f"{k}={v}" for k, v in params.items())

@@ -1,5 +1,5 @@
 """One sweep worker: it takes trials from the study and runs each as ``famlab train`` (and
-``famlab eval``) child processes, until nothing is left to start or to wait for.
+``famlab eval``, and ``famlab eval --suite``) child processes, until nothing is left to start or to wait for.
 
 * One trial = one ``famlab train`` in its own process (a crash or OOM kills the trial, not the
   worker), dying with its worker (``PR_SET_PDEATHSIG``). Its run directory, exit status, log tail
@@ -231,21 +231,18 @@ def run_trial(
         raise TrialFailed(f"famlab train exited with {code}: {_log_tail(log_path)}")
     if run_dir is None or not run_dir.is_complete():
         raise TrialFailed(f"no final_metrics.json under {trial_dir}")
+    reused = start is not None and start.complete  # an earlier attempt's finished run: its evaluations too
     if spec.evaluate:
-        if not (start is not None and start.complete and run_dir.eval_path.exists()):
-            eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu"]
-            code = _run_child(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
-            if code != 0:
-                tail = _log_tail(trial_dir / "eval.log")
-                if code == TRAIN_EXIT_BAD_SETTINGS:
-                    raise TrialFailed(
-                        f"bad evaluation settings, not retried (famlab eval refuses them again): {tail}", True
-                    )
-                raise TrialFailed(f"famlab eval exited with {code}: {tail}")
+        if not (reused and run_dir.eval_path.exists()):
+            _evaluate(famlab, run_dir, [], spec, trial_dir, env, poll, deadline)
         if run_dir.eval_path.exists():
-            import pandas as pd
-
-            trial.set_user_attr("eval_table", pd.read_csv(run_dir.eval_path).to_dict(orient="records"))
+            trial.set_user_attr("eval_table", _records(run_dir.eval_path))
+    if spec.eval_suite is not None:  # after the plain evaluation: each keeps the other's final metrics
+        suite_csv = run_dir.eval_dir / f"{spec.eval_suite}.csv"
+        if not (reused and suite_csv.exists()):
+            _evaluate(famlab, run_dir, ["--suite", spec.eval_suite], spec, trial_dir, env, poll, deadline)
+        if suite_csv.exists():
+            trial.set_user_attr("suite_table", _records(suite_csv))
     metrics = run_dir.read_flat_final_metrics()
     for key, value in metrics.items():
         trial.set_user_attr(f"m.{key}", value)
@@ -253,6 +250,36 @@ def run_trial(
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise TrialFailed(f"objective {spec.metric}={value!r} is not a finite number")
     return float(value)
+
+
+def _evaluate(
+    famlab: list[str],
+    run_dir: RunDir,
+    extra: list[str],
+    spec: SweepSpec,
+    trial_dir: Path,
+    env: dict[str, str],
+    poll: float,
+    deadline: float | None,
+) -> None:
+    """``famlab eval RUN <eval_overrides> --device cpu [--suite S]`` as a child process logging to ``eval.log``;
+    ``TrialFailed`` if it fails (for good where it refused the settings). The options go after the settings:
+    argparse takes no positional settings after an option's value."""
+    eval_cmd = [*famlab, "eval", str(run_dir), *spec.eval_overrides_list(), "--device", "cpu", *extra]
+    code = _run_child(eval_cmd, trial_dir / "eval.log", env, poll=poll, deadline=deadline)
+    if code != 0:
+        tail = _log_tail(trial_dir / "eval.log")
+        if code == TRAIN_EXIT_BAD_SETTINGS:
+            raise TrialFailed(f"bad evaluation settings, not retried (famlab eval refuses them again): {tail}", True)
+        raise TrialFailed(f"famlab eval exited with {code}: {tail}")
+
+
+def _records(csv: Path) -> list[dict[str, Any]]:
+    """A CSV's rows as a trial attribute: JSON records, a missing value as null (strict JSON for every storage)."""
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
 
 def _retry_failed(spec: SweepSpec) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from famlab.config import ConfigError, RunConfig
-from famlab.runs import RunDir
+from famlab.runs import RunDir, flatten_metrics
 
 
 class JsonlLogger(Logger):
@@ -156,6 +156,27 @@ def log_eval_to_wandb(cfg: RunConfig, run: RunDir, table: Any, summary: dict[str
     summary number as ``eval/<metric>`` in its summary. Resumes the run's wandb id (``resume="allow"``) in
     the mode ``logger.wandb`` gives; nothing when the run had no wandb run or wandb is disabled. Returns
     the wandb id used."""
+    return log_to_run_wandb(cfg, run, {"eval/table": table}, {f"eval/{k}": v for k, v in summary.items()})
+
+
+def log_suite_to_wandb(
+    cfg: RunConfig, run: RunDir, suite: str, table: Any, sections: dict[str, Any], heatmap: str | Path | None
+) -> str | None:
+    """Add a suite evaluation (``famlab eval --suite``) to the run's own wandb run, like :func:`log_eval_to_wandb`:
+    the suite's table as ``eval/<suite>/table``, its needle heatmap PNG as the image ``eval/<suite>/heatmap``, and
+    every number of its ``final_metrics.json`` sections in the summary under the names a sweep reads
+    (``eval/ruler/effective_length``, ``eval/ruler/tasks/vt/score``, ...)."""
+    logged: dict[str, Any] = {f"eval/{suite}/table": table}
+    if heatmap is not None:
+        logged[f"eval/{suite}/heatmap"] = Path(heatmap)
+    flat = flatten_metrics({"eval": sections})
+    return log_to_run_wandb(cfg, run, logged, {k: v for k, v in flat.items() if isinstance(v, int | float)})
+
+
+def log_to_run_wandb(cfg: RunConfig, run: RunDir, logged: dict[str, Any], summary: dict[str, Any]) -> str | None:
+    """Log ``logged`` (DataFrames as tables, paths as images) in one step of the run's own wandb run and set
+    ``summary``; the run's wandb id resumed (``resume="allow"``) in the mode ``logger.wandb`` gives. Nothing
+    (None) when the run had no wandb run or wandb is disabled; else the wandb id used."""
     run_id = run.wandb_id()
     mode = wandb_mode(cfg.logger.wandb)
     if run_id is None or mode == "disabled":
@@ -173,7 +194,11 @@ def log_eval_to_wandb(cfg: RunConfig, run: RunDir, table: Any, summary: dict[str
         mode=mode,
         settings=wandb.Settings(silent=True),
     ) as wb:
-        wb.log({"eval/table": wandb.Table(dataframe=table)})
+        media = {
+            key: wandb.Image(str(value)) if isinstance(value, Path) else wandb.Table(dataframe=value)
+            for key, value in logged.items()
+        }
+        wb.log(media)
         for key, value in summary.items():
-            wb.summary[f"eval/{key}"] = value
+            wb.summary[key] = value
     return run_id

@@ -28,21 +28,14 @@ from typing import Any
 import pandas as pd
 import torch
 
+from famlab.config.metrics import SUITES  # the suites and their members, declared with their metric names
 from famlab.data import as_data_config
 from famlab.eval.streaming import EvalRun, eval_mode, resolve_multiples
 from famlab.eval.suite.codec import codec_for
 from famlab.eval.suite.heatmap import write_heatmap
-from famlab.eval.suite.members import evaluate_lm_position, evaluate_mqar
+from famlab.eval.suite.members import evaluate_lm_position, evaluate_mqar, mqar_settings
 from famlab.eval.suite.ruler import NIAH_TASKS, TASKS, evaluate_tasks
 from famlab.eval.suite.summary import DEFAULT_THRESHOLD, summarize
-
-SUITES: dict[str, tuple[str, ...]] = {
-    "niah": ("niah",),
-    "ruler": ("ruler",),
-    "mqar": ("mqar",),
-    "lm-position": ("lm-position",),
-    "all": ("ruler", "mqar", "lm-position"),
-}
 
 __all__ = ["SUITES", "TASKS", "SuiteResult", "report_lines", "run_suite", "summary_lines", "task_tables", "write_suite"]
 
@@ -85,6 +78,8 @@ def run_suite(
     )
     D = int(depth_buckets or cfg.passkey_eval_depth_buckets)
     n = int(samples or cfg.passkey_eval_samples)
+    if "mqar" in SUITES[suite]:  # its settings are checked before the other members spend their time
+        mqar_settings(cfg, model.cfg.vocab_size, lengths, mqar_pairs)
     frames = []
     with torch.no_grad(), eval_mode(model):
         for member in SUITES[suite]:

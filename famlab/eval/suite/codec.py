@@ -8,8 +8,9 @@ comes from.
   same documents' text, tokenized once; needles go in at any token boundary.
 * ``symbols``: compact templates (``@key:value.`` needles, ``?key:`` queries), one symbol per character:
   the digits are PassKey's digit symbols, ``@`` and ``?`` its key and question markers, and every other
-  character one fixed symbol above them; the haystack is PassKey's symbol filler, cycled from a random
-  offset; needles go in anywhere.
+  character one fixed symbol above them, an uppercase letter its lowercase one (the scores are
+  case-insensitive; so 45 symbols suffice and PassKey's 64-symbol models run the suite); the haystack is
+  PassKey's symbol filler, cycled from a random offset; needles go in anywhere.
 
 Lengths are in the codec's tokens. ``decode`` turns predicted tokens back into text for scoring.
 """
@@ -50,6 +51,10 @@ TEXT_TEMPLATES = {
     "Memorize the ones that appear most often.\n",
     "cwe_entry": " {i}. {word}",
     "cwe_query": "\nWhat are the {k} most common words in the above list? Answer: ",
+    "fwe_head": "Read the following coded text and track the frequency of each coded word. "
+    "Find the {k} most frequently appeared coded words.\n",
+    "fwe_entry": " {word}",
+    "fwe_query": "\nWhat are the {k} most frequently appeared words in the above coded text? Answer: ",
     "sep": " ",
 }
 SYMBOL_TEMPLATES = {
@@ -65,11 +70,14 @@ SYMBOL_TEMPLATES = {
     "cwe_head": "",
     "cwe_entry": "{word} ",
     "cwe_query": "?{k}:",
+    "fwe_head": "",
+    "fwe_entry": "{word} ",
+    "fwe_query": "?{k}:",
     "sep": " ",
 }
-HEADS = ("head", "vt_head", "cwe_head")  # left out with data.passkey_instruction=false
-# symbols: every character the templates and values use, after the digits and the two markers
-SYMBOL_CHARS = string.ascii_lowercase + string.ascii_uppercase + " -:.=,"
+HEADS = ("head", "vt_head", "cwe_head", "fwe_head")  # left out with data.passkey_instruction=false
+# symbols: every character the templates and values use (uppercase read as lowercase), after the digits and markers
+SYMBOL_CHARS = string.ascii_lowercase + " -:.=,"
 
 
 @dataclass
@@ -126,7 +134,7 @@ def symbol_of(c: str) -> int:
         return SYMBOL_KEY
     if c == "?":
         return SYMBOL_QUESTION
-    return SYMBOL_FILLER0 + SYMBOL_CHARS.index(c)
+    return SYMBOL_FILLER0 + SYMBOL_CHARS.index(c.lower())
 
 
 def char_of(i: int) -> str:

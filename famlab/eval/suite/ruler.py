@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from famlab.config.metrics import NIAH_TASKS  # noqa: F401  (re-exported: the niah suite's tasks, declared there)
 from famlab.eval.streaming import EvalRun, greedy_decode_ragged
 from famlab.eval.suite.codec import Codec
 from famlab.eval.suite.niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
 from famlab.eval.suite.sample import Sample, TooShort
-from famlab.eval.suite.tracking import cwe, vt
+from famlab.eval.suite.tracking import cwe, fwe, vt
 
 SUITE_CODE = 20  # issue #20; keeps the suite's random streams apart from the tasks' own
 
@@ -56,9 +57,9 @@ TASKS = {
         SyntheticTask("niah_multiquery", 6, niah_multiquery),
         SyntheticTask("vt", 7, vt),
         SyntheticTask("cwe", 8, cwe, has_depth=False),
+        SyntheticTask("fwe", 9, fwe, has_depth=False),
     )
 }
-NIAH_TASKS = ("niah_single_digits", "niah_single_words", "niah_single_uuid")
 
 
 def cell_rng(seed: int, task: SyntheticTask, length: int, bucket: int, buckets: int) -> np.random.Generator:

@@ -1,4 +1,4 @@
-"""RULER's aggregation-style tasks: variable tracking and common-words extraction.
+"""RULER's aggregation-style tasks: variable tracking, common-words and frequent-words extraction.
 
 * ``vt`` (variable tracking): ``chains`` (default 1) chains of ``hops`` (default 4) assignments,
   "VAR AAAAA = 12345." then "VAR BBBBB = VAR AAAAA." ..., hidden in the haystack; the question gives the
@@ -8,6 +8,12 @@
   ``freq_common`` (default 5) times each and the others ``freq_rare`` (default 1) time each, as many as
   the length holds; the answer is the common words, in the order they first appear. The list's few leftover tokens are haystack, before
   it. It has no needle, hence no depth.
+* ``fwe`` (frequent-words extraction): a text of words with Zipf frequencies (RULER's alpha = 2): the word of
+  rank r appears floor(C / r^alpha) times, C as large as the length holds (at least 18, the smallest C whose
+  ``top`` = 3 most frequent words are strictly more frequent than every other, so the answer is unique),
+  shuffled; the answer is the ``top`` most frequent words, most frequent first. RULER draws the words from a
+  Zipf distribution and codes them; famlab takes the expected counts (exact, so a reader of the text always
+  has one right answer) and English nouns. Leftover tokens are haystack, before the text; no depth.
 """
 
 from __future__ import annotations
@@ -92,3 +98,43 @@ def cwe(
     pad = codec.haystack(rng, room - len(body) - len(answer))
     ids = np.concatenate([head, pad, body, query, answer]).astype(np.int64)
     return Sample(ids, len(answer), firsts)
+
+
+def zipf_counts(c: int, alpha: float) -> list[int]:
+    """floor(c / r^alpha) for ranks r = 1, 2, ... while it is >= 1."""
+    out, r = [], 1
+    while (n := int(c / r**alpha)) >= 1:
+        out.append(n)
+        r += 1
+    return out
+
+
+def fwe(
+    codec: Codec, rng: np.random.Generator, length: int, depth: float = float("nan"), top: int = 3, alpha: float = 2.0
+) -> Sample:
+    head = codec.fill("fwe_head", k=top)
+    query = codec.fill("fwe_query", k=top)
+    room = length - len(head) - len(query)  # for the text, the answer and the haystack before the text
+    smallest = next(c for c in range(1, 10_000) if len(z := zipf_counts(c, alpha)) > top and z[top - 1] > z[top])
+    words = draw_words(rng, len(zipf_counts(max(smallest, length), alpha)))  # enough ranks for any C <= length
+    seed = int(rng.integers(0, 2**32))
+    answer = codec.encode(codec.templates["sep"].join(words[:top]))
+
+    def text(c: int) -> np.ndarray:
+        items = [w for w, n in zip(words, zipf_counts(c, alpha)) for _ in range(n)]
+        order = np.random.default_rng(seed).permutation(len(items))
+        return np.concatenate([codec.fill("fwe_entry", word=items[j]) for j in order])
+
+    if len(text(smallest)) + len(answer) > room:
+        raise too_short("fwe", length, length - room + len(text(smallest)) + len(answer))
+    lo, hi = smallest, max(smallest, length)  # the largest C whose text fits (a word is at least one token)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(text(mid)) + len(answer) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    body = text(lo)
+    pad = codec.haystack(rng, room - len(body) - len(answer))
+    ids = np.concatenate([head, pad, body, query, answer]).astype(np.int64)
+    return Sample(ids, len(answer), words[:top])
