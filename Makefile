@@ -18,7 +18,7 @@ WORKERS ?= 2
 # `make sweep EXECUTOR=slurm` submits the workers as a SLURM job array (famlab sweep submit) instead
 EXECUTOR ?= local
 
-.PHONY: help install install-peers postgres chromium slurm notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-stream bench-peers bench-workers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
+.PHONY: help install install-peers postgres chromium slurm notebook data test test-fast test-slow lint format bench bench-d512 bench-b8 bench-kinds bench-stream bench-peers bench-workers passkey-demo sweep sweep-status dashboard reproduce claims report pretrained pretrained-passkey gpu-check clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}' | \
@@ -75,6 +75,9 @@ bench-d512: $(STAMP) ## the same training-step benchmark at d_model=512 (8 heads
 
 bench-b8: $(STAMP) ## the training-step benchmark at batch 8 (32k tokens a step): bswa, fam (wavefront), fam-layer-major
 	$(BIN)/python -m famlab.bench --batch-size 8 --variants bswa,fam,fam-layer-major --no-memory $(BENCH_ARGS)
+
+bench-kinds: $(STAMP) ## the training-step benchmark of every memory kind: bswa, fam, fm, sum-fam, rmt, infini, block-recurrent (T=1024)
+	$(BIN)/python -m famlab.bench --seq-len 1024 --variants bswa,fam,fm,sum-fam,rmt,infini,block-recurrent --no-memory $(BENCH_ARGS)
 
 bench-stream: $(STAMP) ## streaming inference: tokens/s and peak RSS over 16k-1M tokens, streaming vs parallel prefill
 	$(BIN)/python -m famlab.bench.stream $(BENCH_ARGS)

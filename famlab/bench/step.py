@@ -25,6 +25,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "fam": ("fam", "fast"),  # the wavefront path (``impl="wave"``), which "fast" picks for FAM
     "fam-layer-major": ("fam", "layer_major"),  # layer-major with its sequential FAM scan
     "fam-ref": ("fam", "reference"),
+    "fm": ("fm", "fast"),  # feedback memory segment (App. C.2): per layer, block by block
+    "sum-fam": ("sum_fam", "fast"),  # SUM FAM (App. C.3): layer-major
     "block-recurrent": ("block_recurrent", "fast"),  # Block-Recurrent Transformer (App. C.1), layer-major
     "block-recurrent-ref": ("block_recurrent", "reference"),
     # Infini-attention (compressive memory beside the base config's m-block segment; its memory matmuls are
@@ -43,6 +45,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rmt": ("rmt", "fast"),
 }
 DEFAULT_VARIANTS = "full,bswa,txl,fam,fam-layer-major,fam-ref"
+MEMORY_KINDS_VARIANTS = "bswa,fam,fm,sum-fam,rmt,infini,block-recurrent"  # make bench-kinds
 # compiled impls -> (train.compile, train.compile_mode)
 COMPILED = {
     "compiled": ("fam_scan", "default"),
