@@ -66,6 +66,17 @@ def solve(task: str, templates: dict[str, str], text: str) -> str | None:
     return t["sep"].join(values) if values else None
 
 
+def passkey_reader(codec):
+    """(question text, a regex of the key sentence) of niah_passkey, from the run's PassKey pieces: the key
+    sentence of the key "00..0" decoded, its digits made a group (a text tokenizer may decode spaces its way)."""
+    zeros = "0" * codec.key_digits
+    sentence, question, _ = codec.passkey.key_parts(zeros)
+    text = codec.decode(sentence).strip()
+    return codec.decode(question), re.escape(text).replace(zeros, rf"(\d{{{codec.key_digits}}})", 1).replace(
+        zeros, r"\d+"
+    )
+
+
 class Reader(nn.Module):
     """Streams like FamLM.step. At each query's end it reads the prompt (only its last ``window`` tokens
     if given), solves the task and says the answer, one token per step; elsewhere (or when it cannot
@@ -85,6 +96,14 @@ class Reader(nn.Module):
     def init_state(self, b, device=None):
         return self.State(b)
 
+    def passkey_plan(self, seen):
+        """niah_passkey: at the question's end, the key read from the key sentence in the window (None: none)."""
+        question, sentence = passkey_reader(self.codec)
+        if not self.codec.decode(seen[-4 * len(question) :]).endswith(question):
+            return None
+        found = re.findall(sentence, self.codec.decode(seen[-(self.window or 0) :]))
+        return (len(seen), self.codec.passkey.key_parts(found[-1])[2]) if found else None
+
     def step(self, tokens, state):
         b, n = tokens.shape
         if self.guess:
@@ -96,7 +115,9 @@ class Reader(nn.Module):
                 seen = state.seen[r]
                 seen.append(int(tokens[r, i]))
                 plan = state.plan[r]
-                if plan is None and self.codec.decode(seen[-12:]).endswith(self.trigger):
+                if plan is None and self.task == "niah_passkey":
+                    plan = state.plan[r] = self.passkey_plan(seen)
+                elif plan is None and self.codec.decode(seen[-12:]).endswith(self.trigger):
                     answer = solve(self.task, self.codec.templates, self.codec.decode(seen[-(self.window or 0) :]))
                     if answer is not None:
                         plan = state.plan[r] = (len(seen), self.codec.encode(answer))

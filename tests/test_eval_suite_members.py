@@ -96,7 +96,7 @@ def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
     assert main([*eval_args, "data.passkey_eval_lengths=[0.1]", "--device", "cpu", "--suite", "ruler"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(
-        r"famlab: error: length=51 is not allowed for task niah_single_digits: expected >= \d+ tokens .*", err
+        r"famlab: error: length=51 is not allowed for task niah_passkey: expected >= \d+ tokens .*", err
     )
     assert main([*eval_args, "--device", "cpu", "--suite", "all"]) == 0
     out = capsys.readouterr().out
@@ -105,7 +105,7 @@ def test_cli_suite_all_on_a_tiny_trained_run(tmp_path, capsys, cache_dir):
     assert set(table[table.member != "lm-position"].length) == {512, 1024}
     assert (run_dir / "eval" / "all_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     # progress per task and length as each finishes, then a table per task, then the summary
-    assert out.splitlines()[0].startswith("niah_single_digits length 512 (1x): all-match ")
+    assert out.splitlines()[0].startswith("niah_passkey length 512 (1x): all-match ")
     assert "\nmqar 8 pairs, length 1024 (2x): accuracy " in out and "\ncwe:\n" in out
     assert re.search(
         r"\nmqar:\n *length +length_x +n +score +gap +gap_x +num_pairs +accuracy +example_accuracy\n +512 +1.0 +16 +0.0 +480 +0.9375 +8 ",

@@ -56,7 +56,8 @@ SUITES: dict[str, tuple[str, ...]] = {  # famlab eval --suite SUITE: the members
     "lm-position": ("lm-position",),
     "all": ("ruler", "mqar", "lm-position"),
 }
-NIAH_TASKS = ("niah_single_digits", "niah_single_words", "niah_single_uuid")
+# niah_passkey: the run's own PassKey example (famlab.eval.suite.passkey_needle), in every run's niah suite
+NIAH_TASKS = ("niah_passkey", "niah_single_digits", "niah_single_words", "niah_single_uuid")
 RULER_TASKS = (*NIAH_TASKS, "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe")
 MEMBER_TASKS = {"niah": NIAH_TASKS, "ruler": RULER_TASKS, "mqar": ("mqar",)}  # lm-position scores no task
 SCORE_SUMMARY = ("threshold", "score", "effective_length", "effective_length_x")

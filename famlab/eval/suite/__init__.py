@@ -2,7 +2,8 @@
 
 Suites (:data:`SUITES`):
 
-* ``niah``: RULER's single-needle tasks (digits, words, uuid values) over (length x depth);
+* ``niah``: the run's own PassKey example (``niah_passkey``, :mod:`.passkey_needle`) and RULER's single-needle
+  tasks (digits, words, uuid values) over (length x depth);
 * ``ruler``: those, the multi-key, multi-value and multi-query needles, variable tracking and
   common-words extraction (:mod:`.niah`, :mod:`.tracking`, scored by :mod:`.ruler`);
 * ``mqar``: Zoology's multi-query associative recall (famlab's recall task, :mod:`.members`);

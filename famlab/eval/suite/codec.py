@@ -31,6 +31,7 @@ from famlab.data.passkey import (
     SYMBOL_KEY,
     SYMBOL_QUESTION,
     load_tokenizer,
+    pieces_for,
     symbol_pieces,
 )
 from famlab.data.text import load_corpus
@@ -90,6 +91,8 @@ class Codec:
     haystack_ids: np.ndarray | None = None  # the haystack source (a long token array, read cyclically)
     word_starts: bool = False  # bytes: needles go in after whitespace only
     instruction: bool = True  # data.passkey_instruction: the tasks' instruction heads (text templates)
+    passkey: Any = None  # the run's PassKey pieces (famlab.data.passkey.Pieces): the niah_passkey task's examples
+    key_digits: int = 5  # data.passkey_key_digits: the niah_passkey task's key length
 
     def encode(self, text: str) -> np.ndarray:
         if self.kind == "bytes":
@@ -162,7 +165,7 @@ def _tokenized_corpus(tokenizer_path: str, cache_dir: str, val_docs: int, test_d
 
 
 def codec_for(cfg: DataConfig, vocab_size: int) -> Codec:
-    """The codec of ``cfg.tokenizer`` for a model with ``vocab_size`` tokens."""
+    """The codec of ``cfg.tokenizer`` for a model with ``vocab_size`` tokens (with the run's PassKey pieces)."""
     if cfg.tokenizer == "symbols":
         need = SYMBOL_FILLER0 + len(SYMBOL_CHARS)
         if vocab_size < need:
@@ -170,24 +173,24 @@ def codec_for(cfg: DataConfig, vocab_size: int) -> Codec:
                 "DataConfig", "tokenizer", cfg.tokenizer, f"a model with vocab_size >= {need} for the suite's symbols"
             )
         filler = symbol_pieces(vocab_size).period
-        return Codec("symbols", SYMBOL_TEMPLATES, haystack_ids=filler)
-    corpus = (cfg.cache_dir, cfg.text_val_docs, cfg.text_test_docs)
-    if cfg.tokenizer == "bytes":
+        codec = Codec("symbols", SYMBOL_TEMPLATES, haystack_ids=filler)
+    elif cfg.tokenizer == "bytes":
         if vocab_size < 256:
             raise config_error(
                 "DataConfig", "tokenizer", "bytes", f"a model with vocab_size >= 256; it has {vocab_size}"
             )
-        return Codec(
-            "bytes",
-            TEXT_TEMPLATES,
-            haystack_ids=_corpus_text(*corpus),
-            word_starts=True,
-            instruction=cfg.passkey_instruction,
-        )
-    tok = load_tokenizer(cfg.tokenizer)
-    if len(tok) > vocab_size:
-        raise config_error(
-            "DataConfig", "tokenizer", cfg.tokenizer, f"a tokenizer whose {len(tok)} ids fit vocab_size={vocab_size}"
-        )
-    hay = _tokenized_corpus(cfg.tokenizer, *corpus)
-    return Codec("tokenizer", TEXT_TEMPLATES, tokenizer=tok, haystack_ids=hay, instruction=cfg.passkey_instruction)
+        hay = _corpus_text(cfg.cache_dir, cfg.text_val_docs, cfg.text_test_docs)
+        codec = Codec("bytes", TEXT_TEMPLATES, haystack_ids=hay, word_starts=True, instruction=cfg.passkey_instruction)
+    else:
+        tok = load_tokenizer(cfg.tokenizer)
+        if len(tok) > vocab_size:
+            raise config_error(
+                "DataConfig",
+                "tokenizer",
+                cfg.tokenizer,
+                f"a tokenizer whose {len(tok)} ids fit vocab_size={vocab_size}",
+            )
+        hay = _tokenized_corpus(cfg.tokenizer, cfg.cache_dir, cfg.text_val_docs, cfg.text_test_docs)
+        codec = Codec("tokenizer", TEXT_TEMPLATES, tokenizer=tok, haystack_ids=hay, instruction=cfg.passkey_instruction)
+    codec.passkey, codec.key_digits = pieces_for(cfg, vocab_size), cfg.passkey_key_digits
+    return codec

@@ -32,6 +32,7 @@ from famlab.config.metrics import NIAH_TASKS  # noqa: F401  (re-exported: the ni
 from famlab.eval.streaming import EvalRun, greedy_decode_ragged
 from famlab.eval.suite.codec import Codec
 from famlab.eval.suite.niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
+from famlab.eval.suite.passkey_needle import niah_passkey
 from famlab.eval.suite.sample import Sample, TooShort
 from famlab.eval.suite.tracking import cwe, fwe, vt
 
@@ -49,6 +50,7 @@ class SyntheticTask:
 TASKS = {
     t.name: t
     for t in (
+        SyntheticTask("niah_passkey", 10, niah_passkey),  # the run's own PassKey format (first: RULER_TASKS' order)
         SyntheticTask("niah_single_digits", 1, niah_single("digits")),
         SyntheticTask("niah_single_words", 2, niah_single("words")),
         SyntheticTask("niah_single_uuid", 3, niah_single("uuid")),
