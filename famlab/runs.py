@@ -357,3 +357,21 @@ class RunDir:
         metrics.update(sections)
         self.write_final_metrics(metrics)
         return metrics
+
+
+def merge_eval(old: Any, *, plain: dict | None = None, suite: dict | None = None) -> dict:
+    """final_metrics.json's ``eval`` section after one evaluation: ``famlab eval``'s numbers (``plain``: the
+    section's plain entries) replace the earlier plain entries and keep the suite's sections (the mappings
+    ``famlab eval --suite`` writes, one per member); a suite's sections replace those members' and keep the rest."""
+    old = dict(old) if isinstance(old, dict) else {}
+    if plain is not None:
+        old = {k: v for k, v in old.items() if isinstance(v, dict)} | plain
+    return old | (suite or {})
+
+
+def csv_records(csv: str | Path) -> list[dict[str, Any]]:
+    """A CSV's rows as a trial attribute: JSON records, a missing value as null (strict JSON for every storage)."""
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")

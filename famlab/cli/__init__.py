@@ -36,7 +36,7 @@ from famlab.cli.complete import add_completion_parser, autocomplete, complete_se
 from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main, sweep_parser
 from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
 from famlab.config.metrics import SUITES
-from famlab.runs import RunDir
+from famlab.runs import RunDir, merge_eval
 
 __all__ = ["SWEEP_ACTIONS", "main", "sweep_main"]
 
@@ -356,16 +356,6 @@ def cmd_eval_suite(args: argparse.Namespace, run: RunDir, cfg: Any, model: Any, 
         print(f"wandb: logged to run {logged} ({run.path / 'wandb'})")
     print(f"wrote {csv}{f', {png}' if png else ''} and {run.final_metrics_path}")
     return 0
-
-
-def merge_eval(old: Any, *, plain: dict | None = None, suite: dict | None = None) -> dict:
-    """final_metrics.json's ``eval`` section after one evaluation: ``famlab eval``'s numbers (``plain``: the
-    section's plain entries) replace the earlier plain entries and keep the suite's sections (the mappings
-    ``famlab eval --suite`` writes, one per member); a suite's sections replace those members' and keep the rest."""
-    old = dict(old) if isinstance(old, dict) else {}
-    if plain is not None:
-        old = {k: v for k, v in old.items() if isinstance(v, dict)} | plain
-    return old | (suite or {})
 
 
 def cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

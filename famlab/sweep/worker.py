@@ -40,7 +40,7 @@ import optuna
 from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import TrialState
 
-from famlab.runs import RunDir
+from famlab.runs import RunDir, csv_records
 from famlab.sweep.points import failed_by_itself, is_stale, points
 from famlab.sweep.progress import TrialLines
 from famlab.sweep.ranks import launch, plain_env, trial_devices
@@ -236,13 +236,13 @@ def run_trial(
         if not (reused and run_dir.eval_path.exists()):
             _evaluate(famlab, run_dir, [], spec, trial_dir, env, poll, deadline)
         if run_dir.eval_path.exists():
-            trial.set_user_attr("eval_table", _records(run_dir.eval_path))
+            trial.set_user_attr("eval_table", csv_records(run_dir.eval_path))
     if spec.eval_suite is not None:  # after the plain evaluation: each keeps the other's final metrics
         suite_csv = run_dir.eval_dir / f"{spec.eval_suite}.csv"
         if not (reused and suite_csv.exists()):
             _evaluate(famlab, run_dir, ["--suite", spec.eval_suite], spec, trial_dir, env, poll, deadline)
         if suite_csv.exists():
-            trial.set_user_attr("suite_table", _records(suite_csv))
+            trial.set_user_attr("suite_table", csv_records(suite_csv))
     metrics = run_dir.read_flat_final_metrics()
     for key, value in metrics.items():
         trial.set_user_attr(f"m.{key}", value)
@@ -272,14 +272,6 @@ def _evaluate(
         if code == TRAIN_EXIT_BAD_SETTINGS:
             raise TrialFailed(f"bad evaluation settings, not retried (famlab eval refuses them again): {tail}", True)
         raise TrialFailed(f"famlab eval exited with {code}: {tail}")
-
-
-def _records(csv: Path) -> list[dict[str, Any]]:
-    """A CSV's rows as a trial attribute: JSON records, a missing value as null (strict JSON for every storage)."""
-    import pandas as pd
-
-    df = pd.read_csv(csv)
-    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
 
 def _retry_failed(spec: SweepSpec) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
