@@ -60,7 +60,7 @@ def plot_state_size(res: SweepResults, value: str = "accuracy", where: str = "al
         ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("state size (floats carried from block to block per sequence)")
     ax.set_ylabel(f"{value} ({where} evaluated lengths; higher is better)")
-    ax.set_title(f"famlab {res.study_name}: {value} against state size (mean over seeds, 95% t-interval)")
+    ax.set_title(f"famlab {res.study_name}: {value} against state size\n(mean over seeds, 95% t-interval)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
