@@ -12,7 +12,7 @@ import pytest
 from tiny_runs import TINY
 
 from famlab.cli import main
-from famlab.config import load_run_config_file
+from famlab.config import ATTENTION_KINDS, load_run_config_file
 from famlab.runs import RunDir
 from famlab.train import load_checkpoint
 
@@ -28,6 +28,8 @@ def test_help(argv, capsys):
         assert all(cmd in out for cmd in ("train", "eval", "data"))
     if argv[0] == "train":
         assert "preset=" in out and "model.attention" in out
+        kinds = out.split("attention=", 2)[2].split(",", 1)[0]  # the key list's line, not the examples'
+        assert kinds.split("|") == list(ATTENTION_KINDS)  # every kind, from the one registry
 
 
 def test_no_command_prints_help(capsys):

@@ -34,13 +34,14 @@ from typing import Any
 
 from famlab.cli.complete import add_completion_parser, autocomplete, complete_setting, completion_code
 from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main, sweep_parser
-from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
+from famlab.config import ATTENTION_KINDS, ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
 from famlab.config.metrics import SUITES
 from famlab.runs import RunDir, merge_eval
 
 __all__ = ["SWEEP_ACTIONS", "main", "sweep_main"]
 
-EXAMPLES_TRAIN = """examples:
+EXAMPLES_TRAIN = (
+    """examples:
   famlab train preset=tiny
   famlab train preset=tiny model.attention=bswa model.mem_segment=3 train.max_steps=300
   famlab train preset=small data.task=text data.stateful=true logger.wandb=online logger.group=ablation
@@ -48,7 +49,9 @@ EXAMPLES_TRAIN = """examples:
   famlab train -m preset=tiny model.fam_len=2,4,8 seed=0,1   (a grid of 6 runs, run as a sweep)
 
 sections and some keys (see famlab/config/run.py and famlab/config/data.py for all):
-  model.*   attention=full|bswa|txl|fam|fm, block_size, mem_segment, fam_len, d_model, n_layers, ...
+  model.*   attention="""
+    + "|".join(ATTENTION_KINDS)
+    + """, block_size, mem_segment, fam_len, d_model, n_layers, ...
   data.*    task=passkey|text|recall, batch_size, seq_len, seq_len_schedule, seq_len_adaptive, stateful, ...
   train.*   max_steps, lr, optimizer=adamw|adafactor, schedule=constant|cosine, warmup_steps,
             grad_clip, precision, devices, strategy, accelerator, val_every, log_every,
@@ -60,6 +63,7 @@ exit status: 0 done; 2 bad settings or an unreadable resume checkpoint (no run d
   3 diverged: a non-finite training loss (deterministic; final_metrics.json has "stopped");
   4 a checkpoint could not be written (the previous one is kept; resume= continues)
 """
+)
 
 
 def _parser() -> argparse.ArgumentParser:
