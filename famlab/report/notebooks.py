@@ -41,6 +41,7 @@ SWEEP_ORDER = (
     "passkey_recipe",
     "feedback_memory",
     "memory_kinds",
+    "recall_kinds",
     "long_context_suite",
 )
 
