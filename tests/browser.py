@@ -5,7 +5,9 @@ replies on its fd 4), so no websocket client, driver or Python package is needed
 
 ``--dump-dom`` cannot say whether an image decoded (``naturalWidth``) and ``--screenshot`` cannot
 say which element is what, so the test asks the page itself: :meth:`Browser.page` loads a URL,
-waits for the load event and every image, and returns what a small script reads from the DOM.
+waits for the load event and every image, and returns what a small script reads from the DOM, plus the
+page's console errors (``console_errors``: uncaught exceptions, ``console.error`` calls and the browser's own
+error log entries, such as a resource that failed to load), collected from the DevTools events.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class Browser:
         self.next_id, self.buffer = 0, b""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        self.send("Page.enable", session=True)
+        self.console: list[str] = []  # the current page's console errors (events, see keep_event)
+        for domain in ("Page", "Runtime", "Log"):
+            self.send(f"{domain}.enable", session=True)
 
     def __enter__(self) -> Browser:
         return self
@@ -103,8 +107,20 @@ class Browser:
                 os.close(fd)
         self.profile.cleanup()
 
+    def keep_event(self, event: dict) -> None:
+        """Record a console error event; other events are dropped."""
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            details = params.get("exceptionDetails", {})
+            self.console.append(details.get("exception", {}).get("description") or details.get("text", "exception"))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            args = params.get("args", [])
+            self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            self.console.append(params["entry"].get("text", ""))
+
     def send(self, method: str, params: dict | None = None, session: bool = False) -> dict:
-        """One command; its result (events that arrive meanwhile are dropped)."""
+        """One command; its result (events that arrive meanwhile: console errors kept, the rest dropped)."""
         self.next_id += 1
         msg: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -122,13 +138,17 @@ class Browser:
                 self.buffer += chunk
             raw, self.buffer = self.buffer.split(b"\0", 1)
             reply = json.loads(raw)
+            if "method" in reply and "id" not in reply:
+                self.keep_event(reply)
             if reply.get("id") == self.next_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply["result"]
 
     def page(self, url: str) -> dict:
-        """Load ``url`` and return :data:`PAGE_FACTS` of it, once the page and its images loaded."""
+        """Load ``url`` and return :data:`PAGE_FACTS` of it, once the page and its images loaded, with its
+        ``console_errors``."""
+        self.console = []
         self.send("Page.navigate", {"url": url}, session=True)
         end = time.monotonic() + self.deadline_s
         while time.monotonic() < end:
@@ -137,6 +157,6 @@ class Browser:
             )["result"]
             facts = json.loads(result.get("value") or "{}")
             if facts.get("href") == url:  # not the page before, while the navigation commits
-                return facts
+                return {**facts, "console_errors": list(self.console)}
             time.sleep(0.2)
         raise RuntimeError(f"chromium did not load {url}")
