@@ -4,12 +4,16 @@ attention path measurably changes the output (GPT-2 init at this size makes logi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from famlab.config import ModelConfig
 from famlab.model import FamLM
+from famlab.model.state import FamState, state_from_dict, state_to_dict
 
 VARIANTS = ("full", "bswa", "txl", "fam")
 
@@ -150,3 +154,94 @@ def assert_causal(model: FamLM, impl: str) -> None:
         out = model(changed, impl=impl)
         assert torch.equal(out[:, :j], base[:, :j]), f"token {j} changed an earlier logit"
         assert not torch.allclose(out[:, j], base[:, j]), f"token {j} did not change its own logit"
+
+
+# The chunk plans the streaming tests feed ``step``: single tokens, chunks shorter and longer than a block,
+# and an uneven cycle whose chunks start and end at every offset within a block.
+STREAM_CHUNKS = ([1], [5], [17], [3, 11, 2])
+
+
+# The switches every kind's random-switch test draws, after the kind's own (the order each test had them in).
+SHARED_SWITCHES = dict(
+    n_kv_heads=st.sampled_from([None, 1, 2]),
+    ff=st.sampled_from(["gelu", "swiglu"]),
+    norm=st.sampled_from(["layernorm", "rmsnorm"]),
+    tie_embeddings=st.booleans(),
+)
+
+
+def random_switch_test(own_switches: dict):
+    """The decorators of a kind's random-switch test: 12 hypothesis examples of ``sw`` (the kind's
+    ``own_switches``, then SHARED_SWITCHES), a length ``T`` in 1..30, a chunk size ``chunk`` in 1..9 and a
+    ``seed`` in 0..3; no deadline (fp64 reference loops are slow on a busy machine)."""
+    switches = st.fixed_dictionaries({**own_switches, **SHARED_SWITCHES})
+    run = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    draw = given(sw=switches, T=st.integers(1, 30), chunk=st.integers(1, 9), seed=st.integers(0, 3))
+    return lambda test: run(draw(test))
+
+
+def assert_paths_agree(
+    model: FamLM, toks: torch.Tensor, *, tol: float, impl: str = "fast", chunks: list[int] | None = None, what=""
+) -> dict[str, torch.Tensor]:
+    """The ``impl`` path equals the reference loop in logits and in every parameter's gradient, and (with
+    ``chunks``) streaming ``toks`` in those chunks equals the ``impl`` path. Returns the reference gradients,
+    for the caller's check that they are not all zero (what must be nonzero differs per kind)."""
+    out, ref = model(toks, impl=impl), model(toks, impl="reference")
+    assert_close(out, ref, tol=tol, what=f"{impl} vs reference {what}")
+    g_out, g_ref = param_grads(model, out), param_grads(model, ref)
+    for name in g_ref:
+        assert_close(g_out[name], g_ref[name], tol=tol, what=f"grad {name} {what}")
+    if chunks is not None:
+        assert_close(stream(model, toks, chunks), out, tol=tol, what=f"stream vs {impl} {what}")
+    return g_ref
+
+
+def assert_streaming_matches(model: FamLM, chunks: list[int], *, tol: float) -> None:
+    """Streaming 6 blocks and a partial one (batch 2) in ``chunks`` equals the parallel forward."""
+    toks = tokens(model.cfg, 2, 6 * model.cfg.block_size + 5)
+    assert_close(stream(model, toks, chunks), model(toks), tol=tol, what=f"chunks {chunks}")
+
+
+def assert_state_size_constant(model: FamLM, check_state: Callable[[FamState], None] | None = None) -> None:
+    """Streaming 200 tokens in chunks of 5 (batch 1), the state's element count is the same at every block
+    edge from token 60 on; ``check_state`` is called on the state at each of those edges."""
+    B = model.cfg.block_size
+    state, sizes = model.init_state(1), []
+    for i in range(40):
+        _, state = model.step(tokens(model.cfg, 1, 5, seed=i), state)
+        if i > 10 and state.pos % B == 0:
+            if check_state is not None:
+                check_state(state)
+            sizes.append(sum(t.numel() for ls in state.layers for t in vars(ls).values() if t is not None))
+    assert state.pos == 200 and len(sizes) > 1 and len(set(sizes)) == 1, sizes
+
+
+def assert_state_continues(
+    model: FamLM,
+    *,
+    tol: float,
+    check_prefill: Callable[[FamState], None] | None = None,
+    through_saved_state: bool = True,
+) -> None:
+    """A parallel forward's state continues exactly (7 blocks and a partial one, batch 2, against one long
+    forward): mid-block with ``step`` (through ``state_to_dict``/``state_from_dict`` if ``through_saved_state``;
+    ``check_prefill`` is called on that mid-block state first), and at a block edge with another parallel
+    forward, in logits and in gradients through the undetached state."""
+    B = model.cfg.block_size
+    toks = tokens(model.cfg, 2, 7 * B + 3)
+    whole = model(toks)
+    a = 3 * B + 2
+    first, state = model(toks[:, :a], return_state=True)
+    if check_prefill is not None:
+        check_prefill(state)
+    if through_saved_state:
+        state = state_from_dict(state_to_dict(state))
+    rest, _ = model.step(toks[:, a:], state)
+    assert_close(torch.cat([first, rest], 1), whole, tol=tol, what="parallel + step")
+    a = 3 * B
+    first, state = model(toks[:, :a], return_state=True)
+    both = torch.cat([first, model(toks[:, a:], state=state)], 1)
+    assert_close(both, whole, tol=tol, what="parallel + parallel")
+    g_both, g_whole = param_grads(model, both), param_grads(model, whole)
+    for name in g_whole:
+        assert_close(g_both[name], g_whole[name], tol=tol, what=f"grad {name}")

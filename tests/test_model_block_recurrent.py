@@ -9,8 +9,20 @@ import math
 
 import pytest
 import torch
-from helpers import assert_causal, assert_close, make_model, param_grads, stream, tiny_cfg, tokens
-from hypothesis import HealthCheck, given, settings
+from helpers import (
+    STREAM_CHUNKS,
+    assert_causal,
+    assert_close,
+    assert_paths_agree,
+    assert_state_continues,
+    assert_state_size_constant,
+    assert_streaming_matches,
+    make_model,
+    random_switch_test,
+    stream,
+    tiny_cfg,
+    tokens,
+)
 from hypothesis import strategies as st
 
 from famlab.model import FamLM
@@ -18,7 +30,6 @@ from famlab.model.init import INIT_SCHEMES
 from famlab.model.memory import RecurrentMemory, SegmentMemory, memory_kinds
 from famlab.model.ops import merge_heads, sdpa
 from famlab.model.recurrent_cell import RecurrentCell
-from famlab.model.state import state_from_dict, state_to_dict
 
 
 def brt_model(dtype=torch.float64, **changes) -> FamLM:
@@ -51,11 +62,7 @@ def test_kinds_cells_and_impls():
 def test_fast_equals_reference(impl, changes):
     model = brt_model(**changes)
     toks = tokens(model.cfg, 2, 5 * model.cfg.block_size + 3)  # a partial last block
-    fast, ref = model(toks, impl=impl), model(toks, impl="reference")
-    assert_close(fast, ref, tol=1e-10, what="logits")
-    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
-    for name in g_ref:
-        assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name}")
+    g_ref = assert_paths_agree(model, toks, tol=1e-10, impl=impl)
     assert all(g.abs().sum() > 0 for g in g_ref.values()), [n for n, g in g_ref.items() if not g.abs().sum()]
 
 
@@ -64,46 +71,32 @@ def test_causal(impl):
     assert_causal(brt_model(), impl)
 
 
-@pytest.mark.parametrize("chunks", [[1], [5], [17], [3, 11, 2]])
+@pytest.mark.parametrize("chunks", STREAM_CHUNKS)
 @pytest.mark.parametrize("gate", ["fixed", "lstm"])
 def test_streaming_equals_parallel(chunks, gate):
-    model = brt_model(brt_gate=gate, brt_layers=[0, 1])
-    toks = tokens(model.cfg, 2, 6 * model.cfg.block_size + 5)
-    assert_close(stream(model, toks, chunks), model(toks), tol=1e-10, what=f"chunks {chunks}")
+    assert_streaming_matches(brt_model(brt_gate=gate, brt_layers=[0, 1]), chunks, tol=1e-10)
 
 
 def test_streaming_state_size_is_constant():
     model = brt_model(dtype=torch.float32)
     B, m, S = model.cfg.block_size, model.cfg.mem_segment, model.cfg.state_len
-    state, sizes = model.init_state(1), []
-    for i in range(40):
-        _, state = model.step(tokens(model.cfg, 1, 5, seed=i), state)
-        if i > 10 and state.pos % B == 0:
-            ls = state.layers[1]
-            assert ls.brt_state.shape == (1, S, model.cfg.d_model) and ls.brt_k.shape[2] == 0
-            assert ls.mem_k.shape[2] == m * B and state.layers[0].brt_state is None
-            sizes.append(sum(t.numel() for ls in state.layers for t in vars(ls).values() if t is not None))
-    assert state.pos == 200 and len(sizes) > 1 and len(set(sizes)) == 1, sizes
+
+    def check_state(state):
+        ls = state.layers[1]
+        assert ls.brt_state.shape == (1, S, model.cfg.d_model) and ls.brt_k.shape[2] == 0
+        assert ls.mem_k.shape[2] == m * B and state.layers[0].brt_state is None
+
+    assert_state_size_constant(model, check_state)
 
 
 def test_state_continues_exactly():
     """A parallel forward's state continues with step (also mid-block, through a saved state) and with
     another parallel forward: logits, and gradients through the undetached state, equal one long forward."""
-    model = brt_model(brt_gate="lstm")
-    B = model.cfg.block_size
-    toks = tokens(model.cfg, 2, 7 * B + 3)
-    whole = model(toks)
-    a = 3 * B + 2
-    first, state = model(toks[:, :a], return_state=True)
-    assert state.layers[1].brt_k.shape[2] == 2  # the partial block's keys before RoPE
-    rest, _ = model.step(toks[:, a:], state_from_dict(state_to_dict(state)))
-    assert_close(torch.cat([first, rest], 1), whole, tol=1e-10, what="parallel + step")
-    first, state = model(toks[:, : 3 * B], return_state=True)
-    both = torch.cat([first, model(toks[:, 3 * B :], state=state)], 1)
-    assert_close(both, whole, tol=1e-10, what="parallel + parallel")
-    g_both, g_whole = param_grads(model, both), param_grads(model, whole)
-    for name in g_whole:
-        assert_close(g_both[name], g_whole[name], tol=1e-10, what=f"grad {name}")
+
+    def check_prefill(state):
+        assert state.layers[1].brt_k.shape[2] == 2  # the partial block's keys before RoPE
+
+    assert_state_continues(brt_model(brt_gate="lstm"), tol=1e-10, check_prefill=check_prefill)
 
 
 def test_a_partial_block_reads_the_state_but_does_not_update_it():
@@ -231,33 +224,21 @@ def test_bf16_close_to_fp32(dtype, tol):
 
 
 KIND = "block_recurrent"
-SWITCHES = st.fixed_dictionaries(
-    dict(
-        mem_segment=st.integers(0, 3),
-        block_size=st.integers(1, 7),
-        brt_state_len=st.integers(1, 6),
-        brt_layers=st.sampled_from([None, [0], [1], [0, 1]]),
-        brt_gate=st.sampled_from(["fixed", "lstm"]),
-        stop_grad=st.booleans(),
-        n_kv_heads=st.sampled_from([None, 1, 2]),
-        ff=st.sampled_from(["gelu", "swiglu"]),
-        norm=st.sampled_from(["layernorm", "rmsnorm"]),
-        tie_embeddings=st.booleans(),
-    )
+SWITCHES = dict(
+    mem_segment=st.integers(0, 3),
+    block_size=st.integers(1, 7),
+    brt_state_len=st.integers(1, 6),
+    brt_layers=st.sampled_from([None, [0], [1], [0, 1]]),
+    brt_gate=st.sampled_from(["fixed", "lstm"]),
+    stop_grad=st.booleans(),
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sw=SWITCHES, T=st.integers(1, 30), chunk=st.integers(1, 9), seed=st.integers(0, 3))
+@random_switch_test(SWITCHES)
 def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
     model = make_model(tiny_cfg(attention=KIND, **sw), seed=seed, dtype=torch.float64)
     toks = tokens(model.cfg, 2, T, seed=seed)
-    fast, ref = model(toks), model(toks, impl="reference")
-    assert_close(fast, ref, tol=1e-10, what=f"fast vs reference {sw}")
-    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
-    for name in g_ref:
-        assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name} {sw}")
-    assert_close(stream(model, toks, [chunk, chunk + 2]), fast, tol=1e-10, what=f"stream vs fast {sw}")
+    assert_paths_agree(model, toks, tol=1e-10, chunks=[chunk, chunk + 2], what=str(sw))
 
 
 def test_a_tiny_training_run_learns(tmp_path):

@@ -8,8 +8,19 @@ import math
 
 import pytest
 import torch
-from helpers import assert_causal, assert_close, make_model, param_grads, stream, tiny_cfg, tokens
-from hypothesis import HealthCheck, given, settings
+from helpers import (
+    STREAM_CHUNKS,
+    assert_causal,
+    assert_close,
+    assert_paths_agree,
+    assert_state_continues,
+    assert_state_size_constant,
+    assert_streaming_matches,
+    make_model,
+    random_switch_test,
+    tiny_cfg,
+    tokens,
+)
 from hypothesis import strategies as st
 
 from famlab.model import FamLM
@@ -28,11 +39,7 @@ def sum_model(dtype=torch.float64, **changes) -> FamLM:
 def test_fast_equals_reference(impl, m, P, fam_init):
     model = sum_model(mem_segment=m, fam_prev_blocks=P, fam_init=fam_init)
     toks = tokens(model.cfg, 2, 4 * model.cfg.block_size + 3)  # a partial last block
-    fast, ref = model(toks, impl=impl), model(toks, impl="reference")
-    assert_close(fast, ref, tol=1e-10, what="logits")
-    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
-    for name in g_ref:
-        assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name}")
+    g_ref = assert_paths_agree(model, toks, tol=1e-10, impl=impl)
     assert all(g_ref[f"layers.{i}.fam_summary"].abs().sum() > 0 for i in range(model.cfg.n_layers))
     with pytest.raises(ValueError, match="impl='wave'"):
         model(toks, impl="wave")
@@ -44,38 +51,17 @@ def test_causal(impl):
     assert_causal(model, impl)
 
 
-@pytest.mark.parametrize("chunks", [[1], [5], [17], [3, 11, 2]])
+@pytest.mark.parametrize("chunks", STREAM_CHUNKS)
 def test_streaming_equals_parallel(chunks):
-    model = sum_model()
-    toks = tokens(model.cfg, 2, 6 * model.cfg.block_size + 5)
-    assert_close(stream(model, toks, chunks), model(toks), tol=1e-10, what=f"chunks {chunks}")
+    assert_streaming_matches(sum_model(), chunks, tol=1e-10)
 
 
 def test_streaming_state_size_is_constant():
-    model = sum_model(dtype=torch.float32)
-    state, sizes = model.init_state(1), []
-    for i in range(40):
-        _, state = model.step(tokens(model.cfg, 1, 5, seed=i), state)
-        if i > 10 and state.pos % model.cfg.block_size == 0:
-            sizes.append(sum(t.numel() for ls in state.layers for t in vars(ls).values() if t is not None))
-    assert state.pos == 200 and len(sizes) > 1 and len(set(sizes)) == 1, sizes
+    assert_state_size_constant(sum_model(dtype=torch.float32))
 
 
 def test_state_continues_exactly():
-    model = sum_model()
-    B = model.cfg.block_size
-    toks = tokens(model.cfg, 2, 7 * B + 3)
-    whole = model(toks)
-    a = 3 * B + 2
-    first, state = model(toks[:, :a], return_state=True)
-    rest, _ = model.step(toks[:, a:], state)
-    assert_close(torch.cat([first, rest], 1), whole, tol=1e-10, what="parallel + step")
-    first, state = model(toks[:, : 3 * B], return_state=True)
-    both = torch.cat([first, model(toks[:, 3 * B :], state=state)], 1)
-    assert_close(both, whole, tol=1e-10, what="parallel + parallel")
-    g_both, g_whole = param_grads(model, both), param_grads(model, whole)
-    for name in g_whole:
-        assert_close(g_both[name], g_whole[name], tol=1e-10, what=f"grad {name}")
+    assert_state_continues(sum_model(), tol=1e-10, through_saved_state=False)
 
 
 def test_update_is_the_summary_formula():
@@ -124,31 +110,19 @@ def test_equals_fam_until_the_first_update():
 
 
 KIND = "sum_fam"
-SWITCHES = st.fixed_dictionaries(
-    dict(
-        mem_segment=st.integers(0, 2),
-        fam_len=st.integers(1, 4),
-        fam_prev_blocks=st.integers(1, 3),
-        fam_pos=st.sampled_from(["last", "float", "zero"]),
-        fam_init=st.sampled_from(["prompt", "prefix"]),
-        block_size=st.integers(1, 7),
-        stop_grad=st.booleans(),
-        n_kv_heads=st.sampled_from([None, 1, 2]),
-        ff=st.sampled_from(["gelu", "swiglu"]),
-        norm=st.sampled_from(["layernorm", "rmsnorm"]),
-        tie_embeddings=st.booleans(),
-    )
+SWITCHES = dict(
+    mem_segment=st.integers(0, 2),
+    fam_len=st.integers(1, 4),
+    fam_prev_blocks=st.integers(1, 3),
+    fam_pos=st.sampled_from(["last", "float", "zero"]),
+    fam_init=st.sampled_from(["prompt", "prefix"]),
+    block_size=st.integers(1, 7),
+    stop_grad=st.booleans(),
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sw=SWITCHES, T=st.integers(1, 30), chunk=st.integers(1, 9), seed=st.integers(0, 3))
+@random_switch_test(SWITCHES)
 def test_random_switches_fast_reference_stream_agree(sw, T, chunk, seed):
     model = make_model(tiny_cfg(attention=KIND, **sw), seed=seed, dtype=torch.float64)
     toks = tokens(model.cfg, 2, T, seed=seed)
-    fast, ref = model(toks), model(toks, impl="reference")
-    assert_close(fast, ref, tol=1e-10, what=f"fast vs reference {sw}")
-    g_fast, g_ref = param_grads(model, fast), param_grads(model, ref)
-    for name in g_ref:
-        assert_close(g_fast[name], g_ref[name], tol=1e-10, what=f"grad {name} {sw}")
-    assert_close(stream(model, toks, [chunk, chunk + 2]), fast, tol=1e-10, what=f"stream vs fast {sw}")
+    assert_paths_agree(model, toks, tol=1e-10, chunks=[chunk, chunk + 2], what=str(sw))
