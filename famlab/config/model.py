@@ -74,7 +74,8 @@ class ModelConfig(CheckedDataclass):
     rmt_bptt_depth: int = -1  # memory transitions the gradient crosses (last ones of a window); -1 = all
     # --- training-only extras ---
     random_pos_offset: bool = True  # RPO: random offset added to every position, per sequence
-    rsp_prob: float = 0.8  # random state passing: P(start from the saved FAM of the last step)
+    rsp_prob: float = 0.8  # random state passing: P(start from the saved memory of the last step; no effect
+    # for kinds without carried memory: full, bswa, txl, fm)
     # --- parameters ---
     init: str = "scaled"  # init scheme: scaled (width-aware) | gpt2 (N(0, 0.02)) | torch (PyTorch defaults)
     init_from: str | None = None  # a converted folder (famlab.hf): weights and shape keys come from it

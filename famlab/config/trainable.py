@@ -100,15 +100,60 @@ def check_task(data: DataConfig, vocab_size: int) -> None:
         check_recall_fits(data, vocab_size)
 
 
-def parameter_count(model: ModelConfig) -> int:
-    """The model's parameters (embedding, head if untied, layers, FAM prompt/prefix; norms and biases left
-    out, so this is a lower bound)."""
+def linear_params(model: ModelConfig, n_in: int, n_out: int, bias: bool | None = None) -> int:
+    """Parameters of ``nn.Linear(n_in, n_out)`` (with a bias if ``bias``; default: ``model.bias``)."""
+    return n_in * n_out + (n_out if (model.bias if bias is None else bias) else 0)
+
+
+def norm_params(model: ModelConfig) -> int:
+    """Parameters of one norm (``famlab.model.ops.make_norm``): RMSNorm a weight, LayerNorm a weight and,
+    with ``bias``, a bias."""
+    d = model.d_model
+    return d if model.norm == "rmsnorm" or not model.bias else 2 * d
+
+
+def ff_params(model: ModelConfig) -> int:
+    """Parameters of one feed-forward (``famlab.model.layer.FeedForward``)."""
+    up = model.ff_dim * (2 if model.ff == "swiglu" else 1)
+    return linear_params(model, model.d_model, up) + linear_params(model, model.ff_dim, model.d_model)
+
+
+def layer_params(model: ModelConfig) -> int:
+    """Parameters of one ``famlab.model.layer.Layer``: two norms, QKV and output projections, the
+    feed-forward, SUM FAM's summary rows and Infini-attention's gates (a recurrent cell not counted)."""
     d, hd = model.d_model, model.head_dim
-    attn = d * (model.n_heads + 2 * model.kv_heads) * hd + model.n_heads * hd * d
-    ff = d * model.ff_dim * (3 if model.ff == "swiglu" else 2)
+    own = 2 * norm_params(model) + linear_params(model, d, (model.n_heads + 2 * model.kv_heads) * hd)
+    own += linear_params(model, d, d) + ff_params(model)
+    if model.attention == "sum_fam":
+        own += model.fam_len * d
+    if model.attention == "infini":
+        own += model.n_heads
+    return own
+
+
+def recurrent_cell_params(model: ModelConfig) -> int:
+    """Parameters of one Block-Recurrent cell (``famlab.model.recurrent_cell.RecurrentCell``): initial state
+    and state IDs, the projections, two norms, a feed-forward and two gates (``fixed``: a bias of d; ``lstm``:
+    input and forget projections, with biases, from the gate's input)."""
+    d, H, G, D, S = model.d_model, model.n_heads, model.kv_heads, model.head_dim, model.state_len
+    cell = 2 * S * d + linear_params(model, d, H * D) + linear_params(model, d, d)
+    cell += linear_params(model, d, (2 * H + 2 * G) * D) + linear_params(model, 2 * d, d)
+    cell += 2 * norm_params(model) + ff_params(model)
+    for gate_input in (2 * d, model.ff_dim):
+        cell += 2 * linear_params(model, gate_input, d, bias=True) if model.brt_gate == "lstm" else d
+    return cell
+
+
+def parameter_count(model: ModelConfig) -> int:
+    """The model's parameters, exactly as ``FamLM(model)`` has them: embedding, head if untied, final norm,
+    layers, Block-Recurrent cells, FAM prompt/prefix, RMT's first memory (LoRA adapters not counted)."""
+    d = model.d_model
     fam = model.effective_fam_len * d * (model.n_layers if model.fam_init == "prefix" else 1)
     head = 0 if model.tie_embeddings else model.vocab_size * d
-    return model.vocab_size * d + head + model.n_layers * (attn + ff) + fam
+    rmt = model.rmt_mem_tokens * d if model.attention == "rmt" else 0
+    cells = len(model.recurrent_layers) * recurrent_cell_params(model)
+    body = model.n_layers * layer_params(model) + cells + norm_params(model)
+    return model.vocab_size * d + head + body + fam + rmt
 
 
 def training_bytes(model: ModelConfig, data: DataConfig) -> int:

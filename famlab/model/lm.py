@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from famlab.config import ModelConfig
 from famlab.model.init import INIT_SCHEMES
 from famlab.model.layer import Layer
-from famlab.model.memory import memory_kinds
+from famlab.model.memory import carried_fields, memory_kinds
 from famlab.model.ops import make_norm
 from famlab.model.paths import block_recurrent, feedback, infini, layer_major, reference, rmt, stream, wavefront
 from famlab.model.recurrent_cell import RecurrentCell
@@ -120,22 +120,51 @@ class FamLM(nn.Module):
         batch_size: int,
         *,
         pos_offset: Tensor | None = None,
+        carried: list[dict[str, Tensor]] | None = None,
         fams: list[Tensor] | None = None,
         device=None,
         dtype=None,
     ) -> FamState:
-        """The state before the first token: no memory; positions shifted by ``pos_offset`` [b] (float64;
-        None = 0); per-layer FAM ``fams`` ([b, L_F, d] each: a start without the zero-residual rule) or,
-        by default, the learned initial FAM. :meth:`init_state` is this with no offset and no ``fams``."""
+        """The state before the first token: no cached K/V; positions shifted by ``pos_offset`` [b] (float64;
+        None = 0); the memory ``carried`` (per layer a dict of the fields :func:`carried_fields` names for the
+        config, each [b, ...], e.g. from :meth:`carried_memory`: a start without the zero-residual rule) or,
+        by default, each memory's learned or empty start. ``fams`` (per-layer FAM [b, L_F, d]) is
+        ``carried=[{"fam": f} for f in fams]``. :meth:`init_state` is this with no offset and nothing carried."""
+        if fams is not None:
+            if carried is not None:
+                raise ValueError("initial_state takes carried or fams, not both")
+            carried = [{"fam": f} for f in fams]
+        if carried is not None:
+            self.check_carried(carried)
         device = device or self.tok_emb.weight.device
         dtype = dtype or self.tok_emb.weight.dtype
         per_layer = [{} for _ in self.layers]
         for kind in memory_kinds(self.cfg):
-            fields = kind.initial(self, batch_size, offset=pos_offset, fams=fams, device=device, dtype=dtype)
+            fields = kind.initial(self, batch_size, offset=pos_offset, carried=carried, device=device, dtype=dtype)
             for acc, f in zip(per_layer, fields):
                 acc |= f
         layers = [LayerState(**fields) for fields in per_layer]
-        return FamState(0, pos_offset, fams is None, layers)
+        return FamState(0, pos_offset, carried is None, layers)
+
+    def carried_memory(self, state: FamState) -> list[dict[str, Tensor]]:
+        """The memory of ``state`` that a start may carry over (:meth:`initial_state`'s ``carried``): per layer,
+        its fields of :func:`carried_fields` (an empty dict on a layer holding none). Cached K/V, positions and
+        partial blocks are left behind."""
+        out: list[dict[str, Tensor]] = [{} for _ in self.layers]
+        for name, field in carried_fields(self.cfg).items():
+            for i in field.layers:
+                out[i][name] = getattr(state.layers[i], name)
+        return out
+
+    def check_carried(self, carried: list[dict[str, Tensor]]) -> None:
+        """``carried`` holds exactly the fields :func:`carried_fields` names, per layer (ValueError otherwise)."""
+        fields = carried_fields(self.cfg)
+        want = [sorted(name for name, f in fields.items() if i in f.layers) for i in range(len(self.layers))]
+        have = [sorted(c) for c in carried]
+        if have != want:
+            raise ValueError(
+                f"carried memory for attention={self.cfg.attention!r} has per layer the fields {want}, got {have}"
+            )
 
     # --- public API -----------------------------------------------------------------------------
 

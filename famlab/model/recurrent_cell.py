@@ -40,8 +40,10 @@ Choices where the paper is silent or famlab differs from it:
 * Grouped-query heads (``n_kv_heads``): the state's keys/values have G heads like the tokens'.
 * Gradients flow through the state across the blocks of a training window (``stop_grad`` acts on the
   memory segment only, as in BSWA); across training windows the state is detached like every other. Random
-  state passing (``rsp_prob``, famlab.train.regularizers) carries FAM only: a training window starts from
-  ``state0`` (the paper carries the state across training segments of a document).
+  state passing (``rsp_prob``, famlab.train.regularizers) carries the state: with probability ``rsp_prob`` a
+  training window starts from the final state c of batch item 0 of the previous training call instead of
+  ``state0`` (:meth:`famlab.model.memory.RecurrentMemory.carried`; the paper carries the state across
+  training segments of a document, which stateful training does).
 * Initialisation (:mod:`famlab.model.init`): linear layers as the scheme says; the gates and state IDs by
   the paper in every scheme (as norms keep their own); ``state0`` at the scale of the scheme's FAM prompt.
 """

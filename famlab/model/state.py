@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,6 +39,15 @@ class LayerState:
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerState))
+
+
+class CarriedField(NamedTuple):
+    """A :class:`LayerState` field that is *memory* a training call can start from (random state passing
+    carries it from one call to the next): the layers whose state holds it and the shape of one sequence's
+    tensor (without the batch dimension). Each memory kind names its own (``carried(cfg)``)."""
+
+    layers: tuple[int, ...]
+    shape: tuple[int, ...]
 
 
 @dataclass

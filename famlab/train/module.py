@@ -93,7 +93,7 @@ class FamLightningModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = build_model(cfg)
-        self.rsp = RandomStatePassing(cfg.model)  # random state passing: P(RSP) now and the remembered FAM
+        self.rsp = RandomStatePassing(cfg.model)  # random state passing: P(RSP) now and the remembered memory
         compile_model(self.model, cfg.train.compile, cfg.train.compile_mode)
         # CUDA graphs (compile mode reduce-overhead) reuse their output memory at the next step
         self.cuda_graphs = cfg.train.compile != "none" and cfg.train.compile_mode == "reduce-overhead"
@@ -389,7 +389,7 @@ class FamLightningModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_checkpoint(checkpoint.get("state_dict", {}))  # RSP buffers saved under model. before
+        upgrade_checkpoint(checkpoint.get("state_dict", {}), self.rsp)  # RSP buffers of older versions
         extra = checkpoint.get(CKPT_KEY) or {}
         self.micro_step = int(extra.get("micro_step", 0))
         self.tokens_seen = int(extra.get("tokens_seen", 0))

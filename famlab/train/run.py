@@ -51,6 +51,7 @@ from famlab.train.loggers import JsonlLogger, check_file_loggers, file_loggers, 
 from famlab.train.module import FamLightningModule
 from famlab.train.progress import progress_callbacks
 from famlab.train.quiet import quiet_lightning
+from famlab.train.regularizers import upgrade_checkpoint
 from famlab.train.signals import CheckpointOnSignal
 from famlab.train.stops import Diverged
 
@@ -175,6 +176,7 @@ def train(
     checkpoint_io = AtomicCheckpointIO()
     if ckpt_path:  # an unreadable or foreign checkpoint is a one-line error before any run directory exists
         ckpt = checkpoint_io.preload(ckpt_path, needs=("state_dict", "optimizer_states", CKPT_KEY))
+        upgrade_checkpoint(ckpt["state_dict"], module.rsp)  # older RSP buffers, before they are compared
         check_fits(ckpt, module.state_dict(), ckpt_path)
 
     inherited = os.environ.get(RUN_DIR_ENV)

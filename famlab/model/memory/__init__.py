@@ -3,8 +3,13 @@
 A memory kind is a class, built from the :class:`~famlab.config.ModelConfig`, with
 
 * ``applies(cfg) -> bool`` (static): whether a model of this config has this memory;
+* ``carried(cfg) -> {field: CarriedField}`` (static): the fields of its state that are *memory* a training
+  call may start from (random state passing carries them from one call's end to the next call's start),
+  with the layers holding each and one sequence's shape; ``{}`` for a kind whose state is only cached K/V
+  tied to positions (the memory segment, partial blocks), which a start never carries;
 * the initial state: the fields it adds to each :class:`~famlab.model.state.LayerState` before the first
-  token (``initial``);
+  token (``initial(model, b, *, offset, carried, device, dtype)``: from ``carried``, per-layer dicts of its
+  ``carried`` fields [b, ...], when given; else the learned or empty start);
 * ``read(layer_state, o, device) -> (k, v, mask_mod, keys)``: the keys/values a token at offset ``o`` of
   the current block reads, with the rule of :mod:`famlab.model.masks` that governs them and the keys'
   positions (relative to the block's start);
@@ -26,7 +31,8 @@ beside the protocol.
 
 Adding a memory kind: write ``famlab/model/memory/<kind>.py`` with such a class (its ``applies`` reading the
 config's ``attention`` value), register it in :data:`MEMORY_KINDS`, add its fields to ``LayerState`` (with a
-default of None, so the state's serialisation follows), and give the parallel paths its batched read/update
+default of None, so the state's serialisation follows), say which of them are carried memory (``carried``:
+random state passing then carries them, and its checkpoint buffers follow), and give the parallel paths its batched read/update
 (the reference loop first: it is the definition the tests hold the others to).
 """
 
@@ -39,6 +45,7 @@ from famlab.model.memory.infini import InfiniMemory
 from famlab.model.memory.recurrent import RecurrentMemory
 from famlab.model.memory.rmt import RmtMemory
 from famlab.model.memory.segment import SegmentMemory
+from famlab.model.state import CarriedField
 
 # in key order (infini's memory and the recurrent state have no keys)
 MEMORY_KINDS = {
@@ -56,6 +63,16 @@ def memory_kinds(cfg: ModelConfig) -> list:
     return [kind(cfg) for kind in MEMORY_KINDS.values() if kind.applies(cfg)]
 
 
+def carried_fields(cfg: ModelConfig) -> dict[str, CarriedField]:
+    """The state fields a start of a model of ``cfg`` may carry over (every memory kind's ``carried``, in key
+    order); empty for a model whose state holds no such memory (``full``, ``bswa``, ``txl``, ``fm``)."""
+    out: dict[str, CarriedField] = {}
+    for kind in MEMORY_KINDS.values():
+        if kind.applies(cfg):
+            out |= kind.carried(cfg)
+    return out
+
+
 __all__ = [
     "MEMORY_KINDS",
     "FamMemory",
@@ -64,5 +81,6 @@ __all__ = [
     "RecurrentMemory",
     "RmtMemory",
     "SegmentMemory",
+    "carried_fields",
     "memory_kinds",
 ]

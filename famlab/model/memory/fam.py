@@ -19,6 +19,7 @@ from famlab.config import ModelConfig
 from famlab.model import masks
 from famlab.model.ops import merge_heads, sdpa
 from famlab.model.positions import fam_cos_sin
+from famlab.model.state import CarriedField
 
 
 class FamMemory:
@@ -33,6 +34,13 @@ class FamMemory:
     @staticmethod
     def applies(cfg: ModelConfig) -> bool:
         return cfg.effective_fam_len > 0
+
+    @staticmethod
+    def carried(cfg: ModelConfig) -> dict[str, CarriedField]:
+        """What a start may carry over (the paper's RSP): every layer's FAM rows ``fam`` [L_F, d]. Their keys
+        (``fam_k``/``fam_v``) follow from them at the first block's positions; older FAM states are not
+        carried (the start holds one state, as the learned start does)."""
+        return {"fam": CarriedField(tuple(range(cfg.n_layers)), (cfg.effective_fam_len, cfg.d_model))}
 
     # --- the protocol (see famlab.model.memory) ---------------------------------------------
 
@@ -55,11 +63,13 @@ class FamMemory:
             h = layer.finish(merge_heads(sdpa(q, k, v)), h)
         return fams
 
-    def initial(self, model, b: int, *, offset, fams, device, dtype) -> list[dict[str, Tensor]]:
-        """Each layer's fields before the first token: its FAM S_0 (``fams`` if given, else the learned
-        initial value) and S_0's keys/values."""
-        if fams is None:
+    def initial(self, model, b: int, *, offset, carried, device, dtype) -> list[dict[str, Tensor]]:
+        """Each layer's fields before the first token: its FAM S_0 (the carried ``fam`` if ``carried`` is
+        given, else the learned initial value) and S_0's keys/values."""
+        if carried is None:
             fams = self.initial_fams(model, b, offset, dtype)
+        else:
+            fams = [fields["fam"] for fields in carried]
         cos, sin = fam_cos_sin(self.cfg, torch.zeros(1, device=device), offset, dtype)
         out = []
         for layer, fam in zip(model.layers, fams):

@@ -20,6 +20,8 @@ Choices where the paper is silent (ERNIE-Doc decides where it can):
 * Gradients flow through the recurrence across blocks of a training window (backprop through the memory);
   ``stop_grad=True`` detaches the memory keys/values (ERNIE-Doc's / TransformerXL's SG practice), which
   cuts the recurrence's gradient too. Across training windows the state is detached (as for every kind).
+  Random state passing carries nothing (``carried`` is SegmentMemory's ``{}``): the state is cached K/V tied
+  to the positions of the blocks just before, which a start from another sequence does not take.
 * ``fam_len`` is ignored (as by bswa and txl: ``effective_fam_len`` is 0); ``mem_segment`` must be >= 1
   (with m = 0, fm would be plain block attention); there is no per-token window (``txl_window`` ignored).
 
@@ -52,10 +54,11 @@ class FeedbackMemory(SegmentMemory):
 
     # --- the protocol (see famlab.model.memory) ---------------------------------------------
 
-    def initial(self, model, b: int, *, offset, fams, device, dtype) -> list[dict[str, Tensor]]:
+    def initial(self, model, b: int, *, offset, carried, device, dtype) -> list[dict[str, Tensor]]:
         """Each layer's fields before the first token: the segment's (empty ring, no partial block) and no
-        partial block of outputs."""
-        layers = super().initial(model, b, offset=offset, fams=fams, device=device, dtype=dtype)
+        partial block of outputs. Nothing is carried (``carried`` is SegmentMemory's: the ring and the
+        partial block are cached K/V, not a memory a start takes over)."""
+        layers = super().initial(model, b, offset=offset, carried=carried, device=device, dtype=dtype)
         return [fields | {"fm_k": fields["mem_k"], "fm_v": fields["mem_v"]} for fields in layers]
 
     def absorb(self, layer, ls, out: Tensor, cos: Tensor, sin: Tensor) -> dict[str, Tensor]:

@@ -29,6 +29,8 @@ Choices where the paper is silent:
   earlier blocks through the memory (nor through the m-block segment, as in BSWA); the forward is unchanged.
   (The delta rule's own read needs no cut: M's graph then reaches no output.)
 * ``fam_len`` and ``txl_window`` are ignored (``effective_fam_len`` is 0).
+* Random state passing (``rsp_prob``) carries M and z (:meth:`InfiniMemory.carried`): a training call may
+  start from the final M and z of batch item 0 of the previous call instead of 0.
 
 State per layer: ``infini_mem`` M [b, G, D, D], ``infini_norm`` z [b, G, D] and ``infini_k``, the partial
 block's pre-RoPE keys [b, G, o, D] (its values are ``blk_v``): constant in length.
@@ -43,6 +45,7 @@ from torch import Tensor
 from famlab.config import ModelConfig
 from famlab.model import masks
 from famlab.model.ops import expand_kv
+from famlab.model.state import CarriedField
 
 EPS = 1e-6  # the least denominator sigma(Q) z of a memory read (a read of the empty memory gives 0)
 
@@ -90,6 +93,14 @@ class InfiniMemory:
     def applies(cfg: ModelConfig) -> bool:
         return cfg.attention == "infini"
 
+    @staticmethod
+    def carried(cfg: ModelConfig) -> dict[str, CarriedField]:
+        """What a start may carry over (random state passing): every layer's compressive memory M
+        [G, D, D] and normaliser z [G, D] (position-free: written from pre-RoPE keys). Not the partial
+        block's keys (``infini_k``): a start has no partial block."""
+        every, G, D = tuple(range(cfg.n_layers)), cfg.kv_heads, cfg.head_dim
+        return {"infini_mem": CarriedField(every, (G, D, D)), "infini_norm": CarriedField(every, (G, D))}
+
     def cut(self, mem: Tensor, norm: Tensor) -> tuple[Tensor, Tensor]:
         """M and z as a read sees them: detached with stop-gradient."""
         return (mem.detach(), norm.detach()) if self.stop_grad else (mem, norm)
@@ -105,12 +116,15 @@ class InfiniMemory:
 
     # --- the protocol (see famlab.model.memory) ---------------------------------------------
 
-    def initial(self, model, b: int, *, offset, fams, device, dtype) -> list[dict[str, Tensor]]:
-        """Each layer's fields before the first token: M = 0, z = 0, no partial block."""
+    def initial(self, model, b: int, *, offset, carried, device, dtype) -> list[dict[str, Tensor]]:
+        """Each layer's fields before the first token: M = 0, z = 0 (or the ``carried`` M and z), no partial
+        block."""
         G, D = self.cfg.kv_heads, self.cfg.head_dim
+        part = torch.zeros(b, G, 0, D, device=device, dtype=dtype)
+        if carried is not None:
+            return [{"infini_mem": c["infini_mem"], "infini_norm": c["infini_norm"], "infini_k": part} for c in carried]
         mem = torch.zeros(b, G, D, D, device=device, dtype=dtype)
         norm = torch.zeros(b, G, D, device=device, dtype=dtype)
-        part = torch.zeros(b, G, 0, D, device=device, dtype=dtype)
         return [{"infini_mem": mem, "infini_norm": norm, "infini_k": part} for _ in range(self.cfg.n_layers)]
 
     def read(self, ls, o: int, device) -> tuple[Tensor, Tensor, masks.MaskMod, masks.Keys]:

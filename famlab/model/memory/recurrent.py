@@ -1,7 +1,7 @@
 """The Block-Recurrent Transformer's state (``attention="block_recurrent"``, :mod:`famlab.model.recurrent_cell`)
 as a memory kind: S state vectors per recurrent layer, updated once per complete block.
 
-Only ``initial`` does anything here: it puts the learned initial state (``brt_state`` [b, S, d]) and an empty
+Only ``initial`` does anything here: it puts the learned initial state (``brt_state`` [b, S, d], or a carried one) and an empty
 partial block of keys before RoPE (``brt_k`` [b, G, 0, D]) on each recurrent layer's state (None on the
 others). The tokens do not read the state through the shared softmax of ``read`` (they cross-attend it with
 queries of their own, a separate attention), and the state is not updated through ``absorb``/``update``:
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from famlab.config import ModelConfig
 from famlab.model import masks
+from famlab.model.state import CarriedField
 
 
 class RecurrentMemory:
@@ -29,17 +30,24 @@ class RecurrentMemory:
     def applies(cfg: ModelConfig) -> bool:
         return cfg.attention == "block_recurrent"
 
-    def initial(self, model, b: int, *, offset, fams, device, dtype) -> list[dict[str, Tensor | None]]:
-        """Each layer's fields before the first token: a recurrent layer's learned initial state and no partial
-        block; None on the other layers."""
+    @staticmethod
+    def carried(cfg: ModelConfig) -> dict[str, CarriedField]:
+        """What a start may carry over (random state passing): each recurrent layer's state ``brt_state``
+        [S, d]. Not the partial block's keys (``brt_k``): a start has no partial block."""
+        return {"brt_state": CarriedField(cfg.recurrent_layers, (cfg.state_len, cfg.d_model))}
+
+    def initial(self, model, b: int, *, offset, carried, device, dtype) -> list[dict[str, Tensor | None]]:
+        """Each layer's fields before the first token: a recurrent layer's learned initial state (or the
+        ``carried`` one) and no partial block; None on the other layers."""
         cfg = self.cfg
         empty = torch.zeros(b, cfg.kv_heads, 0, cfg.head_dim, device=device, dtype=dtype)
         out: list[dict[str, Tensor | None]] = []
-        for layer in model.layers:
+        for i, layer in enumerate(model.layers):
             if layer.brt is None:
                 out.append({"brt_state": None, "brt_k": None})
             else:
-                out.append({"brt_state": layer.brt.initial(b, dtype).to(device), "brt_k": empty})
+                state = layer.brt.initial(b, dtype).to(device) if carried is None else carried[i]["brt_state"]
+                out.append({"brt_state": state, "brt_k": empty})
         return out
 
     def read(self, ls, o: int, device) -> tuple[Tensor, Tensor, masks.MaskMod, masks.Keys]:

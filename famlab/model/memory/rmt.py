@@ -28,8 +28,9 @@ Choices (the official repo's where it has one):
   the memory. -1 = never detach. ``stop_grad=True`` means depth 0 (the memory is always detached, so the
   gradient never crosses a block boundary). Streaming (``step_with_grad``) has no window: it keeps the
   whole graph, except with depth 0. Across training windows the state is detached (as for every kind).
-* ``fam_len`` and the FAM switches are ignored (``effective_fam_len`` is 0), so is random state passing
-  (it carries FAM states); ``n_kv_heads``, ``ff``, ``norm``, ``tie_embeddings`` apply as in every layer.
+* ``fam_len`` and the FAM switches are ignored (``effective_fam_len`` is 0). Random state passing
+  (``rsp_prob``) carries the memory ``rmt_mem`` of batch item 0 at the end of a training call to the next
+  call's start (instead of the learned first memory); ``n_kv_heads``, ``ff``, ``norm``, ``tie_embeddings`` apply as in every layer.
 
 State (constant in length): per layer the K/V of the current block's read rows (``rmt_k``/``rmt_v``,
 M keys) and of the partial block (``blk_k``/``blk_v``); layer 0 holds the memory ``rmt_mem`` [b, M, d]
@@ -49,7 +50,7 @@ from famlab.config import ModelConfig
 from famlab.model import masks
 from famlab.model.ops import expand_kv, merge_heads, sdpa
 from famlab.model.positions import rope_for, token_positions
-from famlab.model.state import FamState
+from famlab.model.state import CarriedField, FamState
 
 
 class RmtMemory:
@@ -65,6 +66,12 @@ class RmtMemory:
     @staticmethod
     def applies(cfg: ModelConfig) -> bool:
         return cfg.attention == "rmt"
+
+    @staticmethod
+    def carried(cfg: ModelConfig) -> dict[str, CarriedField]:
+        """What a start may carry over (random state passing): the memory ``rmt_mem`` [M, d] (layer 0 holds
+        it). The read rows' K/V follow from it at the first block's positions."""
+        return {"rmt_mem": CarriedField((0,), (cfg.rmt_mem_tokens, cfg.d_model))}
 
     # --- positions, memory and truncation (shared by every path) -----------------------------
 
@@ -125,10 +132,10 @@ class RmtMemory:
 
     # --- the protocol (see famlab.model.memory) ---------------------------------------------
 
-    def initial(self, model, b: int, *, offset, fams, device, dtype) -> list[dict[str, Tensor]]:
+    def initial(self, model, b: int, *, offset, carried, device, dtype) -> list[dict[str, Tensor]]:
         """Each layer's fields before the first token: the K/V of the first block's read rows (from the
-        learned memory); layer 0 also holds the memory."""
-        mem = self.initial_memory(model, b, dtype).to(device)
+        learned memory, or the ``carried`` one); layer 0 also holds the memory."""
+        mem = self.initial_memory(model, b, dtype).to(device) if carried is None else carried[0]["rmt_mem"]
         fields = [{"rmt_k": k, "rmt_v": v} for k, v in self.read_pass(model, mem, 0, offset)]
         fields[0]["rmt_mem"] = mem
         return fields

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from famlab.config import ModelConfig
 from famlab.model import masks
+from famlab.model.state import CarriedField
 
 
 class SegmentMemory:
@@ -42,9 +43,15 @@ class SegmentMemory:
     def applies(cfg: ModelConfig) -> bool:
         return cfg.attention != "fm"  # m = 0 is an empty segment; fm's segment holds outputs (feedback.py)
 
+    @staticmethod
+    def carried(cfg: ModelConfig) -> dict[str, CarriedField]:
+        """Nothing: the ring is the cached K/V of the blocks just before, tied to their positions, which a
+        start from another sequence's state (random state passing) does not take (as in the paper)."""
+        return {}
+
     # --- the protocol (see famlab.model.memory) ---------------------------------------------
 
-    def initial(self, model, b: int, *, offset, fams, device, dtype) -> list[dict[str, Tensor]]:
+    def initial(self, model, b: int, *, offset, carried, device, dtype) -> list[dict[str, Tensor]]:
         """Each layer's fields before the first token: no memory, no partial block."""
         cfg = model.cfg
         empty = torch.zeros(b, cfg.kv_heads, 0, cfg.head_dim, device=device, dtype=dtype)
