@@ -223,3 +223,9 @@ def test_suites_name_their_members():
     assert SUITES["all"] == ("ruler", "mqar", "lm-position") and set(NIAH_TASKS) < set(TASKS)
     with pytest.raises(ValueError, match="suite='x' is not allowed: expected one of niah, ruler"):
         run_suite(None, DataConfig(**SYM), "x", block_size=16, seed=0)
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.01, float("nan")])
+def test_a_threshold_outside_scores_is_refused(threshold):
+    with pytest.raises(ValueError, match=rf"threshold={threshold!r} is not allowed: expected a score in \[0, 1\]"):
+        run_suite(None, DataConfig(**SYM), "niah", block_size=16, seed=0, threshold=threshold)

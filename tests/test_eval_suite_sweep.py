@@ -62,6 +62,22 @@ def test_eval_suite_must_be_a_suite(tmp_path, capsys, value):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.5, "high", True, [0.5]])
+def test_eval_suite_threshold_must_be_a_score(tmp_path, capsys, value):
+    path = write_spec(tmp_path, eval_suite="niah", eval_suite_threshold=value)
+    assert main(["sweep", "run", path, "--out-root", str(tmp_path / "runs")]) == 2
+    err = one_line_error(capsys)
+    assert f"t.eval_suite_threshold={value!r} is not allowed: expected a number in [0, 1]" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_suite_threshold_reaches_famlab_eval(tmp_path):
+    plain = load_spec(write_spec(tmp_path, eval_suite="niah"), validate_runs=False)
+    assert plain.eval_suite_threshold is None and plain.suite_args() == ["--suite", "niah"]  # eval's default
+    spec = load_spec(write_spec(tmp_path, eval_suite="niah", eval_suite_threshold=0.5), validate_runs=False)
+    assert spec.suite_args() == ["--suite", "niah", "--threshold", "0.5"]  # a sweep's run: the next test
+
+
 def test_suite_metric_names_are_checked_like_other_eval_metrics(tmp_path, capsys):
     objective = {"metric": "eval/ruler/effective_length", "direction": "maximize"}
     # without eval_suite no trial writes it: refused up front, with the names that are allowed
@@ -91,7 +107,8 @@ def test_suite_metric_names_are_checked_like_other_eval_metrics(tmp_path, capsys
 
 def test_the_long_context_suite_spec_loads_at_both_profiles():
     tiny = load_spec("long_context_suite", "tiny")
-    assert tiny.eval_suite == "ruler" and tiny.evaluate and tiny.metric == "eval/ruler/effective_length"
+    assert tiny.eval_suite == "niah" and tiny.evaluate and tiny.eval_suite_threshold == 0.5
+    assert tiny.metric == "eval/niah/tasks/niah_passkey/effective_length"
     assert tiny.preset == "passkey_demo" and list(tiny.grid["variant"]) == ["M0", "M1", "M2", "FAM"]
     assert {tiny.variants[v]["model.attention"] for v in ("M0", "M1", "M2")} == {"bswa"}
     assert tiny.variants["FAM"] == {"model.attention": "fam", "model.mem_segment": 0}
@@ -203,6 +220,7 @@ def test_a_sweep_runs_the_suite_and_the_notebook_shows_it(tmp_path):
         grid={"variant": ["M0", "FAM"]},
         variants=variants,
         eval_suite="niah",
+        eval_suite_threshold=0.25,  # not famlab eval's 0.85: the trials' summaries must say 0.25
         eval_overrides=SMALL_SUITE,
         objective={"metric": "eval/niah/effective_length", "direction": "maximize"},
         metrics=["eval/niah/score", "eval/niah/tasks/niah_single_digits/effective_length_x"],
@@ -217,6 +235,7 @@ def test_a_sweep_runs_the_suite_and_the_notebook_shows_it(tmp_path):
         run = RunDir(t.user_attrs["run_dir"])
         final = run.read_flat_final_metrics()
         assert t.value == final["eval/niah/effective_length"] == t.user_attrs["m.eval/niah/effective_length"]
+        assert final["eval/niah/threshold"] == 0.25
         assert (run.eval_dir / "niah_heatmap.png").exists() and not run.eval_path.exists()  # no plain eval
         stored = pd.DataFrame(t.user_attrs["suite_table"])
         pd.testing.assert_frame_equal(stored, pd.read_csv(run.eval_dir / "niah.csv"), check_dtype=False)

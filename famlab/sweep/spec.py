@@ -45,6 +45,7 @@ SPEC_KEYS = (
     "evaluate",
     "eval_overrides",
     "eval_suite",  # `famlab eval RUN --suite <value>` after training (famlab.eval.suite): its metrics eval/<member>/...
+    "eval_suite_threshold",  # its --threshold: the score an effective length keeps (null: the eval's default, 0.85)
     "claims",
     "notebook",  # the analysis notebook's heading (title, about, evaluate), read by famlab.report
     "slurm",  # `famlab sweep submit`'s settings (famlab.sweep.slurm)
@@ -91,6 +92,7 @@ class SweepSpec:
     evaluate: bool = False  # run `famlab eval` on each trained run (its table goes on the trial)
     eval_overrides: dict[str, Any] = field(default_factory=dict)
     eval_suite: str | None = None  # run `famlab eval --suite` on each trained run (its table goes on the trial)
+    eval_suite_threshold: float | None = None  # its --threshold (None: famlab eval's default)
     description: str = ""
     paper: str = ""
     table: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +113,11 @@ class SweepSpec:
     def evaluates(self) -> bool:
         """Whether a trial runs ``famlab eval`` after training: plain (``evaluate``), the suite, or both."""
         return self.evaluate or self.eval_suite is not None
+
+    def suite_args(self) -> list[str]:
+        """The arguments of the suite's ``famlab eval RUN ...`` (``--suite S``, and ``--threshold X`` if set)."""
+        threshold = [] if self.eval_suite_threshold is None else ["--threshold", repr(self.eval_suite_threshold)]
+        return ["--suite", str(self.eval_suite), *threshold]
 
     def eval_overrides_list(self) -> list[str]:
         return [f"{k}={dot_value(v)}" for k, v in self.eval_overrides.items()]
@@ -270,6 +277,15 @@ def _eval_suite(owner: str, value: Any) -> str | None:
     return value
 
 
+def _suite_threshold(owner: str, value: Any) -> float | None:
+    """``eval_suite_threshold``: a score in [0, 1] (an effective length keeps it), or null for the eval's default."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise config_error(owner, "eval_suite_threshold", value, "a number in [0, 1], or null for the default 0.85")
+    return float(value)
+
+
 def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool = True) -> SweepSpec:
     """Load and check a spec for one profile. Everything is checked before any trial runs: spec keys,
     the profile, value types, an empty grid, and (``validate_runs``) every trial's run config."""
@@ -317,6 +333,7 @@ def load_spec(name_or_path: str, profile: str = "tiny", *, validate_runs: bool =
         evaluate=bool(pick("evaluate", False)),
         eval_overrides=merged("eval_overrides"),
         eval_suite=_eval_suite(owner, pick("eval_suite", None)),
+        eval_suite_threshold=_suite_threshold(owner, pick("eval_suite_threshold", None)),
         description=raw.get("description", ""),
         paper=raw.get("paper", ""),
         table=pick("table", {}) or {},

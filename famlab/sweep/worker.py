@@ -240,7 +240,7 @@ def run_trial(
     if spec.eval_suite is not None:  # after the plain evaluation: each keeps the other's final metrics
         suite_csv = run_dir.eval_dir / f"{spec.eval_suite}.csv"
         if not (reused and suite_csv.exists()):
-            _evaluate(famlab, run_dir, ["--suite", spec.eval_suite], spec, trial_dir, env, poll, deadline)
+            _evaluate(famlab, run_dir, spec.suite_args(), spec, trial_dir, env, poll, deadline)
         if suite_csv.exists():
             trial.set_user_attr("suite_table", csv_records(suite_csv))
     metrics = run_dir.read_flat_final_metrics()

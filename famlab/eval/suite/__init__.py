@@ -72,6 +72,8 @@ def run_suite(
     tokens (default: ``data.passkey_eval_lengths`` x seq_len); ``tasks`` restricts the synthetic tasks."""
     if suite not in SUITES:
         raise ValueError(f"suite={suite!r} is not allowed: expected one of {', '.join(SUITES)}")
+    if not 0.0 <= threshold <= 1.0:  # nan fails too: every score would fail it
+        raise ValueError(f"threshold={threshold!r} is not allowed: expected a score in [0, 1]")
     cfg = as_data_config(data_cfg)
     run = EvalRun(model, cfg, block_size=int(block_size), seed=int(seed), device=device, progress=progress)
     lengths = (
