@@ -84,11 +84,11 @@ def store(tmp_path_factory):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def synthetic(spec_name: str, rows: list[dict], params: list[str]) -> fa.SweepResults:
-    """Results of a shipped spec made of the given trial rows (all COMPLETE)."""
+def synthetic(spec_name: str, rows: list[dict], params: list[str], profile: str = "tiny") -> fa.SweepResults:
+    """Results of a shipped spec's ``profile`` made of the given trial rows (all COMPLETE)."""
     df = pd.DataFrame([{"study": spec_name, "state": "COMPLETE", **r} for r in rows])
     df.attrs["params"] = params
-    return fa.SweepResults(load_spec(spec_name, "tiny", validate_runs=False), "sqlite:///x.db", df, params=params)
+    return fa.SweepResults(load_spec(spec_name, profile, validate_runs=False), "sqlite:///x.db", df, params=params)
 
 
 def synthetic_trials(spec) -> pd.DataFrame:

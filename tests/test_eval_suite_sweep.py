@@ -297,7 +297,7 @@ def test_the_analysis_averages_seeds_and_orders_settings_as_the_spec():
                 }
                 | {"eval/ruler/tasks/vt/effective_length_x": 0.0, "eval/ruler/effective_length": 128 * eff}
             )
-    res = synthetic("long_context_suite", rows, ["variant"])
+    res = synthetic("long_context_suite", rows, ["variant"], profile="paper")  # the ruler suite (tiny: niah)
     means = fa.effective_length_table(res, formatted=False)
     assert list(means.index) == ["M0", "M2", "FAM"]  # the spec's grid order
     assert list(means.columns) == ["average", "niah_single_digits", "vt"]
