@@ -77,3 +77,38 @@ def test_memory_kinds_notebook_has_the_state_size_cell():
     plain = sweep_notebook("memory_segment")
     assert not plain.state_size
     assert not any("plot_state_size" in "".join(c.source) for c in build_notebook(plain).cells)
+
+
+def recall_results(long: dict[str, float], state: dict[str, int]) -> fa.SweepResults:
+    """recall_kinds results: recall accuracy 0.9 at gap 0 (16 tokens) and ``long`` (plus a per-seed shift) at
+    gaps of 1x and 2x the training length (144 and 272 tokens, beyond its 128)."""
+    rows = []
+    for kind in KINDS:
+        for seed, shift in enumerate((0.0, 0.02, -0.02)):
+            cells = [(0, 0.0, 16, 0.9), (128, 1.0, 144, long[kind] + shift), (256, 2.0, 272, long[kind] + shift)]
+            table = [
+                {"task": "recall", "gap": g, "gap_x": x, "length": n, "num_pairs": 4, "n": 128, "accuracy": a}
+                | {"example_accuracy": a**4}
+                for g, x, n, a in cells
+            ]
+            rows.append({"variant": kind, "seed": seed, "eval_table": table, "state_floats": state[kind]})
+    return synthetic("recall_kinds", rows, ["variant"])
+
+
+def test_recall_kinds_claims_and_state_size_read_the_recall_rows():
+    state = {k: 1000 + 100 * i for i, k in enumerate(KINDS)}
+    res = recall_results({k: 0.6 if k == "FAM" else 0.06 for k in KINDS}, state)
+    assert set(verdicts(res).values()) == {"holds"}
+    flipped = recall_results({k: 0.06 if k == "FAM" else 0.6 for k in KINDS}, state)
+    assert set(verdicts(flipped).values()) == {"contradicted"}  # negative control: the claims can fail
+    table = fa.state_size_table(res, where="beyond")  # the gaps past the training length only
+    assert table.loc["FAM", "mean"] == pytest.approx(0.6) and table.loc["M1", "mean"] == pytest.approx(0.06)
+    assert dict(table["state_floats"]) == state
+    assert fa.state_size_table(res, where="all").loc["FAM", "mean"] == pytest.approx((0.9 + 0.6 + 0.6) / 3)
+    nb = sweep_notebook("recall_kinds")
+    assert nb.state_size and nb.evaluate
+    # the same nine kinds as memory_kinds (PassKey), so the two state-size plots compare
+    from famlab.sweep.spec import load_spec
+
+    recall, passkey = load_spec("recall_kinds"), load_spec("memory_kinds")
+    assert recall.variants == passkey.variants and list(recall.grid["variant"]) == KINDS
