@@ -111,6 +111,14 @@ def synthetic_trials(spec) -> pd.DataFrame:
                     for d in (0.25, 0.75)
                 ]
                 row["eval/accuracy"] = row["eval/digit_accuracy"] = 0.25 * (i % 3)
+            elif spec.evaluate and task == "recall":
+                row["eval_table"] = [
+                    {"task": "recall", "gap": g, "gap_x": g / 128, "length": 16 + g, "num_pairs": 4, "n": 128}
+                    | {"accuracy": a, "example_accuracy": a**4}
+                    for g, a in ((0, 0.9), (128, 0.5 * (i % 2)), (256, 0.25 * (i % 3)))
+                ]
+                row["eval/accuracy"] = row["eval/example_accuracy"] = 0.25 * (i % 3)
+                row["state_floats"] = 1000 + 100 * i
             elif spec.evaluate:
                 row["eval_table"] = [
                     {"task": "text", "scope": "bucket", "position_bucket_start": s, "position_bucket_end": 2 * s or 64}
