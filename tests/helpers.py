@@ -245,3 +245,28 @@ def assert_state_continues(
     g_both, g_whole = param_grads(model, both), param_grads(model, whole)
     for name in g_whole:
         assert_close(g_both[name], g_whole[name], tol=tol, what=f"grad {name}")
+
+
+def two_training_calls(out_dir, *settings: str):
+    """A tiny-preset training module with ``settings`` (TINY's sizes, ``out_dir``) makes two training calls on
+    one batch, its model's forward watched: (module, batch, [(start state, final state or None), ...] per call)."""
+    from famlab.config import load_run_config
+    from famlab.data import build_datamodule
+    from famlab.train import FamLightningModule
+
+    cfg = load_run_config("tiny", [*(f"{k}={v}" for k, v in TINY.items()), f"out_dir={out_dir}", *settings])
+    module = FamLightningModule(cfg).train()
+    dm = build_datamodule(cfg.data, vocab_size=cfg.model.vocab_size, block_size=cfg.model.block_size, seed=0)
+    batch = dm.train_batch(0)
+    seen = []
+    forward = module.model.forward
+
+    def spy(tokens, **kw):
+        out = forward(tokens, **kw)
+        seen.append((kw.get("state"), out[1] if kw.get("return_state") else None))
+        return out
+
+    module.model.forward = spy
+    module.train_loss(batch)
+    module.train_loss(batch)
+    return module, batch, seen

@@ -12,7 +12,7 @@ import io
 
 import pytest
 import torch
-from helpers import TINY, assert_close, make_model, tiny_cfg, tokens
+from helpers import assert_close, make_model, tiny_cfg, tokens, two_training_calls
 
 from famlab.model import FamLM
 from famlab.model.memory import carried_fields
@@ -216,29 +216,11 @@ def test_kinds_without_memory_have_no_rsp_and_draw_no_coin(kind):
 
 @pytest.mark.parametrize("kind", ["rmt", "infini", "block_recurrent"])
 def test_the_training_module_carries_the_memory_and_checkpoints_it(tmp_path, kind):
-    from famlab.config import load_run_config
-    from famlab.data import build_datamodule
+    extra = {"rmt": ["model.mem_segment=0"], "infini": [], "block_recurrent": ["model.brt_state_len=4"]}[kind]
+    module, batch, seen = two_training_calls(tmp_path, f"model.attention={kind}", *extra, "model.rsp_prob=1")
     from famlab.train import FamLightningModule
 
-    extra = {"rmt": ["model.mem_segment=0"], "infini": [], "block_recurrent": ["model.brt_state_len=4"]}[kind]
-    overrides = [f"{k}={v}" for k, v in TINY.items()]
-    cfg = load_run_config(
-        "tiny", [*overrides, f"out_dir={tmp_path}", f"model.attention={kind}", *extra, "model.rsp_prob=1"]
-    )
-    module = FamLightningModule(cfg).train()
-    dm = build_datamodule(cfg.data, vocab_size=cfg.model.vocab_size, block_size=cfg.model.block_size, seed=0)
-    batch = dm.train_batch(0)
-    seen = []
-    forward = module.model.forward
-
-    def spy(tokens, **kw):
-        out = forward(tokens, **kw)
-        seen.append((kw.get("state"), out[1] if kw.get("return_state") else None))
-        return out
-
-    module.model.forward = spy
-    module.train_loss(batch)
-    module.train_loss(batch)
+    cfg = module.cfg
     (start0, final0), (start1, _) = seen
     assert start0.fam_fresh and not start1.fam_fresh  # nothing remembered before the first call
     fields = carried_fields(cfg.model)

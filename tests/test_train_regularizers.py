@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from helpers import assert_close, make_model, tiny_cfg, tokens
+from helpers import assert_close, make_model, tiny_cfg, tokens, two_training_calls
 
 from famlab.model import FamLM
 from famlab.train.regularizers import (
@@ -173,30 +173,7 @@ def test_old_rsp_buffers_load_where_they_live_now():
 def test_the_training_module_draws_the_start_in_training_only(tmp_path):
     """Wired into the LightningModule: a training call starts from RPO + RSP (from the second call on,
     the FAM the first left), remembers its final FAM; validation starts from init_state."""
-    from helpers import TINY
-
-    from famlab.config import load_run_config
-    from famlab.data import build_datamodule
-    from famlab.train import FamLightningModule
-
-    overrides = [f"{k}={v}" for k, v in TINY.items()]
-    cfg = load_run_config(
-        "tiny", [*overrides, f"out_dir={tmp_path}", "model.random_pos_offset=true", "model.rsp_prob=1"]
-    )
-    module = FamLightningModule(cfg).train()
-    dm = build_datamodule(cfg.data, vocab_size=cfg.model.vocab_size, block_size=cfg.model.block_size, seed=0)
-    batch = dm.train_batch(0)
-    seen = []
-    forward = module.model.forward
-
-    def spy(tokens, **kw):
-        out = forward(tokens, **kw)
-        seen.append((kw.get("state"), out[1] if kw.get("return_state") else None))
-        return out
-
-    module.model.forward = spy
-    module.train_loss(batch)
-    module.train_loss(batch)
+    module, batch, seen = two_training_calls(tmp_path, "model.random_pos_offset=true", "model.rsp_prob=1")
     (start0, final0), (start1, _) = seen
     b = batch["input"].shape[0]
     assert start0.pos_offset.shape == (b,) and start0.fam_fresh  # nothing remembered before the first call
