@@ -34,15 +34,9 @@ from typing import Any
 
 from famlab.cli.complete import add_completion_parser, autocomplete, complete_setting, completion_code
 from famlab.cli.sweep import SWEEP_ACTIONS, sweep_main, sweep_parser
-from famlab.config import (
-    ATTENTION_KINDS,
-    ConfigError,
-    load_run_config,
-    load_run_config_dict,
-    load_run_config_file,
-    preset_names,
-)
+from famlab.config import ConfigError, load_run_config, load_run_config_dict, load_run_config_file, preset_names
 from famlab.config.metrics import SUITES
+from famlab.config.model import ATTENTION_KINDS
 from famlab.runs import RunDir, merge_eval
 
 __all__ = ["SWEEP_ACTIONS", "main", "sweep_main"]
