@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from tiny_runs import TINY
 
 from famlab.cli import main
@@ -133,3 +134,23 @@ def test_data_fetch_calls_text_fetch(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(famlab.data.text, "fetch", lambda cache_dir, **kw: calls.append(cache_dir) or tmp_path)
     assert main(["data", "fetch", "--cache-dir", str(tmp_path)]) == 0
     assert calls == [str(tmp_path)] and str(tmp_path) in capsys.readouterr().out
+
+
+def test_resume_from_a_checkpoint_with_the_old_rsp_buffers(tmp_path):
+    """A FAM checkpoint written before RSP's buffers moved out of the model (``model.rsp_state``,
+    ``model.rsp_valid``) resumes: the keys are upgraded before the checkpoint is compared with the module (the
+    upgrade's values: tests/test_train_regularizers.py)."""
+    assert main(["train", "preset=tiny", *TINY, f"out_dir={tmp_path}", "train.max_steps=2", "name=old"]) == 0
+    (run_dir,) = (tmp_path / "old").iterdir()
+    path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    remembered = ckpt["state_dict"]["rsp.state"].clone()
+    assert bool(ckpt["state_dict"]["rsp.valid"]) and remembered.abs().sum() > 0  # rsp_prob 0.8: remembered
+    ckpt["state_dict"]["model.rsp_state"] = ckpt["state_dict"].pop("rsp.state")
+    ckpt["state_dict"]["model.rsp_valid"] = ckpt["state_dict"].pop("rsp.valid")
+    torch.save(ckpt, path)
+    assert main(["train", f"resume={run_dir}", "train.max_steps=3"]) == 0
+    resumed = sorted((tmp_path / "old").iterdir())[-1]
+    again = load_checkpoint(resumed / "checkpoints" / "last.ckpt")
+    assert again["global_step"] == 3 and "model.rsp_state" not in again["state_dict"]
+    assert again["state_dict"]["rsp.state"].shape == remembered.shape and bool(again["state_dict"]["rsp.valid"])
