@@ -73,7 +73,7 @@ def test_memory_kinds_notebook_has_the_state_size_cell():
     nb = sweep_notebook("memory_kinds")
     assert nb.state_size and nb.evaluate
     sources = ["".join(c.source) for c in build_notebook(nb).cells]
-    assert any("fa.plot_state_size(res, where=where)" in s and "'beyond'" in s for s in sources)
+    assert any("fa.plot_state_size(res, where=where)" in s and '"beyond"' in s for s in sources)
     plain = sweep_notebook("memory_segment")
     assert not plain.state_size
     assert not any("plot_state_size" in "".join(c.source) for c in build_notebook(plain).cells)

@@ -168,7 +168,7 @@ def sweep_cells(nb: NotebookSpec) -> list[tuple[str, str, list[str]]]:
             ("markdown", "## Accuracy against state size (floats carried from block to block)", []),
             (
                 "code",
-                "for where in ('all', 'beyond'):  # every evaluated length, then those past the training length\n"
+                'for where in ("all", "beyond"):  # every evaluated length, then those past the training length\n'
                 "    table = fa.state_size_table(res, where=where) if res.ok else None\n"
                 "    if table is None or table.empty:\n"
                 '        display(Markdown(f"No state sizes or no evaluation ({where} lengths) stored on the trials."))\n'
