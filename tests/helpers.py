@@ -11,27 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from famlab.bench.workers import TINY_TRIAL
 from famlab.config import ModelConfig
 from famlab.model import FamLM
 from famlab.model.state import FamState, state_from_dict, state_to_dict
 
 VARIANTS = ("full", "bswa", "txl", "fam")
 
-# run-config overrides for a training run of a few seconds (sweep and analysis tests)
-TINY = {
-    "data.task": "recall",
-    "data.seq_len": 64,
-    "data.batch_size": 4,
-    "data.val_batches": 1,
-    "model.block_size": 16,
-    "model.d_model": 32,
-    "model.fam_len": 2,
-    "train.max_steps": 4,
-    "train.val_every": 2,
-    "train.warmup_steps": 1,
-    "train.checkpoint_every": 0,
-    "logger.wandb": "disabled",
-}
+# run-config overrides for a training run of a few seconds (sweep and analysis tests): the tiny trial
+# famlab.bench.workers times, one definition
+TINY = TINY_TRIAL
 
 
 def tiny_cfg(**changes) -> ModelConfig:

@@ -216,6 +216,11 @@ def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
         return byte_pieces(cfg.passkey_instruction)
     if cfg.tokenizer == "symbols":
         return symbol_pieces(vocab_size)
+    return Pieces(fitting_tokenizer(cfg, vocab_size), cfg.passkey_instruction)
+
+
+def fitting_tokenizer(cfg: DataConfig, vocab_size: int) -> Any:
+    """The Hugging Face tokenizer ``cfg.tokenizer``, refused in one line when its ids outnumber ``vocab_size``."""
     tok = load_tokenizer(cfg.tokenizer)
     if len(tok) > vocab_size:
         raise config_error(
@@ -224,7 +229,7 @@ def pieces_for(cfg: DataConfig, vocab_size: int) -> Pieces:
             cfg.tokenizer,
             f"a tokenizer whose {len(tok)} ids fit the model's vocab_size={vocab_size}",
         )
-    return Pieces(tok, cfg.passkey_instruction)
+    return tok
 
 
 class PasskeyTask(Task):

@@ -30,6 +30,7 @@ from famlab.data.passkey import (
     SYMBOL_FILLER0,
     SYMBOL_KEY,
     SYMBOL_QUESTION,
+    fitting_tokenizer,
     load_tokenizer,
     pieces_for,
     symbol_pieces,
@@ -182,14 +183,7 @@ def codec_for(cfg: DataConfig, vocab_size: int) -> Codec:
         hay = _corpus_text(cfg.cache_dir, cfg.text_val_docs, cfg.text_test_docs)
         codec = Codec("bytes", TEXT_TEMPLATES, haystack_ids=hay, word_starts=True, instruction=cfg.passkey_instruction)
     else:
-        tok = load_tokenizer(cfg.tokenizer)
-        if len(tok) > vocab_size:
-            raise config_error(
-                "DataConfig",
-                "tokenizer",
-                cfg.tokenizer,
-                f"a tokenizer whose {len(tok)} ids fit vocab_size={vocab_size}",
-            )
+        tok = fitting_tokenizer(cfg, vocab_size)
         hay = _tokenized_corpus(cfg.tokenizer, cfg.cache_dir, cfg.text_val_docs, cfg.text_test_docs)
         codec = Codec("tokenizer", TEXT_TEMPLATES, tokenizer=tok, haystack_ids=hay, instruction=cfg.passkey_instruction)
     codec.passkey, codec.key_digits = pieces_for(cfg, vocab_size), cfg.passkey_key_digits
